@@ -1,0 +1,6 @@
+//! Integration tests of floodgate-server: real sockets on 127.0.0.1:0, real HTTP.
+//!
+//! Each module covers one part of the front door; `support` holds the raw-TCP helpers.
+
+mod raw_servers;
+mod support;
