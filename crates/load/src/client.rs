@@ -1,0 +1,207 @@
+//! One load thread's shared state and the connection each worker owns.
+//!
+//! Lesson (seed stages 6 and 7, and the research anchors): the generator must not be the
+//! bottleneck. Each worker owns one HTTP/1 connection (`hyper::client::conn::http1`, no pool,
+//! no lock), the request head is built from pre-parsed parts, tallies go into the thread's own
+//! [`ThreadStats`] with no message per request.
+//! Invariant: every request that is started ends in exactly one recorded outcome, and a
+//! connection that timed out or broke is dropped and replaced (and the replacement counted).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST, HeaderValue};
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::LoadConfig;
+use crate::events::Body;
+use crate::stats::{ErrorKind, Outcome, ThreadStats};
+use crate::target::Target;
+
+/// A response body longer than this is not read further and its connection is dropped: the
+/// server's answers are tiny JSON documents, so anything bigger is a misbehaving target.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Pause after a failed connect, so a dead target does not turn the run into a busy loop.
+pub const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// What every load thread shares with the coordinator (read-mostly, `Sync`).
+#[derive(Debug)]
+pub struct Shared {
+    /// The run's configuration.
+    pub config: LoadConfig,
+    /// Where to send.
+    pub target: Target,
+    /// Set when the run must end early (Ctrl-C): workers stop starting requests.
+    pub stop: AtomicBool,
+    /// Finished requests (plus dropped ones) per thread, for the progress bar; each thread
+    /// writes only its own counter, so there is no contention.
+    pub progress: Vec<AtomicU64>,
+}
+
+impl Shared {
+    /// True once the run was asked to stop early.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// One load thread's context, shared by its workers through `Rc` (single-threaded).
+#[derive(Debug)]
+pub struct ThreadContext {
+    /// The run-wide state.
+    pub shared: Arc<Shared>,
+    /// This thread's index (selects its progress counter).
+    pub thread_index: usize,
+    /// This thread's tallies.
+    pub stats: RefCell<ThreadStats>,
+    headers: HeaderMap,
+}
+
+impl ThreadContext {
+    /// A context for thread `thread_index`.
+    pub fn new(shared: Arc<Shared>, thread_index: usize) -> Self {
+        let mut headers = HeaderMap::with_capacity(2);
+        if let Ok(host) = HeaderValue::from_str(&shared.target.host_header) {
+            headers.insert(HOST, host);
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Self {
+            shared,
+            thread_index,
+            stats: RefCell::new(ThreadStats::new()),
+            headers,
+        }
+    }
+
+    fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        request.uri_mut().clone_from(&self.shared.target.path);
+        request.headers_mut().clone_from(&self.headers);
+        request
+    }
+
+    /// Records a finished request and advances the progress counter.
+    pub fn finish(&self, outcome: Outcome, latency: Duration, body: &Body) {
+        self.stats
+            .borrow_mut()
+            .record(outcome, latency, body.amount);
+        self.tick();
+    }
+
+    /// Advances this thread's progress counter by one.
+    pub fn tick(&self) {
+        if let Some(counter) = self.shared.progress.get(self.thread_index) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A worker's connection: opened lazily, reused while healthy, replaced when lost.
+#[derive(Debug, Default)]
+pub struct Connection {
+    sender: Option<SendRequest<Full<Bytes>>>,
+    ever_connected: bool,
+}
+
+impl Connection {
+    /// Sends one request (connecting first if needed) and reads the whole answer, within the
+    /// request timeout. Returns the outcome; a failed connection is dropped.
+    pub async fn send(&mut self, context: &ThreadContext, body: Bytes) -> Outcome {
+        let timeout = context.shared.config.request_timeout;
+        match tokio::time::timeout(timeout, self.exchange(context, body)).await {
+            Ok(Ok(status)) => {
+                context.stats.borrow_mut().count_status(status);
+                Outcome::from_status(status)
+            }
+            Ok(Err(kind)) => {
+                self.sender = None;
+                Outcome::Error(kind)
+            }
+            Err(_elapsed) => {
+                // The request future was dropped mid-flight: hyper closes that connection.
+                self.sender = None;
+                Outcome::Error(ErrorKind::Timeout)
+            }
+        }
+    }
+
+    async fn exchange(&mut self, context: &ThreadContext, body: Bytes) -> Result<u16, ErrorKind> {
+        let sender = self.ready(context).await?;
+        let response = sender
+            .send_request(context.request(body))
+            .await
+            .map_err(|_| ErrorKind::Transport)?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut received_bytes = 0_usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ErrorKind::Transport)?;
+            if let Some(data) = frame.data_ref() {
+                received_bytes += data.len();
+                if received_bytes > MAX_RESPONSE_BYTES {
+                    return Err(ErrorKind::Transport);
+                }
+            }
+        }
+        Ok(status)
+    }
+
+    async fn ready(
+        &mut self,
+        context: &ThreadContext,
+    ) -> Result<&mut SendRequest<Full<Bytes>>, ErrorKind> {
+        if let Some(mut sender) = self.sender.take()
+            && sender.ready().await.is_ok()
+        {
+            return Ok(self.sender.insert(sender));
+        }
+        let sender = connect(&context.shared.target).await?;
+        let mut stats = context.stats.borrow_mut();
+        stats.connections_opened += 1;
+        if self.ever_connected {
+            stats.reconnects += 1;
+        }
+        drop(stats);
+        self.ever_connected = true;
+        Ok(self.sender.insert(sender))
+    }
+}
+
+async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
+    let stream = TcpStream::connect(target.addr)
+        .await
+        .map_err(|_| ErrorKind::Connect)?;
+    stream.set_nodelay(true).map_err(|_| ErrorKind::Connect)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ErrorKind::Connect)?;
+    // The connection task ends when the sender is dropped or the peer closes.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Runs one request on `connection`, records it with latency measured from `started`, and
+/// backs off after a failed connect. Returns the outcome.
+pub async fn request_once(
+    context: &ThreadContext,
+    connection: &mut Connection,
+    body: Body,
+    started: Instant,
+) -> Outcome {
+    let outcome = connection.send(context, body.bytes.clone()).await;
+    context.finish(outcome, started.elapsed(), &body);
+    if outcome == Outcome::Error(ErrorKind::Connect) {
+        tokio::time::sleep(CONNECT_BACKOFF).await;
+    }
+    outcome
+}

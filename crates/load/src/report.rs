@@ -1,0 +1,351 @@
+//! The report of a run: the seed's summary table, latency per outcome, and the JSON document
+//! (schema in `crates/load/SCHEMA.md`, version [`SCHEMA_VERSION`]).
+//!
+//! Lesson (seed stage 7): "12,937 requests/sec" was mostly fast 503s; the accepted rate and
+//! the accepted latency are the numbers that matter, so they are printed next to the total.
+//! Invariant: `accepted + rejected + invalid + errors == sent`, and every latency summary is
+//! computed from its own histogram (never mixed across outcomes).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LoadConfig, Mode};
+use crate::stats::{ErrorKind, Outcome, ThreadStats};
+
+/// Version of the JSON document; bumped on any incompatible change (see SCHEMA.md).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Latency percentiles of one outcome class, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Requests in this class.
+    pub count: u64,
+    /// Mean latency.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest latency seen.
+    pub max: f64,
+}
+
+impl LatencySummary {
+    /// Summarises a microsecond histogram (all zeros when it is empty).
+    pub fn from_histogram(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            count: histogram.len(),
+            mean: histogram.mean() / 1000.0,
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// Latency kept separately per outcome; `all` merges the four.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyBreakdown {
+    /// 2xx answers.
+    pub accepted: LatencySummary,
+    /// 503 / 429 answers.
+    pub rejected: LatencySummary,
+    /// Other 4xx answers.
+    pub invalid: LatencySummary,
+    /// Transport errors, timeouts, 5xx other than 503.
+    pub errors: LatencySummary,
+    /// Every request with an outcome.
+    pub all: LatencySummary,
+}
+
+/// Errors by cause; they add up to [`Report::errors`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorsByKind {
+    /// Connection refused or handshake failed.
+    pub connect: u64,
+    /// No full answer within the request timeout.
+    pub timeout: u64,
+    /// The connection broke mid-request.
+    pub transport: u64,
+    /// Answered with a status that is not 2xx, 4xx or 503 (e.g. 500).
+    pub status: u64,
+}
+
+/// Everything a run measured. Serialized as the `--json` document (see SCHEMA.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// `"closed"` or `"open"`.
+    pub mode: String,
+    /// The target URL.
+    pub url: String,
+    /// Closed loop: connections. Open loop: the in-flight cap.
+    pub concurrency: usize,
+    /// Load threads used.
+    pub threads: usize,
+    /// Requests that got an outcome (the four classes below add up to it).
+    pub sent: u64,
+    /// 2xx answers (the server's 202).
+    pub accepted: u64,
+    /// 503 / 429 answers (backpressure).
+    pub rejected: u64,
+    /// Other 4xx answers (validation).
+    pub invalid: u64,
+    /// Transport errors, timeouts, and 5xx other than 503.
+    pub errors: u64,
+    /// Errors by cause.
+    pub errors_by_kind: ErrorsByKind,
+    /// Answers per status code (only codes seen), e.g. `{"202": 950, "503": 50}`.
+    pub status_counts: BTreeMap<String, u64>,
+    /// Wall time from the first request's start to the last answer.
+    pub duration_seconds: f64,
+    /// `sent / duration_seconds`.
+    pub throughput_per_second: f64,
+    /// `accepted / duration_seconds` (goodput).
+    pub accepted_per_second: f64,
+    /// Open loop: the configured rate. Closed loop: `null`.
+    pub offered_per_second: Option<f64>,
+    /// Open loop: requests on the schedule. Closed loop: `null`.
+    pub scheduled: Option<u64>,
+    /// Sum of the amounts of the events answered 2xx.
+    pub accepted_amount_sum: i128,
+    /// Malformed bodies sent on purpose (`--invalid-ratio`).
+    pub invalid_bodies_sent: u64,
+    /// Open loop: requests that started later than the late threshold after their due time.
+    pub late_starts: u64,
+    /// Open loop: requests not sent because the in-flight cap was reached.
+    pub dropped: u64,
+    /// TCP connections opened for the load.
+    pub connections_opened: u64,
+    /// Of those, replacements for connections lost, closed or timed out.
+    pub reconnects: u64,
+    /// Slow clients requested.
+    pub slow_clients: usize,
+    /// Slow clients' kind (`"idle"` or `"trickle"`).
+    pub slow_kind: String,
+    /// Slow clients still open when the load finished.
+    pub slow_clients_held: usize,
+    /// Latency per outcome, in milliseconds.
+    pub latency_ms: LatencyBreakdown,
+}
+
+/// What the runner measured besides the per-thread tallies.
+#[derive(Clone, Copy, Debug)]
+pub struct RunFacts {
+    /// Load threads used.
+    pub threads: usize,
+    /// Wall time of the load.
+    pub duration_seconds: f64,
+    /// Slow clients still open at the end.
+    pub slow_clients_held: usize,
+}
+
+impl Report {
+    /// Builds the report from the merged tallies.
+    pub fn new(config: &LoadConfig, stats: &ThreadStats, facts: RunFacts) -> Self {
+        let (mode, concurrency, offered, scheduled) = match &config.mode {
+            Mode::Closed { concurrency, .. } => ("closed", *concurrency, None, None),
+            Mode::Open {
+                rate_per_second,
+                duration,
+                max_in_flight,
+            } => (
+                "open",
+                *max_in_flight,
+                Some(*rate_per_second),
+                Some(crate::open::Schedule::total_for(
+                    *rate_per_second,
+                    *duration,
+                )),
+            ),
+        };
+        let sent = stats.sent();
+        let accepted = stats.count(Outcome::Accepted);
+        let per_second = |count: u64| {
+            if facts.duration_seconds > 0.0 {
+                count as f64 / facts.duration_seconds
+            } else {
+                0.0
+            }
+        };
+        Self {
+            schema_version: SCHEMA_VERSION,
+            mode: mode.to_owned(),
+            url: config.url.clone(),
+            concurrency,
+            threads: facts.threads,
+            sent,
+            accepted,
+            rejected: stats.count(Outcome::Rejected),
+            invalid: stats.count(Outcome::Invalid),
+            errors: stats.count(Outcome::Error(ErrorKind::Transport)),
+            errors_by_kind: errors_by_kind(stats),
+            status_counts: status_counts(stats),
+            duration_seconds: facts.duration_seconds,
+            throughput_per_second: per_second(sent),
+            accepted_per_second: per_second(accepted),
+            offered_per_second: offered,
+            scheduled,
+            accepted_amount_sum: stats.accepted_amount_sum,
+            invalid_bodies_sent: stats.invalid_bodies_sent,
+            late_starts: stats.late_starts,
+            dropped: stats.dropped,
+            connections_opened: stats.connections_opened,
+            reconnects: stats.reconnects,
+            slow_clients: config.slow_clients,
+            slow_kind: config.slow_kind.to_string(),
+            slow_clients_held: facts.slow_clients_held,
+            latency_ms: latency_breakdown(stats),
+        }
+    }
+}
+
+fn errors_by_kind(stats: &ThreadStats) -> ErrorsByKind {
+    let count = |kind: ErrorKind| stats.errors_by_kind[kind as usize];
+    ErrorsByKind {
+        connect: count(ErrorKind::Connect),
+        timeout: count(ErrorKind::Timeout),
+        transport: count(ErrorKind::Transport),
+        status: count(ErrorKind::Status),
+    }
+}
+
+fn status_counts(stats: &ThreadStats) -> BTreeMap<String, u64> {
+    stats
+        .status_counts
+        .iter()
+        .enumerate()
+        .filter(|(_, count)| **count > 0)
+        .map(|(status, count)| (status.to_string(), *count))
+        .collect()
+}
+
+fn latency_breakdown(stats: &ThreadStats) -> LatencyBreakdown {
+    let [accepted, rejected, invalid, errors] = &stats.latency_us;
+    let mut all = accepted.clone();
+    for other in [rejected, invalid, errors] {
+        // Same bounds on every histogram, so adding cannot fail.
+        let _ = all.add(other);
+    }
+    LatencyBreakdown {
+        accepted: LatencySummary::from_histogram(accepted),
+        rejected: LatencySummary::from_histogram(rejected),
+        invalid: LatencySummary::from_histogram(invalid),
+        errors: LatencySummary::from_histogram(errors),
+        all: LatencySummary::from_histogram(&all),
+    }
+}
+
+impl Report {
+    /// The human summary: the seed's table, then latency per outcome.
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        let _ = self.write_summary(&mut out);
+        let _ = self.write_latency(&mut out);
+        out
+    }
+
+    fn write_summary(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "=== Results ({} loop, {}) ===", self.mode, self.url)?;
+        writeln!(out, "Total requests: {}", self.sent)?;
+        let label = if self.mode == "open" {
+            "Max in flight:"
+        } else {
+            "Concurrency:"
+        };
+        writeln!(out, "{label:<16}{}", self.concurrency)?;
+        writeln!(out, "Duration:       {:.2}s", self.duration_seconds)?;
+        writeln!(
+            out,
+            "Throughput:     {:.0} requests/sec",
+            self.throughput_per_second
+        )?;
+        let offered = self
+            .offered_per_second
+            .map_or(String::new(), |rate| format!("; offered {rate:.0}/s"));
+        writeln!(
+            out,
+            "Accepted:       {} ({:.0}/s{offered})",
+            self.accepted, self.accepted_per_second
+        )?;
+        writeln!(out, "Rejected:       {} (backpressure)", self.rejected)?;
+        writeln!(
+            out,
+            "Invalid:        {} (4xx; {} malformed sent)",
+            self.invalid, self.invalid_bodies_sent
+        )?;
+        let kinds = &self.errors_by_kind;
+        writeln!(
+            out,
+            "Errors:         {} (connect {}, timeout {}, transport {}, status {})",
+            self.errors, kinds.connect, kinds.timeout, kinds.transport, kinds.status
+        )?;
+        writeln!(
+            out,
+            "Amount sum:     {} (accepted events)",
+            self.accepted_amount_sum
+        )?;
+        if let Some(scheduled) = self.scheduled {
+            writeln!(
+                out,
+                "Schedule:       {scheduled} due, {} late starts, {} dropped (in-flight cap)",
+                self.late_starts, self.dropped
+            )?;
+        }
+        if self.slow_clients > 0 {
+            writeln!(
+                out,
+                "Slow clients:   {} {} opened, {} still held at the end",
+                self.slow_clients, self.slow_kind, self.slow_clients_held
+            )?;
+        }
+        writeln!(
+            out,
+            "Connections:    {} opened ({} reconnects)",
+            self.connections_opened, self.reconnects
+        )
+    }
+
+    fn write_latency(&self, out: &mut String) -> std::fmt::Result {
+        let origin = if self.mode == "open" {
+            "from intended start"
+        } else {
+            "from send"
+        };
+        writeln!(out, "Latency (ms, {origin}):")?;
+        writeln!(
+            out,
+            "  {:<9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            "outcome", "count", "p50", "p90", "p99", "p99.9", "max"
+        )?;
+        let rows = [
+            ("accepted", &self.latency_ms.accepted),
+            ("rejected", &self.latency_ms.rejected),
+            ("invalid", &self.latency_ms.invalid),
+            ("errors", &self.latency_ms.errors),
+            ("all", &self.latency_ms.all),
+        ];
+        for (name, summary) in rows {
+            writeln!(
+                out,
+                "  {name:<9}{:>10}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10.3}",
+                summary.count, summary.p50, summary.p90, summary.p99, summary.p999, summary.max
+            )?;
+        }
+        Ok(())
+    }
+}
