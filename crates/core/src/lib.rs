@@ -1,1 +1,25 @@
-//! Placeholder: the engine is being built (issue 2).
+//! Floodgate's engine, with no HTTP: event parsing and validation, bounded admission, worker
+//! tasks, ledger strategies, metrics and the seed's stage presets (seed stages 3–8).
+//!
+//! An event travels through the modules in this order:
+//! [`event`] (parse + validate) → [`engine`] (admission) → [`queue`] (bounded, `try_send`)
+//! → [`worker`] (simulated work, lock, apply) → [`ledger`] (balances), counted by
+//! [`metrics`] and reported as [`stats`]; [`config`] holds the knobs and stage presets.
+//!
+//! Invariant of the whole crate: once [`Engine::shutdown`] returns, every accepted event was
+//! applied or counted as overflowed, and the sum of balances equals the sum of the amounts of
+//! the applied events.
+
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod ledger;
+pub mod metrics;
+pub mod queue;
+pub mod stats;
+pub mod worker;
+
+pub use config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode, QueueKind};
+pub use engine::{Engine, Ingested, Rejected};
+pub use event::{Event, EventError, USER_MAX_BYTES, parse_event};
+pub use stats::{LockSummary, LockTimings, Stats, Summary, WorkerStats};

@@ -1,0 +1,398 @@
+//! The engine: admission, workers, ledger and metrics wired together (seed stages 3–8).
+//!
+//! Lesson: the whole story in one object. Stage 3 validates only; stage 4 applies in the
+//! caller under one lock (async is not parallel); stages 5–8 admit into a bounded queue with
+//! `try_send` (never waiting for room) and let workers apply; shutdown drains instead of
+//! dropping work.
+//!
+//! Invariants:
+//! - [`Engine::ingest`] never waits for queue room: a full queue is `Rejected::QueueFull` at once.
+//! - Nothing accepted is lost: [`Engine::shutdown`] stops admitting, closes the queue, lets
+//!   the workers drain it and joins them; its [`Summary`] then has
+//!   `applied + overflowed == accepted`, and the ledger's total equals the sum of the amounts
+//!   of the applied events.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::{Notify, OnceCell};
+use tokio::task::JoinHandle;
+
+use crate::config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode};
+use crate::event::Event;
+use crate::ledger::{Ledger, user_hash};
+use crate::metrics::Metrics;
+use crate::queue::{self, Admission, Job, PushError};
+pub use crate::stats::{LockSummary, LockTimings, Stats, Summary, WorkerStats};
+use crate::worker::{self, WorkerContext};
+
+/// How an event was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingested {
+    /// Queued mode: admitted to the queue; a worker will apply it.
+    Queued,
+    /// Inline mode: applied; the user's new balance.
+    Applied {
+        /// Balance after applying the event.
+        balance: i64,
+    },
+    /// Validate-only mode (stage 3): valid, no state kept.
+    Validated,
+}
+
+/// Why an event was refused (nothing was applied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The queue is at capacity (HTTP 503 + Retry-After).
+    #[error("queue full")]
+    QueueFull,
+    /// The engine is shutting down (HTTP 503).
+    #[error("draining: the engine is shutting down")]
+    Draining,
+    /// Inline mode: the balance would overflow i64 (HTTP 422).
+    #[error("the balance would overflow i64")]
+    Overflow,
+}
+
+impl Rejected {
+    /// Machine-readable reason, as in the HTTP body: `queue_full`, `draining`,
+    /// `balance_overflow`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::Draining => "draining",
+            Self::Overflow => "balance_overflow",
+        }
+    }
+}
+
+/// The engine. Cheap to clone (an `Arc` inside); every clone drives the same engine.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: EngineConfig,
+    ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
+    admission: Option<Admission>,
+    draining: AtomicBool,
+    inline_in_flight: AtomicU64,
+    inline_idle: Notify,
+    workers: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    summary: OnceCell<Summary>,
+}
+
+impl Engine {
+    /// Validate `config`, build the ledger and queue, spawn the workers (queued mode).
+    /// Must be called inside a tokio runtime.
+    pub fn start(config: EngineConfig) -> Result<Engine, ConfigError> {
+        config.validate()?;
+        let queued = config.mode == ProcessingMode::Queued;
+        let ledger = Arc::new(Ledger::new(config.strategy, config.shard_count()));
+        let metrics = Arc::new(Metrics::new(if queued { config.workers } else { 1 }));
+        let mut handles = Vec::new();
+        let admission = queued.then(|| {
+            let lanes = match config.strategy {
+                LedgerStrategy::Owned => config.workers,
+                LedgerStrategy::Global | LedgerStrategy::Sharded => 1,
+            };
+            let (admission, consumers) = queue::build(
+                config.queue_kind,
+                config.queue_capacity_events,
+                lanes,
+                config.workers,
+            );
+            for (id, consumer) in consumers.into_iter().enumerate() {
+                let context = WorkerContext {
+                    id,
+                    ledger: Arc::clone(&ledger),
+                    metrics: Arc::clone(&metrics),
+                    work: config.work_duration(),
+                    hold: config.hold_duration(),
+                };
+                handles.push(tokio::spawn(worker::run(context, consumer)));
+            }
+            admission
+        });
+        tracing::info!(
+            mode = %config.mode, strategy = %config.strategy, workers = config.workers,
+            queue_capacity_events = config.queue_capacity_events, queue_kind = %config.queue_kind,
+            work_ms = config.work_ms, hold_ms = config.hold_ms, time_scale = config.time_scale,
+            "engine started"
+        );
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                config,
+                ledger,
+                metrics,
+                admission,
+                draining: AtomicBool::new(false),
+                inline_in_flight: AtomicU64::new(0),
+                inline_idle: Notify::new(),
+                workers: parking_lot::Mutex::new(handles),
+                summary: OnceCell::new(),
+            }),
+        })
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Take one valid event. Queued: `try_send`, never waits for room. Inline: applies it
+    /// (simulated work, lock, hold, apply) and answers the balance. Validate-only: counts it.
+    pub async fn ingest(&self, event: Event) -> Result<Ingested, Rejected> {
+        match self.inner.config.mode {
+            ProcessingMode::Queued | ProcessingMode::ValidateOnly => self.try_ingest(event),
+            ProcessingMode::Inline => self.ingest_inline(event).await,
+        }
+    }
+
+    /// The admission path of queued and validate-only modes, without `async`: returns exactly
+    /// what [`Engine::ingest`] would. Inline mode must await the apply, so it is refused here
+    /// as [`Rejected::Draining`] only when draining, and is a programmer error otherwise
+    /// (debug assertion; release builds count it as validated).
+    pub fn try_ingest(&self, event: Event) -> Result<Ingested, Rejected> {
+        let inner = &*self.inner;
+        if inner.draining.load(Ordering::Acquire) {
+            inner
+                .metrics
+                .rejected_draining
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Rejected::Draining);
+        }
+        let Some(admission) = &inner.admission else {
+            debug_assert_eq!(
+                inner.config.mode,
+                ProcessingMode::ValidateOnly,
+                "inline needs ingest"
+            );
+            inner.metrics.validated.increment();
+            return Ok(Ingested::Validated);
+        };
+        let hash = user_hash(&event.user);
+        let job = Job {
+            user: event.user,
+            amount: event.amount,
+            hash,
+        };
+        match admission.try_push(job) {
+            Ok(()) => {
+                inner.metrics.accepted.increment();
+                Ok(Ingested::Queued)
+            }
+            Err(PushError::Full) => {
+                inner.metrics.rejected_queue_full.increment();
+                Err(Rejected::QueueFull)
+            }
+            Err(PushError::Closed) => {
+                inner
+                    .metrics
+                    .rejected_draining
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Rejected::Draining)
+            }
+        }
+    }
+
+    async fn ingest_inline(&self, event: Event) -> Result<Ingested, Rejected> {
+        let inner = &*self.inner;
+        // Enter before checking `draining`, so shutdown either sees us in flight or we see it.
+        inner.inline_in_flight.fetch_add(1, Ordering::SeqCst);
+        let _leave = InlineGuard(inner);
+        if inner.draining.load(Ordering::SeqCst) {
+            inner
+                .metrics
+                .rejected_draining
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Rejected::Draining);
+        }
+        let hash = user_hash(&event.user);
+        let job = Job {
+            user: event.user,
+            amount: event.amount,
+            hash,
+        };
+        let config = &inner.config;
+        let outcome = worker::apply_simulated(
+            &inner.ledger,
+            &inner.metrics.workers[0],
+            0,
+            job,
+            config.work_duration(),
+            config.hold_duration(),
+        )
+        .await;
+        // Inline overflow is answered 422, so it is a rejection, not an accepted event.
+        if let Ok(balance) = outcome {
+            inner.metrics.accepted.increment();
+            Ok(Ingested::Applied { balance })
+        } else {
+            inner
+                .metrics
+                .rejected_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Rejected::Overflow)
+        }
+    }
+
+    /// Count one invalid input (the front door calls this with [`crate::EventError::reason`]
+    /// or its own reasons such as `body_too_large`).
+    pub fn record_invalid(&self, reason: &'static str) {
+        self.inner.metrics.record_invalid(reason);
+    }
+
+    /// Balance of `user`, if seen.
+    pub fn balance(&self, user: &str) -> Option<i64> {
+        self.inner.ledger.balance(user)
+    }
+
+    /// Up to `limit` balances with user > `after`, sorted by user.
+    pub fn balances(&self, after: Option<&str>, limit: usize) -> Vec<(String, i64)> {
+        self.inner.ledger.balances(after, limit)
+    }
+
+    /// Events waiting in the queue (0 when not queued).
+    pub fn queue_depth(&self) -> usize {
+        self.inner.admission.as_ref().map_or(0, Admission::len)
+    }
+
+    /// Queue bound in events (0 when not queued).
+    pub fn queue_capacity_events(&self) -> usize {
+        self.inner
+            .admission
+            .as_ref()
+            .map_or(0, Admission::capacity_events)
+    }
+
+    /// `true` once shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Everything `GET /stats` reports.
+    pub fn stats(&self) -> Stats {
+        let inner = &*self.inner;
+        let metrics = &*inner.metrics;
+        let queued = inner.admission.is_some();
+        let per_worker: Vec<WorkerStats> = metrics
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(worker, slot)| {
+                let timings = slot.timings.lock().clone();
+                WorkerStats {
+                    worker,
+                    applied: slot.applied.load(Ordering::Relaxed),
+                    overflowed: slot.overflowed.load(Ordering::Relaxed),
+                    busy_seconds: slot.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                    lock_wait: LockSummary::from_histogram(&timings.wait_us),
+                    lock_hold: LockSummary::from_histogram(&timings.hold_us),
+                }
+            })
+            .collect();
+        let merged = metrics.merged_timings();
+        let summary = self.summary_now();
+        Stats {
+            accepted: summary.accepted,
+            rejected: summary.rejected,
+            rejected_by_reason: metrics.rejected_by_reason(),
+            invalid: summary.invalid,
+            invalid_by_reason: metrics.invalid_by_reason(),
+            validated: metrics.validated.get(),
+            applied: summary.applied,
+            overflowed: summary.overflowed,
+            queue_depth: self.queue_depth(),
+            queue_capacity_events: self.queue_capacity_events(),
+            workers: if queued { inner.config.workers } else { 0 },
+            strategy: inner.config.strategy,
+            shards: inner.ledger.shard_count(),
+            mode: inner.config.mode,
+            queue_kind: inner.config.queue_kind,
+            users: inner.ledger.users(),
+            balance_total: inner.ledger.balance_total(),
+            draining: self.is_draining(),
+            worker_busy_seconds: per_worker.iter().map(|worker| worker.busy_seconds).sum(),
+            lock_wait: LockSummary::from_histogram(&merged.wait_us),
+            lock_hold: LockSummary::from_histogram(&merged.hold_us),
+            per_worker,
+        }
+    }
+
+    /// Merged lock wait/hold histograms of every worker (µs).
+    pub fn lock_timings(&self) -> LockTimings {
+        let merged = self.inner.metrics.merged_timings();
+        LockTimings {
+            wait_us: merged.wait_us,
+            hold_us: merged.hold_us,
+        }
+    }
+
+    /// Stop admitting (ingest answers `Rejected::Draining`), close the queue, let the workers
+    /// apply everything accepted, join them and return the final count. Idempotent: every
+    /// call (also concurrent ones) returns the same summary.
+    pub async fn shutdown(&self) -> Summary {
+        *self.inner.summary.get_or_init(|| self.drain()).await
+    }
+
+    async fn drain(&self) -> Summary {
+        let inner = &*self.inner;
+        inner.draining.store(true, Ordering::SeqCst);
+        if let Some(admission) = &inner.admission {
+            admission.close();
+        }
+        loop {
+            let idle = inner.inline_idle.notified();
+            if inner.inline_in_flight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        let handles = std::mem::take(&mut *inner.workers.lock());
+        for handle in handles {
+            if let Err(error) = handle.await {
+                tracing::error!(%error, "worker task failed");
+            }
+        }
+        let summary = self.summary(true);
+        tracing::info!(?summary, "engine drained");
+        summary
+    }
+
+    /// The counts right now (exact once drained).
+    pub fn summary_now(&self) -> Summary {
+        self.summary(self.inner.summary.initialized())
+    }
+
+    /// Once drained, a queued engine counts accepted as the jobs its workers received: every
+    /// successful push was received, even if its `accepted` increment is still in flight.
+    fn summary(&self, drained: bool) -> Summary {
+        let metrics = &*self.inner.metrics;
+        let accepted = if self.inner.admission.is_some() && drained {
+            metrics.sum_workers(|worker| &worker.received)
+        } else {
+            metrics.accepted.get()
+        };
+        Summary {
+            accepted,
+            applied: metrics.sum_workers(|worker| &worker.applied),
+            overflowed: metrics.sum_workers(|worker| &worker.overflowed),
+            rejected: metrics.rejected(),
+            invalid: metrics.invalid.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct InlineGuard<'a>(&'a Inner);
+
+impl Drop for InlineGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.inline_in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.inline_idle.notify_waiters();
+        }
+    }
+}

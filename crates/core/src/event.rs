@@ -1,0 +1,479 @@
+//! Parse and validate one event body (seed stage 3: "correctness at the boundary").
+//!
+//! Lesson: real clients send malformed, truncated or surprising data; parsing into a typed
+//! [`Event`] is both validation and documentation of the protocol, and every failure gets a
+//! predictable, specific answer instead of a crash.
+//!
+//! Invariant: [`parse_event`] returns `Ok` only for a body that is exactly one JSON object
+//! with exactly the two fields `user` (a non-empty string of at most [`USER_MAX_BYTES`] bytes
+//! without control characters) and `amount` (an integer that fits `i64`). Anything that is not
+//! well-formed JSON (invalid UTF-8, cut short, nested deeper than serde_json's recursion limit,
+//! trailing bytes) is [`EventError::is_malformed_json`]; well-formed JSON that is not a valid
+//! event gets a specific [`EventError::reason`]. The whole body is always checked for syntax
+//! before a semantic error is reported, so a truncated body is never mistaken for a 422.
+//!
+//! Cost: the body is parsed once with borrowed slices (`&RawValue`); the only allocation on
+//! the success path is the `user` string the event owns.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Longest accepted `user`, in bytes (UTF-8). Bounds the memory one ledger entry can take and
+/// keeps log lines readable; 128 bytes is far more than any real account id.
+pub const USER_MAX_BYTES: usize = 128;
+
+/// One ingested event: add `amount` to the balance of `user`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The account the amount is added to (validated: 1..=128 bytes, no control characters).
+    pub user: String,
+    /// Signed amount added to the balance.
+    pub amount: i64,
+}
+
+impl Event {
+    /// Convenience constructor (no validation: use [`parse_event`] for untrusted input).
+    pub fn new(user: impl Into<String>, amount: i64) -> Self {
+        Self {
+            user: user.into(),
+            amount,
+        }
+    }
+}
+
+/// Why a body is not a valid event. `Display` is the human `detail` of the HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Not well-formed JSON: invalid UTF-8, cut short, too deep, trailing bytes, bad syntax.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// Well-formed JSON whose top level is not an object.
+    #[error("an event must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    /// A required field is absent.
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    /// A field other than `user` and `amount` is present.
+    #[error("unknown field `{0}`: an event has exactly the fields `user` and `amount`")]
+    UnknownField(String),
+    /// A field appears twice.
+    #[error("duplicate field `{0}`")]
+    DuplicateField(&'static str),
+    /// `amount` is not an integer that fits i64.
+    #[error("invalid amount: {0}")]
+    InvalidAmount(&'static str),
+    /// `user` is not a string, is empty, is too long or contains control characters.
+    #[error("invalid user: {0}")]
+    InvalidUser(&'static str),
+}
+
+impl EventError {
+    /// Machine-readable reason, as sent in the HTTP body and used as a metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "invalid_json",
+            Self::NotAnObject(_) => "not_an_object",
+            Self::MissingField(_) => "missing_field",
+            Self::UnknownField(_) => "unknown_field",
+            Self::DuplicateField(_) => "duplicate_field",
+            Self::InvalidAmount(_) => "invalid_amount",
+            Self::InvalidUser(_) => "invalid_user",
+        }
+    }
+
+    /// `true` => HTTP 400 `invalid_json`; `false` => HTTP 422 with [`Self::reason`] and detail.
+    pub fn is_malformed_json(&self) -> bool {
+        matches!(self, Self::MalformedJson(_))
+    }
+}
+
+/// Parse and validate one event body.
+///
+/// ```
+/// use floodgate_core::event::{parse_event, Event};
+/// assert_eq!(parse_event(br#"{"user":"alice","amount":25}"#), Ok(Event::new("alice", 25)));
+/// assert_eq!(parse_event(br#"{"user":"alice","amount":1.5}"#).unwrap_err().reason(), "invalid_amount");
+/// assert!(parse_event(br#"{"user":"alice""#).unwrap_err().is_malformed_json());
+/// ```
+pub fn parse_event(body: &[u8]) -> Result<Event, EventError> {
+    // Checking UTF-8 up front makes invalid bytes a 400 even inside values serde_json skips.
+    let text = std::str::from_utf8(body)
+        .map_err(|error| EventError::MalformedJson(format!("invalid UTF-8: {error}")))?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let raw = RawEvent::deserialize(&mut deserializer).map_err(malformed)?;
+    deserializer.end().map_err(malformed)?;
+    raw.into_event()
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(malformed)`
+fn malformed(error: serde_json::Error) -> EventError {
+    EventError::MalformedJson(error.to_string())
+}
+
+/// What the syntax pass found: borrowed raw field values plus the first semantic error.
+/// Semantic errors are recorded, not returned, so serde_json still checks the whole body.
+#[derive(Default)]
+struct RawEvent<'a> {
+    user: Option<&'a RawValue>,
+    amount: Option<&'a RawValue>,
+    error: Option<EventError>,
+}
+
+impl RawEvent<'_> {
+    fn into_event(self) -> Result<Event, EventError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let user = self.user.ok_or(EventError::MissingField("user"))?;
+        let amount = self.amount.ok_or(EventError::MissingField("amount"))?;
+        let user = parse_user(user.get())?;
+        let amount = parse_amount(amount.get())?;
+        Ok(Event {
+            user: user.into_owned(),
+            amount,
+        })
+    }
+
+    fn note(&mut self, error: EventError) {
+        self.error.get_or_insert(error);
+    }
+}
+
+/// Validate the raw JSON text of the `user` value; borrows unless the string has escapes.
+fn parse_user(raw: &str) -> Result<Cow<'_, str>, EventError> {
+    let Some(inner) = raw
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    else {
+        return Err(EventError::InvalidUser("must be a string"));
+    };
+    let user: Cow<'_, str> = if inner.contains('\\') {
+        // Escapes present: let serde_json decode them (the syntax was already checked).
+        Cow::Owned(serde_json::from_str::<String>(raw).map_err(malformed)?)
+    } else {
+        Cow::Borrowed(inner)
+    };
+    if user.is_empty() {
+        return Err(EventError::InvalidUser("must not be empty"));
+    }
+    if user.len() > USER_MAX_BYTES {
+        return Err(EventError::InvalidUser("longer than 128 bytes"));
+    }
+    if user.chars().any(char::is_control) {
+        return Err(EventError::InvalidUser("contains control characters"));
+    }
+    Ok(user)
+}
+
+/// Validate the raw JSON text of the `amount` value: an integer literal that fits i64.
+fn parse_amount(raw: &str) -> Result<i64, EventError> {
+    let Some(&first) = raw.as_bytes().first() else {
+        return Err(EventError::InvalidAmount("must be an integer"));
+    };
+    if first != b'-' && !first.is_ascii_digit() {
+        return Err(EventError::InvalidAmount(
+            "must be an integer, not a string, bool, null, array or object",
+        ));
+    }
+    if raw.bytes().any(|byte| matches!(byte, b'.' | b'e' | b'E')) {
+        return Err(EventError::InvalidAmount(
+            "must be an integer, not a fraction or exponent",
+        ));
+    }
+    raw.parse::<i64>()
+        .map_err(|_| EventError::InvalidAmount("out of the i64 range"))
+}
+
+impl<'de> Deserialize<'de> for RawEvent<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TopVisitor)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = RawEvent<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut raw = RawEvent::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match key {
+                Key::User if raw.user.is_some() => {
+                    map.next_value::<IgnoredAny>()?;
+                    raw.note(EventError::DuplicateField("user"));
+                }
+                Key::Amount if raw.amount.is_some() => {
+                    map.next_value::<IgnoredAny>()?;
+                    raw.note(EventError::DuplicateField("amount"));
+                }
+                Key::User => raw.user = Some(map.next_value()?),
+                Key::Amount => raw.amount = Some(map.next_value()?),
+                Key::Unknown(name) => {
+                    map.next_value::<IgnoredAny>()?;
+                    raw.note(EventError::UnknownField(name.into_owned()));
+                }
+            }
+        }
+        Ok(raw)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        // Drain the array so its syntax (and depth) is still checked.
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(not_an_object("an array"))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(not_an_object("a boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(not_an_object("a number"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(not_an_object("a number"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(not_an_object("a number"))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(not_an_object("a string"))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(not_an_object("null"))
+    }
+}
+
+fn not_an_object(kind: &'static str) -> RawEvent<'static> {
+    RawEvent {
+        error: Some(EventError::NotAnObject(kind)),
+        ..RawEvent::default()
+    }
+}
+
+/// An object key: the two known names, or an unknown one kept only for the error detail.
+enum Key<'a> {
+    User,
+    Amount,
+    Unknown(Cow<'a, str>),
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a field name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
+        Ok(match name {
+            "user" => Key::User,
+            "amount" => Key::Amount,
+            other => Key::Unknown(Cow::Borrowed(other)),
+        })
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(match name {
+            "user" => Key::User,
+            "amount" => Key::Amount,
+            other => Key::Unknown(Cow::Owned(other.to_owned())),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(body: &[u8]) -> &'static str {
+        parse_event(body)
+            .expect_err("body must be rejected")
+            .reason()
+    }
+
+    #[test]
+    fn valid_events_parse() {
+        // Proves well-formed events (incl. whitespace, field order, escapes, extremes) are accepted.
+        let cases: [(&[u8], Event); 6] = [
+            (br#"{"user":"alice","amount":25}"#, Event::new("alice", 25)),
+            (
+                b" {\n \"amount\" : -7 , \"user\" : \"bob\" } \n",
+                Event::new("bob", -7),
+            ),
+            (
+                br#"{"user":"a\"b\u00e9","amount":0}"#,
+                Event::new("a\"b\u{e9}", 0),
+            ),
+            (
+                br#"{"user":"x","amount":9223372036854775807}"#,
+                Event::new("x", i64::MAX),
+            ),
+            (
+                br#"{"user":"x","amount":-9223372036854775808}"#,
+                Event::new("x", i64::MIN),
+            ),
+            (
+                "{\"user\":\"zo\u{eb}\",\"amount\":1}".as_bytes(),
+                Event::new("zo\u{eb}", 1),
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(parse_event(body), Ok(expected));
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_400_class() {
+        // Proves that non-JSON, truncated, trailing-garbage, invalid UTF-8, raw control chars
+        // in strings and 10,000-deep nesting are all `invalid_json` (HTTP 400), never a panic.
+        let deep_array = "[".repeat(10_000);
+        let deep_in_field = format!(r#"{{"user":"a","amount":1,"x":{}}}"#, "[".repeat(10_000));
+        let cases: Vec<&[u8]> = vec![
+            b"",
+            b"hello",
+            br#"{"user":"alice""#,
+            br#"{"user":"alice","amount":2"#,
+            br#"{"user":"alice","amount":2}}"#,
+            br#"{"user":"alice","amount":2} x"#,
+            b"{\"user\":\"al\xffice\",\"amount\":2}",
+            b"{\"user\":\"a\",\"amount\":1,\"x\":\"\xfe\"}",
+            b"{\"user\":\"a\x01\",\"amount\":2}",
+            deep_array.as_bytes(),
+            deep_in_field.as_bytes(),
+            br#"{"user":"a","amount":01}"#,
+            br#"{"unknown":1,"user":"a""#,
+        ];
+        for body in cases {
+            let error = parse_event(body).expect_err("must be rejected");
+            assert!(error.is_malformed_json(), "{body:?} gave {error:?}");
+            assert_eq!(error.reason(), "invalid_json");
+        }
+    }
+
+    #[test]
+    fn not_an_object_is_422() {
+        // Proves JSON values other than objects get `not_an_object`, not a 400.
+        for body in [&b"[1,2]"[..], b"\"s\"", b"12", b"true", b"null", b"[]"] {
+            let error = parse_event(body).expect_err("must be rejected");
+            assert!(!error.is_malformed_json());
+            assert_eq!(error.reason(), "not_an_object", "{body:?}");
+        }
+    }
+
+    #[test]
+    fn missing_unknown_and_duplicate_fields() {
+        // Proves the strict shape: exactly {user, amount}, each once.
+        assert_eq!(reason(br#"{"amount":1}"#), "missing_field");
+        assert_eq!(reason(br#"{"user":"a"}"#), "missing_field");
+        assert_eq!(reason(b"{}"), "missing_field");
+        assert_eq!(
+            reason(br#"{"user":"a","amount":1,"note":{"x":[1]}}"#),
+            "unknown_field"
+        );
+        assert_eq!(reason(br#"{"User":"a","amount":1}"#), "unknown_field");
+        assert_eq!(
+            reason(br#"{"user":"a","amount":1,"user":"b"}"#),
+            "duplicate_field"
+        );
+        assert_eq!(
+            reason(br#"{"user":"a","amount":1,"amount":1}"#),
+            "duplicate_field"
+        );
+        let detail = parse_event(br#"{"user":"a","amount":1,"note":2}"#)
+            .expect_err("unknown")
+            .to_string();
+        assert!(detail.contains("note"), "{detail}");
+    }
+
+    #[test]
+    fn invalid_amounts() {
+        // Proves only i64 integer literals are amounts: floats (even 1.0), exponents, strings,
+        // other types, 1e400 and values just outside the i64 range are `invalid_amount`.
+        for amount in [
+            "1.0",
+            "1.5",
+            "-0.5",
+            "1e3",
+            "1E3",
+            "1e400",
+            "-1e400",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551616",
+            "123456789012345678901234567890",
+            "\"5\"",
+            "true",
+            "null",
+            "[1]",
+            "{\"v\":1}",
+        ] {
+            let body = format!(r#"{{"user":"a","amount":{amount}}}"#);
+            let error = parse_event(body.as_bytes()).expect_err("must be rejected");
+            assert_eq!(error.reason(), "invalid_amount", "{amount}");
+            assert!(!error.is_malformed_json());
+        }
+    }
+
+    #[test]
+    fn invalid_users() {
+        // Proves users must be non-empty strings of at most 128 bytes without control chars,
+        // counting bytes (not chars) and checking escaped control characters too.
+        let long = "u".repeat(USER_MAX_BYTES + 1);
+        let max = "u".repeat(USER_MAX_BYTES);
+        let multibyte = "\u{e9}".repeat(65); // 130 bytes, 65 chars
+        for user in [
+            "\"\"".to_owned(),
+            format!("\"{long}\""),
+            format!("\"{multibyte}\""),
+            r#""a\u0000b""#.to_owned(),
+            r#""a\nb""#.to_owned(),
+            r#""a\u007fb""#.to_owned(),
+            r#""a\u0085b""#.to_owned(),
+            "12".to_owned(),
+            "null".to_owned(),
+            "[\"a\"]".to_owned(),
+        ] {
+            let body = format!(r#"{{"user":{user},"amount":1}}"#);
+            assert_eq!(reason(body.as_bytes()), "invalid_user", "{user}");
+        }
+        let body = format!(r#"{{"user":"{max}","amount":1}}"#);
+        assert_eq!(
+            parse_event(body.as_bytes()).map(|event| event.user.len()),
+            Ok(128)
+        );
+    }
+
+    #[test]
+    fn syntax_beats_semantics() {
+        // Proves a semantic error found early never hides a syntax error later in the body.
+        assert_eq!(reason(br#"{"zzz":1,"user":"a","amount":"#), "invalid_json");
+        assert_eq!(reason(b"[1,2"), "invalid_json");
+        assert_eq!(reason(br#"{"user":"a","amount":1.5"#), "invalid_json");
+    }
+}

@@ -1,0 +1,335 @@
+//! Per-user balances behind the three locking strategies (seed stages 4–8).
+//!
+//! Lesson: one mutex around every balance serializes all workers (stage 7: "locks scale badly
+//! if used blindly"); splitting the state into shards routed by hash(user) lets workers that
+//! update different users run in parallel (stage 8); giving each worker its own shard, fed by
+//! its own queue, removes lock contention altogether (the owned strategy).
+//!
+//! Invariants:
+//! - Checked arithmetic: an amount that would overflow a balance is not applied
+//!   ([`Overflow`]); a balance never wraps and applying never panics.
+//! - Each shard's running `total` equals the sum of its balances, so the ledger total is the
+//!   sum of the amounts of every applied event (the conservation check).
+//! - A user always lives in shard [`shard_index`]`(user_hash(user), shards)`: the hash is
+//!   computed once per event (at admission) and used both to pick the shard (or the owning
+//!   worker's queue) and to probe the shard's table.
+//!
+//! Locks: every shard has a short `data` lock (parking_lot) around its table, taken only for
+//! the map update (once per batch on the fast path), and an async `hold` lock (tokio) that
+//! simulated work keeps across an `.await`, as the seed's `tokio::sync::Mutex` did, so stage
+//! 7's "wait ≫ hold" shows. Every mutation happens under `data`, so readers (`balance`,
+//! `balances`) never see a half-applied event and never wait for a simulated hold.
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
+
+use crate::config::LedgerStrategy;
+
+/// Hash of a user name: FxHash, fast on short keys. Computed once per event.
+pub fn user_hash(user: &str) -> u64 {
+    FxBuildHasher.hash_one(user)
+}
+
+/// Shard (or owning worker) of a hash among `shards`, by multiply-shift on bits 24..56, so
+/// it is independent of the low bits (bucket index) and top 7 bits (tag) the table uses.
+pub fn shard_index(hash: u64, shards: usize) -> usize {
+    debug_assert!(shards > 0, "at least one shard");
+    let middle = (hash >> 24) & 0xFFFF_FFFF;
+    ((middle * shards as u64) >> 32) as usize
+}
+
+/// The amount was not applied: the balance would leave the i64 range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overflow {
+    /// The balance, unchanged.
+    pub balance: i64,
+    /// The user, handed back (for the log line; no allocation on this path).
+    pub user: String,
+}
+
+/// One user's balance. The hash is kept so the table can grow without hashing again.
+#[derive(Debug)]
+struct Entry {
+    user: Box<str>,
+    hash: u64,
+    balance: i64,
+}
+
+/// One shard's balances.
+#[derive(Debug, Default)]
+pub struct Table {
+    entries: HashTable<Entry>,
+    total: i128,
+}
+
+impl Table {
+    /// Add `amount` to `user`'s balance (created at 0 when new); `hash` must be
+    /// `user_hash(&user)`. Takes the `String` so a new user costs no extra allocation.
+    pub fn apply(&mut self, hash: u64, user: String, amount: i64) -> Result<i64, Overflow> {
+        debug_assert_eq!(hash, user_hash(&user), "hash must be user_hash(user)");
+        let found = self
+            .entries
+            .find_mut(hash, |entry| entry.hash == hash && *entry.user == *user);
+        let balance = if let Some(entry) = found {
+            let Some(balance) = entry.balance.checked_add(amount) else {
+                return Err(Overflow {
+                    balance: entry.balance,
+                    user,
+                });
+            };
+            entry.balance = balance;
+            balance
+        } else {
+            let entry = Entry {
+                user: user.into_boxed_str(),
+                hash,
+                balance: amount,
+            };
+            self.entries.insert_unique(hash, entry, |entry| entry.hash);
+            amount
+        };
+        self.total += i128::from(amount);
+        Ok(balance)
+    }
+
+    /// Balance of `user`, if seen.
+    pub fn get(&self, hash: u64, user: &str) -> Option<i64> {
+        self.entries
+            .find(hash, |entry| entry.hash == hash && *entry.user == *user)
+            .map(|entry| entry.balance)
+    }
+
+    /// Users in this table.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// `true` when no user was seen.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Sum of balances (i128: the sum of many i64 can exceed i64).
+    pub fn total(&self) -> i128 {
+        self.total
+    }
+}
+
+/// One shard: the table under a short lock, plus the async lock simulated work holds.
+#[derive(Debug, Default)]
+pub struct Shard {
+    /// Guards the map; held only for updates and reads, never across an `.await`.
+    pub data: parking_lot::Mutex<Table>,
+    /// The seed's `tokio::sync::Mutex`: held across the simulated `hold` sleep and the update.
+    pub hold: tokio::sync::Mutex<()>,
+}
+
+/// Every balance, split into shards according to the strategy.
+#[derive(Debug)]
+pub struct Ledger {
+    strategy: LedgerStrategy,
+    shards: Box<[Shard]>,
+}
+
+impl Ledger {
+    /// A ledger of `shard_count` empty shards (1 for global; `shards` or workers otherwise).
+    ///
+    /// # Panics
+    /// When `shard_count` is 0 (a programmer error: `EngineConfig::validate` refuses it).
+    pub fn new(strategy: LedgerStrategy, shard_count: usize) -> Self {
+        assert!(shard_count > 0, "a ledger needs at least one shard");
+        let shards = (0..shard_count).map(|_| Shard::default()).collect();
+        Self { strategy, shards }
+    }
+
+    /// The strategy this ledger was built for.
+    pub fn strategy(&self) -> LedgerStrategy {
+        self.strategy
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Index of the shard holding the user with this hash.
+    pub fn shard_for(&self, hash: u64) -> usize {
+        shard_index(hash, self.shards.len())
+    }
+
+    /// Shard by index (panics on an index >= `shard_count`: a programmer error).
+    pub fn shard(&self, index: usize) -> &Shard {
+        &self.shards[index]
+    }
+
+    /// Apply one event under its shard's data lock (convenience; workers batch instead).
+    pub fn apply(&self, user: String, amount: i64) -> Result<i64, Overflow> {
+        let hash = user_hash(&user);
+        self.shards[self.shard_for(hash)]
+            .data
+            .lock()
+            .apply(hash, user, amount)
+    }
+
+    /// Balance of `user`, if seen.
+    pub fn balance(&self, user: &str) -> Option<i64> {
+        let hash = user_hash(user);
+        self.shards[self.shard_for(hash)]
+            .data
+            .lock()
+            .get(hash, user)
+    }
+
+    /// Up to `limit` balances with user > `after`, sorted by user (cursor pagination).
+    /// Costs one pass over every shard (each locked in turn) and O(limit) memory.
+    pub fn balances(&self, after: Option<&str>, limit: usize) -> Vec<(String, i64)> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        // Max-heap of the `limit` smallest users seen so far.
+        let mut best: std::collections::BinaryHeap<(Box<str>, i64)> =
+            std::collections::BinaryHeap::with_capacity(limit + 1);
+        for shard in &*self.shards {
+            let table = shard.data.lock();
+            for entry in &table.entries {
+                if after.is_some_and(|after| *entry.user <= *after) {
+                    continue;
+                }
+                if best.len() == limit && best.peek().is_some_and(|top| top.0 <= entry.user) {
+                    continue;
+                }
+                best.push((entry.user.clone(), entry.balance));
+                if best.len() > limit {
+                    best.pop();
+                }
+            }
+        }
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|(user, balance)| (user.into_string(), balance))
+            .collect()
+    }
+
+    /// Users seen, over every shard.
+    pub fn users(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.data.lock().len())
+            .sum()
+    }
+
+    /// Sum of every balance.
+    pub fn balance_total(&self) -> i128 {
+        self.shards
+            .iter()
+            .map(|shard| shard.data.lock().total())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_adds_and_creates() {
+        // Proves balances accumulate per user, new users start at 0, totals track the sum.
+        for (strategy, shards) in [
+            (LedgerStrategy::Global, 1),
+            (LedgerStrategy::Sharded, 16),
+            (LedgerStrategy::Owned, 3),
+        ] {
+            let ledger = Ledger::new(strategy, shards);
+            assert_eq!(ledger.apply("alice".into(), 10), Ok(10));
+            assert_eq!(ledger.apply("bob".into(), -3), Ok(-3));
+            assert_eq!(ledger.apply("alice".into(), 15), Ok(25));
+            assert_eq!(ledger.balance("alice"), Some(25));
+            assert_eq!(ledger.balance("carol"), None);
+            assert_eq!((ledger.users(), ledger.balance_total()), (2, 22));
+        }
+    }
+
+    #[test]
+    fn overflow_is_refused_not_wrapped() {
+        // Proves checked arithmetic: an overflowing amount leaves the balance and total intact.
+        let ledger = Ledger::new(LedgerStrategy::Sharded, 4);
+        assert_eq!(ledger.apply("max".into(), i64::MAX), Ok(i64::MAX));
+        let overflow = |balance, user: &str| Overflow {
+            balance,
+            user: user.to_owned(),
+        };
+        assert_eq!(
+            ledger.apply("max".into(), 1),
+            Err(overflow(i64::MAX, "max"))
+        );
+        assert_eq!(ledger.apply("min".into(), i64::MIN), Ok(i64::MIN));
+        assert_eq!(
+            ledger.apply("min".into(), -1),
+            Err(overflow(i64::MIN, "min"))
+        );
+        assert_eq!(ledger.apply("max".into(), -1), Ok(i64::MAX - 1));
+        assert_eq!(ledger.balance("max"), Some(i64::MAX - 1));
+        assert_eq!(
+            ledger.balance_total(),
+            i128::from(i64::MAX - 1) + i128::from(i64::MIN)
+        );
+    }
+
+    #[test]
+    fn many_users_spread_over_shards_and_survive_growth() {
+        // Proves the table keeps every user across resizes and the shard routing is stable
+        // and uses every shard.
+        let ledger = Ledger::new(LedgerStrategy::Sharded, 8);
+        for round in 0..2 {
+            for user in 0..20_000 {
+                assert_eq!(ledger.apply(format!("user{user}"), 1), Ok(round + 1));
+            }
+        }
+        assert_eq!(ledger.users(), 20_000);
+        for index in 0..8 {
+            let len = ledger.shard(index).data.lock().len();
+            assert!(len > 1_000, "shard {index} has only {len} users");
+        }
+        assert_eq!(ledger.balance_total(), 40_000);
+    }
+
+    #[test]
+    fn balances_paginate_in_user_order() {
+        // Proves cursor pagination: pages are sorted, disjoint and cover every user once.
+        let ledger = Ledger::new(LedgerStrategy::Sharded, 5);
+        for user in 0..257 {
+            ledger
+                .apply(format!("u{user:04}"), user)
+                .expect("no overflow");
+        }
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = ledger.balances(after.as_deref(), 50);
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.windows(2).all(|pair| pair[0].0 < pair[1].0));
+            after = page.last().map(|(user, _)| user.clone());
+            seen.extend(page);
+        }
+        assert_eq!(seen.len(), 257);
+        assert_eq!(seen[0], ("u0000".to_owned(), 0));
+        assert_eq!(seen[256], ("u0256".to_owned(), 256));
+        assert!(ledger.balances(None, 0).is_empty());
+    }
+
+    #[test]
+    fn shard_index_is_in_range_and_spread() {
+        // Proves shard_index never leaves 0..shards and spreads hashes across all shards.
+        for shards in [1, 2, 3, 7, 64, 4096] {
+            let mut hits = vec![0_u32; shards];
+            for user in 0..(shards * 50) {
+                hits[shard_index(user_hash(&format!("user{user}")), shards)] += 1;
+            }
+            assert!(hits.iter().all(|&count| count > 0), "{shards}: {hits:?}");
+        }
+    }
+}

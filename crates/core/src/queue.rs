@@ -1,0 +1,300 @@
+//! Bounded admission between the front door and the workers (seed stages 5–6).
+//!
+//! Lesson: a bounded queue declares capacity; `try_send` makes overload explicit ("backpressure
+//! is honesty"): a full queue refuses at once instead of making the caller wait. Stage 6
+//! shared one receiver behind `Arc<Mutex<Receiver>>` ([`QueueKind::SharedReceiver`]); a true
+//! multi-consumer channel ([`QueueKind::Mpmc`], async-channel) lets idle workers receive
+//! without taking turns on a lock.
+//!
+//! Invariants:
+//! - [`Admission::try_push`] never waits: it returns `Full` or `Closed` immediately.
+//! - Capacity is bounded: the lanes' capacities add up to `queue_capacity_events`.
+//! - After [`Admission::close`], pushes fail with `Closed`, and consumers still receive every
+//!   job pushed before; [`Consumer::recv_batch`] returns 0 only once the lane is closed AND
+//!   empty, so draining loses nothing.
+//! - With the owned strategy there is one lane per worker and a job goes to lane
+//!   `shard_index(hash, lanes)`: the worker that owns the job's shard.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::QueueKind;
+use crate::ledger::shard_index;
+
+/// One admitted event on its way to a worker: the hash is computed once, at admission.
+#[derive(Debug)]
+pub struct Job {
+    /// The user (moved into the ledger when new).
+    pub user: String,
+    /// Amount to add.
+    pub amount: i64,
+    /// `user_hash(&user)`, used for routing and the table probe.
+    pub hash: u64,
+}
+
+/// Why a push failed (the job is dropped: the caller answers 503).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The lane is at capacity.
+    Full,
+    /// The queue is closed (draining).
+    Closed,
+}
+
+#[derive(Debug)]
+enum Lane {
+    Mpmc(async_channel::Sender<Job>),
+    Tokio(mpsc::Sender<Job>),
+}
+
+/// The producer side: one lane, or one per worker when `routed` (owned strategy).
+#[derive(Debug)]
+pub struct Admission {
+    lanes: Box<[Lane]>,
+    capacity_events: usize,
+    closing: watch::Sender<bool>,
+}
+
+/// The consumer side of one worker.
+#[derive(Debug)]
+pub enum Consumer {
+    /// A clone of the multi-consumer receiver.
+    Mpmc(async_channel::Receiver<Job>),
+    /// The seed's shared receiver: lock it, receive, unlock.
+    Shared {
+        /// The receiver, shared by the workers of this lane.
+        receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+        /// Turns true when the queue closes (tokio's receiver is closed from its side).
+        closing: watch::Receiver<bool>,
+    },
+}
+
+/// Build the queue: `lanes` lanes (1, or one per worker for the owned strategy) sharing
+/// `capacity_events`, and `workers` consumers (worker `i` reads lane `i % lanes`).
+///
+/// # Panics
+/// When `lanes` or `workers` is 0 or `capacity_events < lanes` (a programmer error:
+/// `EngineConfig::validate` refuses such configurations).
+pub fn build(
+    kind: QueueKind,
+    capacity_events: usize,
+    lanes: usize,
+    workers: usize,
+) -> (Admission, Vec<Consumer>) {
+    assert!(
+        lanes > 0 && workers > 0 && capacity_events >= lanes,
+        "queue shape"
+    );
+    let (closing, closing_receiver) = watch::channel(false);
+    let mut senders = Vec::with_capacity(lanes);
+    let mut lane_consumers = Vec::with_capacity(lanes);
+    for lane in 0..lanes {
+        // Spread the remainder so the lanes add up to exactly `capacity_events`.
+        let capacity = capacity_events / lanes + usize::from(lane < capacity_events % lanes);
+        match kind {
+            QueueKind::Mpmc => {
+                let (sender, receiver) = async_channel::bounded(capacity);
+                senders.push(Lane::Mpmc(sender));
+                lane_consumers.push(Consumer::Mpmc(receiver));
+            }
+            QueueKind::SharedReceiver => {
+                let (sender, receiver) = mpsc::channel(capacity);
+                senders.push(Lane::Tokio(sender));
+                lane_consumers.push(Consumer::Shared {
+                    receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
+                    closing: closing_receiver.clone(),
+                });
+            }
+        }
+    }
+    let consumers = (0..workers)
+        .map(|worker| lane_consumers[worker % lanes].clone())
+        .collect();
+    let admission = Admission {
+        lanes: senders.into_boxed_slice(),
+        capacity_events,
+        closing,
+    };
+    (admission, consumers)
+}
+
+impl Clone for Consumer {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Mpmc(receiver) => Self::Mpmc(receiver.clone()),
+            Self::Shared { receiver, closing } => Self::Shared {
+                receiver: Arc::clone(receiver),
+                closing: closing.clone(),
+            },
+        }
+    }
+}
+
+impl Admission {
+    /// Admit a job without waiting: `Full` when its lane is at capacity, `Closed` once closed.
+    pub fn try_push(&self, job: Job) -> Result<(), PushError> {
+        let lane = if self.lanes.len() == 1 {
+            &self.lanes[0]
+        } else {
+            &self.lanes[shard_index(job.hash, self.lanes.len())]
+        };
+        match lane {
+            Lane::Mpmc(sender) => sender.try_send(job).map_err(|error| match error {
+                async_channel::TrySendError::Full(_) => PushError::Full,
+                async_channel::TrySendError::Closed(_) => PushError::Closed,
+            }),
+            Lane::Tokio(sender) => sender.try_send(job).map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => PushError::Full,
+                mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+            }),
+        }
+    }
+
+    /// Stop admitting. Jobs already queued stay and are still delivered. Idempotent.
+    pub fn close(&self) {
+        for lane in &*self.lanes {
+            if let Lane::Mpmc(sender) = lane {
+                sender.close();
+            }
+        }
+        self.closing.send_replace(true);
+    }
+
+    /// `true` once every lane refuses pushes. Tokio lanes close when a consumer sees the
+    /// closing signal, so this may lag [`Self::close`] by one wake-up of each lane's workers.
+    pub fn is_closed(&self) -> bool {
+        self.lanes.iter().all(|lane| match lane {
+            Lane::Mpmc(sender) => sender.is_closed(),
+            Lane::Tokio(sender) => sender.is_closed(),
+        })
+    }
+
+    /// Jobs waiting, over every lane.
+    pub fn len(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(|lane| match lane {
+                Lane::Mpmc(sender) => sender.len(),
+                Lane::Tokio(sender) => sender.max_capacity() - sender.capacity(),
+            })
+            .sum()
+    }
+
+    /// `true` when no job waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Total capacity in events.
+    pub fn capacity_events(&self) -> usize {
+        self.capacity_events
+    }
+
+    /// Number of lanes (1, or one per worker with the owned strategy).
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+}
+
+impl Consumer {
+    /// Wait for at least one job, then take up to `max` without waiting more; appends to
+    /// `batch` and returns how many. Returns 0 only when the lane is closed and empty.
+    pub async fn recv_batch(&mut self, batch: &mut Vec<Job>, max: usize) -> usize {
+        debug_assert!(max > 0, "batch of at least one");
+        match self {
+            Self::Mpmc(receiver) => {
+                let Ok(job) = receiver.recv().await else {
+                    return 0;
+                };
+                batch.push(job);
+                let mut taken = 1;
+                while taken < max {
+                    let Ok(job) = receiver.try_recv() else { break };
+                    batch.push(job);
+                    taken += 1;
+                }
+                taken
+            }
+            Self::Shared { receiver, closing } => {
+                let mut receiver = receiver.lock().await;
+                let closed = *closing.borrow();
+                if closed {
+                    receiver.close();
+                    return receiver.recv_many(batch, max).await;
+                }
+                tokio::select! {
+                    biased;
+                    taken = receiver.recv_many(batch, max) => taken,
+                    () = async {
+                        // Drop the watch guard at once (it is not `Send`).
+                        let _ = closing.wait_for(|closing| *closing).await;
+                    } => {
+                        receiver.close();
+                        receiver.recv_many(batch, max).await
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::user_hash;
+
+    fn job(user: &str) -> Job {
+        Job {
+            user: user.to_owned(),
+            amount: 1,
+            hash: user_hash(user),
+        }
+    }
+
+    #[tokio::test]
+    async fn try_push_refuses_when_full_and_after_close_but_drains() {
+        // Proves boundedness (Full at capacity, never waiting), Closed after close, and that
+        // every job pushed before close is still received, for both queue kinds.
+        for kind in [QueueKind::Mpmc, QueueKind::SharedReceiver] {
+            let (admission, mut consumers) = build(kind, 3, 1, 2);
+            for user in ["a", "b", "c"] {
+                assert_eq!(admission.try_push(job(user)), Ok(()));
+            }
+            assert_eq!(admission.try_push(job("d")), Err(PushError::Full));
+            assert_eq!(admission.len(), 3);
+            admission.close();
+            let mut batch = Vec::new();
+            let mut received = 0;
+            loop {
+                let taken = consumers[received % 2].recv_batch(&mut batch, 2).await;
+                if taken == 0 {
+                    break;
+                }
+                received += taken;
+            }
+            assert_eq!(received, 3, "{kind:?}");
+            assert_eq!(admission.try_push(job("e")), Err(PushError::Closed));
+            assert!(admission.is_closed());
+        }
+    }
+
+    #[tokio::test]
+    async fn owned_lanes_route_by_hash_and_split_capacity() {
+        // Proves lanes add up to the capacity and a user always lands in its owner's lane.
+        let (admission, mut consumers) = build(QueueKind::Mpmc, 10, 3, 3);
+        assert_eq!((admission.lanes(), admission.capacity_events()), (3, 10));
+        let users: Vec<String> = (0..6).map(|user| format!("user{user}")).collect();
+        for user in &users {
+            assert_eq!(admission.try_push(job(user)), Ok(()));
+        }
+        admission.close();
+        for (lane, consumer) in consumers.iter_mut().enumerate() {
+            let mut batch = Vec::new();
+            while consumer.recv_batch(&mut batch, 8).await > 0 {}
+            for job in &batch {
+                assert_eq!(shard_index(job.hash, 3), lane);
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Snapshots the engine reports: [`Stats`] (what `GET /stats` returns), [`Summary`] (the
+//! final count printed at shutdown) and [`LockTimings`] (for Prometheus).
+//!
+//! Lesson (seed stage 7): per-worker lock wait and hold, side by side, is what reveals a hot
+//! lock ("wait ≫ hold = severe contention"); stage 5: accepted vs rejected shows backpressure.
+//!
+//! Invariant: a snapshot is plain data built from the metrics; building one never blocks a
+//! worker for more than one histogram copy, and once the engine is drained
+//! `applied + overflowed == accepted` holds in it.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LedgerStrategy, ProcessingMode, QueueKind};
+
+/// Percentiles of one lock histogram, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockSummary {
+    /// Samples recorded (lock acquisitions; one per batch on the fast path).
+    pub count: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Maximum, ms.
+    pub max_ms: f64,
+}
+
+impl LockSummary {
+    /// Summarize a histogram of microseconds.
+    pub fn from_histogram(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            count: histogram.len(),
+            p50_ms: ms(histogram.value_at_quantile(0.5)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            max_ms: ms(histogram.max()),
+        }
+    }
+}
+
+/// One worker's figures (slot 0 is the request handler in inline mode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Worker index.
+    pub worker: usize,
+    /// Events it applied.
+    pub applied: u64,
+    /// Events it refused for overflow.
+    pub overflowed: u64,
+    /// Seconds it spent processing (not waiting for the queue).
+    pub busy_seconds: f64,
+    /// Time waiting for the ledger lock.
+    pub lock_wait: LockSummary,
+    /// Time holding the ledger lock.
+    pub lock_hold: LockSummary,
+}
+
+/// Everything `GET /stats` returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Events admitted (queued, or applied/overflowed inline).
+    pub accepted: u64,
+    /// Events refused (queue full, draining, inline overflow).
+    pub rejected: u64,
+    /// Refusals by reason: `queue_full`, `draining`, `balance_overflow`.
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Invalid inputs reported by the front door.
+    pub invalid: u64,
+    /// Invalid inputs by reason (`invalid_json`, `missing_field`, ...).
+    pub invalid_by_reason: BTreeMap<String, u64>,
+    /// Events validated without state (stage 3 only).
+    pub validated: u64,
+    /// Events applied to the ledger.
+    pub applied: u64,
+    /// Accepted events not applied because the balance would overflow i64.
+    pub overflowed: u64,
+    /// Events waiting in the queue.
+    pub queue_depth: usize,
+    /// Queue bound, in events (0 when not queued).
+    pub queue_capacity_events: usize,
+    /// Worker tasks (0 when not queued).
+    pub workers: usize,
+    /// Ledger strategy.
+    pub strategy: LedgerStrategy,
+    /// Ledger shards in use.
+    pub shards: usize,
+    /// Processing mode.
+    pub mode: ProcessingMode,
+    /// How workers share the queue.
+    pub queue_kind: QueueKind,
+    /// Users seen.
+    pub users: usize,
+    /// Sum of every balance (i128: many i64 balances can exceed i64).
+    pub balance_total: i128,
+    /// `true` once shutdown began.
+    pub draining: bool,
+    /// Seconds the workers spent processing, summed over workers.
+    pub worker_busy_seconds: f64,
+    /// All workers' lock waits merged.
+    pub lock_wait: LockSummary,
+    /// All workers' lock holds merged.
+    pub lock_hold: LockSummary,
+    /// Per-worker figures (the seed's stage-7 instrumentation).
+    pub per_worker: Vec<WorkerStats>,
+}
+
+/// The final count, returned by `Engine::shutdown` once everything accepted was applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Events admitted.
+    pub accepted: u64,
+    /// Events applied.
+    pub applied: u64,
+    /// Admitted events refused for overflow (`applied + overflowed == accepted`).
+    pub overflowed: u64,
+    /// Events refused (queue full, draining, inline overflow).
+    pub rejected: u64,
+    /// Invalid inputs reported by the front door.
+    pub invalid: u64,
+}
+
+/// Merged lock wait and hold histograms of every worker, in microseconds.
+#[derive(Clone, Debug)]
+pub struct LockTimings {
+    /// Time from asking for the ledger lock to getting it, µs.
+    pub wait_us: Histogram<u64>,
+    /// Time the ledger lock was held, µs.
+    pub hold_us: Histogram<u64>,
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the engine through its public API: conservation under concurrency,
+//! overload and shutdown for every ledger strategy and queue kind; the seed's stages in
+//! simulated (paused) time.
+
+mod conservation;
+mod stages;
