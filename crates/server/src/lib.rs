@@ -1,23 +1,28 @@
 //! floodgate-server: the HTTP front door of Floodgate and the seed's raw lesson servers.
 //!
-//! Lesson: stages 1 to 8 of the seed meet the network here. Stage 1 and 2 are the raw echo
+//! Lesson: stages 1 to 8 of the seed meet the network here. Stages 1 and 2 are the raw echo
 //! servers in [`raw`]; stages 3 to 8 and the production default share one front door on axum
-//! and hyper, with the engine (`floodgate-core`) behind it.
+//! 0.8 and hyper 1 with our own accept loop ([`conn`]), the engine (`floodgate-core`) behind.
+//! A request travels: [`conn`] (connection cap, deadlines) → [`routes`] (bounded body read,
+//! parse, admit) → the engine; failures become responses in [`error`] only; [`metrics`]
+//! exposes it all; [`server`] starts and stops it; [`settings`] and [`serve`] are the CLI.
 //! Invariant: the front door never waits for room in the queue, bounds every read (time and
 //! size), and an event answered 202 is applied before a graceful stop returns its summary.
 
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod metrics;
 pub mod raw;
+pub mod routes;
+pub mod serve;
+pub mod server;
+pub mod settings;
 
+pub use config::{FrontDoorConfig, ServerConfig};
+pub use error::ApiError;
 pub use raw::blocking::BlockingServerHandle;
 pub use raw::echo::EchoServerHandle;
-
-use std::process::ExitCode;
-
-/// Flags of `floodgate serve`.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
-
-/// Entry point of `floodgate serve`.
-pub fn serve_main(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
-}
+pub use serve::serve_main;
+pub use server::{ServerHandle, run};
+pub use settings::ServeArgs;

@@ -2,5 +2,9 @@
 //!
 //! Each module covers one part of the front door; `support` holds the raw-TCP helpers.
 
+mod http_contract;
+mod metrics_and_shutdown;
+mod raw_http;
 mod raw_servers;
+mod slow_clients;
 mod support;

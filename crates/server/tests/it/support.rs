@@ -66,3 +66,128 @@ pub fn body_of(response: &[u8]) -> &[u8] {
         .position(|window| window == b"\r\n\r\n")
         .map_or(&[][..], |index| &response[index + 4..])
 }
+
+/// Reads exactly one HTTP/1.1 response (head + Content-Length or chunked body) from a kept-
+/// alive async stream; `None` if the peer closed (or `ANSWER_WAIT` passed) before a full one.
+pub async fn read_response(
+    stream: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+) -> Option<RawResponse> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some((response, used)) = parse_response(pending) {
+            pending.drain(..used);
+            return Some(response);
+        }
+        let mut chunk = [0_u8; 8192];
+        let read = tokio::time::timeout(ANSWER_WAIT, stream.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if read == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// One parsed raw response.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The body as JSON (panics in the test if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    /// A header's value, name matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Parses one complete response at the start of `buffer` (Content-Length bodies only, which
+/// is what the server sends), with the number of bytes it took.
+fn parse_response(buffer: &[u8]) -> Option<(RawResponse, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head_len) = response.parse(buffer).ok()? else {
+        return None;
+    };
+    let headers: Vec<(String, String)> = response
+        .headers
+        .iter()
+        .map(|header| {
+            (
+                header.name.to_owned(),
+                String::from_utf8_lossy(header.value).into_owned(),
+            )
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0);
+    let end = head_len + length;
+    if buffer.len() < end {
+        return None;
+    }
+    Some((
+        RawResponse {
+            status: response.code?,
+            headers,
+            body: buffer[head_len..end].to_vec(),
+        },
+        end,
+    ))
+}
+
+/// Opens a connection, sends `request` and reads one response (`None`: closed without one).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Option<RawResponse> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    // A server may close before reading everything we send: a failed write is an answer too.
+    if stream.write_all(request).await.is_err() {
+        return None;
+    }
+    read_response(&mut stream, &mut Vec::new()).await
+}
+
+/// A complete `POST /events` with a JSON body and a `Content-Length` header spelled `name`.
+pub fn post_event_raw(name: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST /events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{name}: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A test server: the production front door with small, fast settings.
+pub fn test_config() -> floodgate_server::ServerConfig {
+    let mut config = floodgate_server::ServerConfig::production();
+    config.engine.workers = 2;
+    config.engine.queue_capacity_events = 10_000;
+    config
+}
+
+/// An event body.
+pub fn event_json(user: &str, amount: i64) -> String {
+    serde_json::json!({"user": user, "amount": amount}).to_string()
+}
+
+/// A reqwest client that does not keep connections around between tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(ANSWER_WAIT)
+        .build()
+        .expect("client")
+}

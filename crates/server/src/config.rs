@@ -1,0 +1,246 @@
+//! Front-door limits and the whole server configuration.
+//!
+//! Lesson: stage 1 of the seed ends with "real servers rely on threads, async I/O, or
+//! timeouts"; issue 5 adds that async alone does not finish the job. Every way a client can
+//! hold a resource (a connection, a header buffer, a body buffer, time) has a limit here.
+//! Invariant: every limit is a named field with a documented default and reason, and
+//! [`FrontDoorConfig::validate`] refuses values that would disable a limit or break hyper.
+
+use std::time::Duration;
+
+use floodgate_core::config::EngineConfig;
+use serde::{Deserialize, Serialize};
+
+/// Default time a client has to send a complete request head (and, on a new connection, to
+/// start sending it). 10 s: a real client sends its head in one packet; ten seconds covers a
+/// slow mobile link with retransmits, and a slowloris client is cut off quickly.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Default time a request has to deliver its whole body. 10 s: 64 KiB arrives in that time
+/// even at about 50 kbit/s.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 10_000;
+/// Default time a keep-alive connection may sit idle between requests. 30 s: long enough for a
+/// client pool to reuse connections, short enough that forgotten ones give their socket back.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Default cap on open connections. 10,000 fits well under the usual 20,000 file-descriptor
+/// limit with room for the process itself; memory per idle connection is a few KiB.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default largest request body: 64 KiB. An event is under 200 bytes; 64 KiB leaves room for
+/// clients that pad or pretty-print, while 10,000 concurrent bodies stay under 1 GiB.
+pub const DEFAULT_BODY_LIMIT_BYTES: usize = 64 * 1024;
+/// Default largest request head (request line plus headers): 16 KiB, the limit many proxies
+/// use; beyond it hyper answers 431 and closes.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default most headers in one request: 64. Real clients send under 20; beyond it hyper
+/// answers 431 and closes.
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// Default time in-flight requests get to finish after a stop is asked for: 10 s, under the
+/// 30 s most orchestrators wait between SIGTERM and SIGKILL, leaving time to drain the queue.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Default queue fill (percent of capacity) above which `/readyz` answers 503, so a load
+/// balancer steers traffic away before clients see `queue_full`.
+pub const DEFAULT_READY_HIGH_WATER_PERCENT: u8 = 90;
+/// Hard upper bound for any timeout setting: one hour. Longer is a typo, not a policy.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Hard upper bound for the body limit: 64 MiB (the engine's events are tiny).
+pub const MAX_BODY_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+/// Hard upper bound for the head size (hyper's read buffer must hold a whole head).
+pub const MAX_HEADER_BYTES_CEILING: usize = 1024 * 1024;
+/// Hard upper bound for the header count.
+pub const MAX_HEADERS_CEILING: usize = 1024;
+/// Hard upper bound for the connection cap.
+pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
+
+/// Limits of the HTTP front door (issue 5): timeouts, sizes and the connection cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FrontDoorConfig {
+    /// A request head must be complete this long after its first byte (or, on a new
+    /// connection, after accept); otherwise the connection is closed.
+    pub header_timeout_ms: u64,
+    /// A request body must be complete this long after its head; otherwise 408 and close.
+    pub body_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight and no bytes arriving is closed after
+    /// this long.
+    pub idle_timeout_ms: u64,
+    /// Most connections open at once; a new connection over the cap is closed at once.
+    pub max_connections: usize,
+    /// Largest request body; larger bodies get 413.
+    pub body_limit_bytes: usize,
+    /// Largest request head (request line plus headers); larger gets 431 and close.
+    pub max_header_bytes: usize,
+    /// Most headers in one request; more gets 431 and close.
+    pub max_headers: usize,
+    /// How long a graceful stop waits for in-flight requests before closing connections.
+    pub shutdown_timeout_ms: u64,
+    /// `/readyz` answers 503 when the queue is fuller than this percent of its capacity.
+    pub ready_high_water_percent: u8,
+}
+
+impl Default for FrontDoorConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
+            body_timeout_ms: DEFAULT_BODY_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            ready_high_water_percent: DEFAULT_READY_HIGH_WATER_PERCENT,
+        }
+    }
+}
+
+/// A front-door setting that is out of range; the message names the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value {value} for `{setting}`: must be between {min} and {max}")]
+pub struct FrontDoorError {
+    /// The setting's name as a flag would spell it (without `--`).
+    pub setting: &'static str,
+    /// The value refused.
+    pub value: u64,
+    /// Smallest allowed value.
+    pub min: u64,
+    /// Largest allowed value.
+    pub max: u64,
+}
+
+fn check(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), FrontDoorError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(FrontDoorError {
+            setting,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+impl FrontDoorConfig {
+    /// Refuses values that would disable a limit (zero timeouts or caps) or exceed a ceiling.
+    pub fn validate(&self) -> Result<(), FrontDoorError> {
+        check(
+            "header-timeout-ms",
+            self.header_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        check("body-timeout-ms", self.body_timeout_ms, 1, MAX_TIMEOUT_MS)?;
+        check("idle-timeout-ms", self.idle_timeout_ms, 1, MAX_TIMEOUT_MS)?;
+        check(
+            "shutdown-timeout-ms",
+            self.shutdown_timeout_ms,
+            0,
+            MAX_TIMEOUT_MS,
+        )?;
+        check(
+            "max-connections",
+            self.max_connections as u64,
+            1,
+            MAX_CONNECTIONS_CEILING as u64,
+        )?;
+        check(
+            "body-limit-bytes",
+            self.body_limit_bytes as u64,
+            1,
+            MAX_BODY_LIMIT_BYTES as u64,
+        )?;
+        check(
+            "max-header-bytes",
+            self.max_header_bytes as u64,
+            1024,
+            MAX_HEADER_BYTES_CEILING as u64,
+        )?;
+        check(
+            "max-headers",
+            self.max_headers as u64,
+            1,
+            MAX_HEADERS_CEILING as u64,
+        )?;
+        check(
+            "ready-high-water-percent",
+            u64::from(self.ready_high_water_percent),
+            1,
+            100,
+        )
+    }
+
+    /// [`Self::header_timeout_ms`] as a duration.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+    /// [`Self::body_timeout_ms`] as a duration.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+    /// [`Self::idle_timeout_ms`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// [`Self::shutdown_timeout_ms`] as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// Everything the HTTP server needs: the engine behind it and the front door's limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerConfig {
+    /// The engine: processing mode, queue, workers, ledger strategy, simulated work.
+    pub engine: EngineConfig,
+    /// Timeouts, size limits and the connection cap.
+    pub front_door: FrontDoorConfig,
+    /// The seed stage this configuration started from (`None`: the production default).
+    pub stage: Option<u8>,
+}
+
+impl ServerConfig {
+    /// The production default: the engine's production settings and the default limits.
+    pub fn production() -> Self {
+        Self {
+            engine: EngineConfig::production(),
+            front_door: FrontDoorConfig::default(),
+            stage: None,
+        }
+    }
+
+    /// The seed's stage `stage` (3..=8) with the default front-door limits.
+    pub fn for_stage(stage: u8) -> Option<Self> {
+        EngineConfig::for_stage(stage).map(|engine| Self {
+            engine,
+            front_door: FrontDoorConfig::default(),
+            stage: Some(stage),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the defaults are valid and that disabling a limit is refused with its name.
+    #[test]
+    fn defaults_validate_and_zero_limits_are_refused() {
+        assert_eq!(FrontDoorConfig::default().validate(), Ok(()));
+        let zero_timeout = FrontDoorConfig {
+            header_timeout_ms: 0,
+            ..FrontDoorConfig::default()
+        };
+        let error = zero_timeout.validate().expect_err("zero header timeout");
+        assert_eq!(error.setting, "header-timeout-ms");
+        let zero_cap = FrontDoorConfig {
+            max_connections: 0,
+            ..FrontDoorConfig::default()
+        };
+        assert!(
+            zero_cap
+                .validate()
+                .expect_err("zero cap")
+                .to_string()
+                .contains("max-connections")
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! The accept loop and per-connection deadlines: the front door's defence against slow and
+//! hostile clients.
+//!
+//! Lesson: stage 1 of the seed (one idle client froze the blocking server) and issue 5 (async
+//! alone still lets thousands of idle clients hold sockets and memory forever). Every
+//! connection here is bounded in number (a semaphore: over the cap, a new connection is closed
+//! at once and nothing accepted is disturbed) and in time: a new connection must deliver a
+//! complete request head within the header timeout, a keep-alive connection may sit idle only
+//! for the idle timeout, and a request head started on an idle connection must complete within
+//! the header timeout. The body timeout is enforced by the handler (it answers 408).
+//! Invariant: while a request is in flight the connection has no deadline of its own (slow
+//! processing, e.g. stage 4's lock, is not the client's fault); otherwise exactly one deadline
+//! is armed, and it closes the connection when it passes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::FrontDoorConfig;
+use crate::metrics::ServerMetrics;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// hyper's read buffer must hold a whole head; this much more leaves room for body bytes that
+/// arrive with it. Bounds per-connection memory together with `max_header_bytes`.
+pub const READ_BUFFER_SLACK_BYTES: usize = 8 * 1024;
+/// hyper's smallest allowed read buffer.
+const HYPER_MIN_BUFFER_BYTES: usize = 8 * 1024;
+
+/// What the accept loop needs, shared by every connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Acceptor {
+    pub router: Router,
+    pub front_door: FrontDoorConfig,
+    pub metrics: Arc<ServerMetrics>,
+    /// Cancelled when a graceful stop starts: stop accepting, finish in-flight requests.
+    pub graceful: CancellationToken,
+    /// Cancelled when the graceful stop has waited long enough: drop every connection.
+    pub hard_stop: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl Acceptor {
+    /// Accepts until a graceful stop starts; each connection runs on its own tracked task.
+    pub async fn run(self, listener: TcpListener) {
+        let permits = Arc::new(Semaphore::new(self.front_door.max_connections));
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = self.graceful.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _peer)) => self.admit(stream, &permits),
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    /// Starts serving `stream`, or closes it at once when the connection cap is reached.
+    fn admit(&self, stream: TcpStream, permits: &Arc<Semaphore>) {
+        let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+            self.metrics.connections_refused.inc();
+            drop(stream);
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = self.clone();
+        self.tracker
+            .spawn(async move { acceptor.serve(stream, permit).await });
+    }
+
+    /// Serves one connection until it closes, a deadline passes, or the server stops.
+    async fn serve(self, stream: TcpStream, permit: OwnedSemaphorePermit) {
+        let _open = OpenConnection::new(&self.metrics, permit);
+        let activity = Arc::new(Activity::default());
+        let io = DeadlineIo::new(stream, &self.front_door, &activity, &self.metrics);
+        let router = self.router.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let in_flight = InFlight::enter(&activity);
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request.map(Body::new)).await;
+                drop(in_flight);
+                response
+            }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .header_read_timeout(None) // DeadlineIo owns every connection deadline
+            .max_headers(self.front_door.max_headers)
+            .max_header_size(self.front_door.max_header_bytes)
+            .max_buf_size(
+                (self.front_door.max_header_bytes + READ_BUFFER_SLACK_BYTES)
+                    .max(HYPER_MIN_BUFFER_BYTES),
+            );
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => Some(result),
+            () = self.graceful.cancelled() => None,
+        };
+        if result.is_none() {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = self.hard_stop.cancelled() => {}
+            }
+        } else if let Some(Err(error)) = result {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    }
+}
+
+/// Keeps the open-connections gauge and the cap's permit for one connection's lifetime.
+struct OpenConnection {
+    metrics: Arc<ServerMetrics>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(metrics: &Arc<ServerMetrics>, permit: OwnedSemaphorePermit) -> Self {
+        metrics.open_connections.inc();
+        Self {
+            metrics: Arc::clone(metrics),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.open_connections.dec();
+    }
+}
+
+/// Requests started and in flight on one connection, shared by its service and its I/O.
+#[derive(Debug, Default)]
+struct Activity {
+    started: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// Marks one request in flight from the moment hyper hands it over until its handler ends.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: &Arc<Activity>) -> Self {
+        activity.started.fetch_add(1, Ordering::SeqCst);
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Where a connection stands, and so which deadline is armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Accepted, first head not complete yet: header deadline from accept.
+    Fresh,
+    /// Between requests, nothing received: idle deadline.
+    Idle,
+    /// A new head has started arriving on a kept-alive connection: header deadline.
+    Head,
+    /// A request is being handled: no connection deadline.
+    InFlight,
+}
+
+/// A TCP stream that fails its reads and writes with `TimedOut` once the armed deadline passes.
+struct DeadlineIo {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+    metrics: Arc<ServerMetrics>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    phase: Phase,
+    seen_started: u64,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl DeadlineIo {
+    fn new(
+        stream: TcpStream,
+        front_door: &FrontDoorConfig,
+        activity: &Arc<Activity>,
+        metrics: &Arc<ServerMetrics>,
+    ) -> Self {
+        let header_timeout = front_door.header_timeout();
+        Self {
+            stream,
+            activity: Arc::clone(activity),
+            metrics: Arc::clone(metrics),
+            header_timeout,
+            idle_timeout: front_door.idle_timeout(),
+            phase: Phase::Fresh,
+            seen_started: 0,
+            sleep: Box::pin(tokio::time::sleep(header_timeout)),
+        }
+    }
+
+    /// Moves the phase on from what the service reports, re-arming the deadline on change.
+    fn refresh(&mut self) {
+        let started = self.activity.started.load(Ordering::SeqCst);
+        let busy = self.activity.in_flight.load(Ordering::SeqCst) > 0;
+        if busy {
+            self.phase = Phase::InFlight;
+        } else if started != self.seen_started || self.phase == Phase::InFlight {
+            self.arm(Phase::Idle, self.idle_timeout);
+        }
+        self.seen_started = started;
+    }
+
+    /// Bytes arrived: on an idle connection, a new head has started.
+    fn on_bytes_read(&mut self) {
+        if self.phase == Phase::Idle {
+            self.arm(Phase::Head, self.header_timeout);
+        }
+    }
+
+    fn arm(&mut self, phase: Phase, timeout: Duration) {
+        self.phase = phase;
+        self.sleep.as_mut().reset(Instant::now() + timeout);
+    }
+
+    /// `Err(TimedOut)` once the armed deadline has passed (never while a request is in flight).
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.phase == Phase::InFlight || self.sleep.as_mut().poll(cx).is_pending() {
+            return Ok(());
+        }
+        let phase = if self.phase == Phase::Idle {
+            "idle"
+        } else {
+            "header"
+        };
+        self.metrics.record_timeout(phase);
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{phase} timeout passed"),
+        ))
+    }
+}
+
+impl AsyncRead for DeadlineIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.refresh();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.on_bytes_read();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => match this.check_deadline(cx) {
+                Ok(()) => Poll::Pending,
+                Err(error) => Poll::Ready(Err(error)),
+            },
+        }
+    }
+}
+
+impl AsyncWrite for DeadlineIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.refresh();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Pending => match this.check_deadline(cx) {
+                Ok(()) => Poll::Pending,
+                Err(error) => Poll::Ready(Err(error)),
+            },
+            ready @ Poll::Ready(_) => ready,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.refresh();
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Pending => match this.check_deadline(cx) {
+                Ok(()) => Poll::Pending,
+                Err(error) => Poll::Ready(Err(error)),
+            },
+            ready @ Poll::Ready(_) => ready,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

@@ -1,0 +1,219 @@
+//! The one place where a failed request becomes an HTTP response.
+//!
+//! Lesson: stage 3 of the seed: correctness at the boundary. Every way a request can fail has
+//! one variant here, one status, one stable machine-readable `reason`, and (for bad input) a
+//! human `detail`; stage 5's backpressure answers 503 with `Retry-After` at once.
+//! Invariant: handlers return `Result<_, ApiError>` and never build an error response by hand,
+//! so the HTTP contract table in the README is this file's `status`/`reason` match.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use floodgate_core::engine::Rejected;
+use floodgate_core::event::EventError;
+use serde_json::json;
+
+/// Seconds a client is told to wait (`Retry-After`) after `queue_full`: the queue drains in
+/// well under a second at production rates, and one second is the smallest whole value.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// Every way a request can fail, each with its status and reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON, is cut short, or nests too deep (400 `invalid_json`).
+    #[error("{0}")]
+    InvalidJson(String),
+    /// The body is JSON but not a valid event (422 with the event error's reason).
+    #[error("{detail}")]
+    InvalidEvent {
+        /// `missing_field`, `invalid_amount`, `invalid_user`, `not_an_object`, `unknown_field`.
+        reason: &'static str,
+        /// What exactly was wrong, for humans.
+        detail: String,
+    },
+    /// The body is larger than the configured limit (413 `body_too_large`).
+    #[error("request body over the limit")]
+    BodyTooLarge,
+    /// A content type is present and is not JSON (415 `unsupported_media_type`).
+    #[error("content type is not JSON")]
+    UnsupportedMediaType,
+    /// The body did not arrive within the body timeout (408 `body_timeout`, connection closed).
+    #[error("request body not received in time")]
+    BodyTimeout,
+    /// The body could not be read (bad chunked encoding, connection cut) (400 `invalid_body`).
+    #[error("request body could not be read: {0}")]
+    BodyRead(String),
+    /// The queue is full: answered at once (503 `queue_full`, `Retry-After`).
+    #[error("queue full")]
+    QueueFull,
+    /// The server is shutting down (503 `draining`).
+    #[error("draining")]
+    Draining,
+    /// Applying the event would overflow the balance (422 `balance_overflow`, not applied).
+    #[error("balance would overflow")]
+    BalanceOverflow,
+    /// No balance was ever recorded for this user (404 `unknown_user`).
+    #[error("unknown user")]
+    UnknownUser,
+    /// A query string that does not parse (400 `invalid_query`).
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// No route matches (404 `not_found`).
+    #[error("no such route")]
+    NotFound,
+}
+
+impl From<EventError> for ApiError {
+    fn from(error: EventError) -> Self {
+        if error.is_malformed_json() {
+            Self::InvalidJson(error.to_string())
+        } else {
+            Self::InvalidEvent {
+                reason: error.reason(),
+                detail: error.to_string(),
+            }
+        }
+    }
+}
+
+impl From<Rejected> for ApiError {
+    fn from(rejected: Rejected) -> Self {
+        match rejected {
+            Rejected::QueueFull => Self::QueueFull,
+            Rejected::Draining => Self::Draining,
+            Rejected::Overflow => Self::BalanceOverflow,
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_) | Self::BodyRead(_) | Self::InvalidQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::InvalidEvent { .. } | Self::BalanceOverflow => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::QueueFull | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UnknownUser | Self::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The stable machine-readable reason (the `reason` field of the body).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidEvent { reason, .. } => reason,
+            Self::BodyTooLarge => "body_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyRead(_) => "invalid_body",
+            Self::QueueFull => "queue_full",
+            Self::Draining => "draining",
+            Self::BalanceOverflow => "balance_overflow",
+            Self::UnknownUser => "unknown_user",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    /// The request's outcome label for metrics: `rejected` (backpressure), `invalid` (the
+    /// client's input), or `error` (the transfer itself failed).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::QueueFull | Self::Draining => "rejected",
+            Self::BodyTimeout | Self::BodyRead(_) => "error",
+            Self::BalanceOverflow => "overflowed",
+            _ => "invalid",
+        }
+    }
+
+    /// Whether this is bad input the engine should count as `invalid` (by reason).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidJson(_)
+                | Self::InvalidEvent { .. }
+                | Self::BodyTooLarge
+                | Self::UnsupportedMediaType
+                | Self::BodyRead(_)
+                | Self::BodyTimeout
+        )
+    }
+
+    fn body(&self) -> serde_json::Value {
+        let status = if matches!(self, Self::QueueFull | Self::Draining) {
+            "rejected"
+        } else {
+            "error"
+        };
+        match self {
+            Self::InvalidJson(detail)
+            | Self::InvalidEvent { detail, .. }
+            | Self::BodyRead(detail)
+            | Self::InvalidQuery(detail) => {
+                json!({"status": status, "reason": self.reason(), "detail": detail})
+            }
+            _ => json!({"status": status, "reason": self.reason()}),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::QueueFull => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            // The rest of the body may still be on the wire: the connection cannot be reused.
+            Self::BodyTimeout | Self::BodyTooLarge | Self::BodyRead(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the backpressure answer carries Retry-After and the contract's status and reason.
+    #[test]
+    fn queue_full_is_503_with_retry_after() {
+        let response = ApiError::QueueFull.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from_static("1"))
+        );
+    }
+
+    // Proves each contract row's status: a change here must be a deliberate contract change.
+    #[test]
+    fn statuses_match_the_contract() {
+        let cases = [
+            (ApiError::InvalidJson(String::new()), 400, "invalid_json"),
+            (ApiError::BodyTooLarge, 413, "body_too_large"),
+            (
+                ApiError::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
+            (ApiError::Draining, 503, "draining"),
+            (ApiError::BalanceOverflow, 422, "balance_overflow"),
+            (ApiError::UnknownUser, 404, "unknown_user"),
+            (ApiError::BodyTimeout, 408, "body_timeout"),
+        ];
+        for (error, status, reason) in cases {
+            assert_eq!(error.status().as_u16(), status, "{reason}");
+            assert_eq!(error.reason(), reason);
+        }
+    }
+}

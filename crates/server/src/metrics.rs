@@ -1,0 +1,261 @@
+//! `GET /metrics`: the front door's own metrics plus the engine's, in Prometheus text format.
+//!
+//! Lesson: seed stage 7 ("lock contention is invisible without measurement") and issue 5 (a
+//! server nobody can observe cannot be run). Names follow Prometheus conventions: a
+//! `floodgate_` prefix, base units in the name (`_seconds`, `_events`), `_total` on counters.
+//! Invariant: the engine's counters are read from the engine at scrape time (one source of
+//! truth, never double-counted); the front door's own series (connections, request latency)
+//! live here. Every label has a bounded set of values (outcomes, reasons, phases).
+
+use floodgate_core::engine::Engine;
+use hdrhistogram::Histogram as HdrHistogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// Request-latency buckets: 100 µs doubling 18 times (to about 13 s): covers a loopback 202
+/// and stage 4's seconds-long inline waits.
+const LATENCY_BUCKET_START_SECONDS: f64 = 0.000_1;
+const LATENCY_BUCKET_COUNT: u16 = 18;
+/// Lock wait/hold bucket bounds, seconds: 10 µs (uncontended) to 10 s (the seed's hot lock).
+const LOCK_BUCKETS_SECONDS: [f64; 16] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// A label set with one bounded label.
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// The front door's metrics and the registry that exposes them with the engine's.
+#[derive(Debug)]
+pub struct ServerMetrics {
+    registry: Registry,
+    /// Connections open right now.
+    pub open_connections: Gauge,
+    /// Connections closed at once because the cap was reached.
+    pub connections_refused: Counter,
+    connection_timeouts: Family<Labels, Counter>,
+    request_duration: Family<Labels, Histogram>,
+}
+
+impl ServerMetrics {
+    /// Registers every series; the engine's are read from `engine` at each scrape.
+    pub fn new(engine: Engine) -> Self {
+        let mut registry = Registry::with_prefix("floodgate");
+        let open_connections = Gauge::default();
+        registry.register(
+            "http_open_connections",
+            "HTTP connections open right now",
+            open_connections.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at once because max-connections was reached",
+            connections_refused.clone(),
+        );
+        let connection_timeouts = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_connection_timeouts",
+            "Connections closed by a deadline, by phase (header, idle)",
+            connection_timeouts.clone(),
+        );
+        let request_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(
+                LATENCY_BUCKET_START_SECONDS,
+                2.0,
+                LATENCY_BUCKET_COUNT,
+            ))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "POST /events latency from handler start to answer, by outcome",
+            request_duration.clone(),
+        );
+        registry.register_collector(Box::new(EngineCollector(engine)));
+        Self {
+            registry,
+            open_connections,
+            connections_refused,
+            connection_timeouts,
+            request_duration,
+        }
+    }
+
+    /// Records one `POST /events` answer (`outcome`: accepted, rejected, invalid, error).
+    pub fn observe_request(&self, outcome: &'static str, seconds: f64) {
+        self.request_duration
+            .get_or_create(&vec![("outcome", outcome)])
+            .observe(seconds);
+    }
+
+    /// Counts a connection closed by its deadline (`phase`: header or idle).
+    pub fn record_timeout(&self, phase: &'static str) {
+        self.connection_timeouts
+            .get_or_create(&vec![("phase", phase)])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Reads the engine's counters, gauges and lock histograms at scrape time.
+#[derive(Debug)]
+struct EngineCollector(Engine);
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        counter(
+            &mut encoder,
+            "events_accepted",
+            "Events admitted",
+            stats.accepted,
+        )?;
+        counter(
+            &mut encoder,
+            "events_applied",
+            "Events applied to the ledger",
+            stats.applied,
+        )?;
+        counter(
+            &mut encoder,
+            "events_overflowed",
+            "Accepted events not applied because the balance would overflow i64",
+            stats.overflowed,
+        )?;
+        by_reason(
+            &mut encoder,
+            "events_rejected",
+            "Events refused (queue_full, draining, balance_overflow)",
+            &stats.rejected_by_reason,
+        )?;
+        by_reason(
+            &mut encoder,
+            "events_invalid",
+            "Invalid inputs, by reason",
+            &stats.invalid_by_reason,
+        )?;
+        gauge(
+            &mut encoder,
+            "queue_depth_events",
+            "Events waiting in the queue",
+            stats.queue_depth,
+        )?;
+        gauge(
+            &mut encoder,
+            "queue_capacity_events",
+            "Bound of the queue in events",
+            stats.queue_capacity_events,
+        )?;
+        gauge(&mut encoder, "workers", "Worker tasks", stats.workers)?;
+        gauge(
+            &mut encoder,
+            "ledger_users",
+            "Users with a balance",
+            stats.users,
+        )?;
+        gauge(
+            &mut encoder,
+            "draining",
+            "1 once shutdown began",
+            usize::from(stats.draining),
+        )?;
+        let busy = ConstCounter::new(stats.worker_busy_seconds);
+        busy.encode(encoder.encode_descriptor(
+            "worker_busy_seconds",
+            "Seconds workers spent processing events, summed over workers",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let timings = self.0.lock_timings();
+        lock_histogram(
+            &mut encoder,
+            "ledger_lock_wait_seconds",
+            "Time from asking for a ledger lock to getting it",
+            &timings.wait_us,
+        )?;
+        lock_histogram(
+            &mut encoder,
+            "ledger_lock_hold_seconds",
+            "Time a ledger lock was held",
+            &timings.hold_us,
+        )
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: usize,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn by_reason(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    counts: &std::collections::BTreeMap<String, u64>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (reason, count) in counts {
+        let labels = vec![("reason", reason.as_str())];
+        ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Exports an HDR histogram of microseconds as a Prometheus histogram in seconds.
+fn lock_histogram(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    micros: &HdrHistogram<u64>,
+) -> Result<(), std::fmt::Error> {
+    let mut buckets = Vec::with_capacity(LOCK_BUCKETS_SECONDS.len());
+    let mut below = 0_u64;
+    for bound_seconds in LOCK_BUCKETS_SECONDS {
+        let bound_micros = (bound_seconds * 1_000_000.0) as u64;
+        let cumulative = if micros.is_empty() {
+            0
+        } else {
+            micros.count_between(0, bound_micros)
+        };
+        buckets.push((bound_seconds, cumulative.saturating_sub(below)));
+        below = below.max(cumulative);
+    }
+    let count = micros.len();
+    let sum_seconds = micros.mean() * count as f64 / 1_000_000.0;
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        sum_seconds,
+        count,
+        &buckets,
+        None,
+    )
+}

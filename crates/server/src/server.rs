@@ -1,0 +1,147 @@
+//! Running the HTTP server: `run` for a given listener, `ServerHandle` for in-process use.
+//!
+//! Lesson: issue 2/5's "nothing lost": stop accepting, let in-flight requests finish (bounded
+//! by the shutdown timeout), then drain the engine so every event answered 202 is applied
+//! before the final summary is returned.
+//! Invariant: the order is always accept loop closed → connections finished (or cut at the
+//! timeout) → `Engine::shutdown` → summary; a handle's `stop` returns only after all of it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use floodgate_core::engine::{Engine, Summary};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::conn::Acceptor;
+use crate::metrics::ServerMetrics;
+use crate::routes::{self, AppState};
+
+/// Serves HTTP on `listener` until `shutdown` completes, then stops gracefully and returns the
+/// engine's final summary. Starts the engine itself (call inside a tokio runtime).
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Summary> {
+    config.front_door.validate()?;
+    let engine = Engine::start(config.engine.clone()).context("engine refused to start")?;
+    Ok(serve(listener, engine, config, shutdown).await)
+}
+
+/// Serves with an already started engine; see [`run`].
+async fn serve(
+    listener: TcpListener,
+    engine: Engine,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Summary {
+    let metrics = Arc::new(ServerMetrics::new(engine.clone()));
+    let shutdown_timeout = config.front_door.shutdown_timeout();
+    let app = Arc::new(AppState {
+        engine: engine.clone(),
+        config,
+        metrics: Arc::clone(&metrics),
+        draining: AtomicBool::new(false),
+    });
+    let graceful = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let acceptor = Acceptor {
+        router: routes::router(Arc::clone(&app)),
+        front_door: app.config.front_door.clone(),
+        metrics,
+        graceful: graceful.clone(),
+        hard_stop: hard_stop.clone(),
+        tracker: tracker.clone(),
+    };
+    let accept_loop = tokio::spawn(acceptor.run(listener));
+    shutdown.await;
+    tracing::info!("stopping: no new connections, finishing in-flight requests");
+    app.draining.store(true, Ordering::SeqCst);
+    graceful.cancel();
+    let _ = accept_loop.await;
+    tracker.close();
+    if tokio::time::timeout(shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tracker.len(),
+            "shutdown timeout passed: closing the remaining connections"
+        );
+        hard_stop.cancel();
+        tracker.wait().await;
+    }
+    tracing::info!("draining the queue");
+    engine.shutdown().await
+}
+
+/// A server running in-process on 127.0.0.1 (for tests, the lab and benchmarks).
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    engine: Engine,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Summary>,
+}
+
+impl ServerHandle {
+    /// Binds 127.0.0.1:0, starts the engine and serves on the current tokio runtime.
+    pub async fn spawn(config: ServerConfig) -> anyhow::Result<ServerHandle> {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Binds `addr`, starts the engine and serves on the current tokio runtime.
+    pub async fn bind(addr: SocketAddr, config: ServerConfig) -> anyhow::Result<ServerHandle> {
+        config.front_door.validate()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let addr = listener.local_addr()?;
+        let engine = Engine::start(config.engine.clone()).context("engine refused to start")?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            // A dropped handle counts as a stop request too.
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(serve(listener, engine.clone(), config, shutdown));
+        Ok(ServerHandle {
+            addr,
+            engine,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The engine behind the server.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Stops gracefully: no new connections, in-flight requests finish, the queue drains;
+    /// returns the final summary.
+    pub async fn stop(mut self) -> anyhow::Result<Summary> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("server task failed")
+    }
+}
