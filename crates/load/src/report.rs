@@ -113,6 +113,8 @@ pub struct Report {
     pub status_counts: BTreeMap<String, u64>,
     /// Wall time from the first request's start to the last answer.
     pub duration_seconds: f64,
+    /// The run was stopped before its planned end (Ctrl-C): the figures cover what was done.
+    pub stopped_early: bool,
     /// `sent / duration_seconds`.
     pub throughput_per_second: f64,
     /// `accepted / duration_seconds` (goodput).
@@ -152,6 +154,8 @@ pub struct RunFacts {
     pub duration_seconds: f64,
     /// Slow clients still open at the end.
     pub slow_clients_held: usize,
+    /// The run was asked to stop before its end (Ctrl-C).
+    pub stopped_early: bool,
 }
 
 impl Report {
@@ -196,6 +200,7 @@ impl Report {
             errors_by_kind: errors_by_kind(stats),
             status_counts: status_counts(stats),
             duration_seconds: facts.duration_seconds,
+            stopped_early: facts.stopped_early,
             throughput_per_second: per_second(sent),
             accepted_per_second: per_second(accepted),
             offered_per_second: offered,
@@ -268,7 +273,12 @@ impl Report {
             "Concurrency:"
         };
         writeln!(out, "{label:<16}{}", self.concurrency)?;
-        writeln!(out, "Duration:       {:.2}s", self.duration_seconds)?;
+        let early = if self.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        };
+        writeln!(out, "Duration:       {:.2}s{early}", self.duration_seconds)?;
         writeln!(
             out,
             "Throughput:     {:.0} requests/sec",

@@ -68,18 +68,31 @@ pub async fn run_until(
     let (plans, measured_from) = plan(&shared.config, threads, started);
     let progress = Progress::start(&shared);
     let mut handles = Vec::with_capacity(threads);
+    let mut spawn_error = None;
     for (thread_index, plan) in plans.into_iter().enumerate() {
-        handles.push(spawn_thread(Arc::clone(&shared), thread_index, plan)?);
+        match spawn_thread(Arc::clone(&shared), thread_index, plan) {
+            Ok(handle) => handles.push(handle),
+            Err(error) => {
+                // Stop the threads already started, then report the error.
+                shared.stop.store(true, Ordering::Relaxed);
+                spawn_error = Some(error);
+                break;
+            }
+        }
     }
     let collected = collect(handles, stop, &shared).await;
     let duration_seconds = measured_from.elapsed().as_secs_f64();
     progress.finish().await;
     let slow_clients_held = slow.finish().await;
-    let stats = collected?;
+    if let Some(error) = spawn_error {
+        return Err(error);
+    }
+    let (stats, stopped_early) = collected?;
     let facts = RunFacts {
         threads,
         duration_seconds,
         slow_clients_held,
+        stopped_early,
     };
     Ok(Report::new(&shared.config, &stats, facts))
 }
@@ -200,12 +213,12 @@ async fn run_plan(context: Rc<ThreadContext>, plan: ThreadPlan) {
 }
 
 /// Waits for every thread's tallies (asking them to stop early if `stop` fires first), joins
-/// the threads and merges the tallies.
+/// the threads and merges the tallies. The flag says whether the run was stopped early.
 async fn collect(
     handles: Vec<(JoinHandle<()>, oneshot::Receiver<ThreadStats>)>,
     stop: impl Future<Output = ()>,
     shared: &Shared,
-) -> Result<ThreadStats, LoadError> {
+) -> Result<(ThreadStats, bool), LoadError> {
     let (threads, receivers): (Vec<_>, Vec<_>) = handles.into_iter().unzip();
     let wait_all = async move {
         let mut results = Vec::with_capacity(receivers.len());
@@ -235,7 +248,7 @@ async fn collect(
     if !joined {
         return Err(LoadError::ThreadFailed);
     }
-    Ok(merged)
+    Ok((merged, shared.stopping()))
 }
 
 #[cfg(test)]

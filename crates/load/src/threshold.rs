@@ -54,18 +54,12 @@ impl Operator {
             Self::NotEqual => (left - right).abs() >= 1e-9,
         }
     }
-
-    fn symbol(self) -> &'static str {
-        OPERATORS
-            .iter()
-            .find(|(_, op)| *op == self)
-            .map_or("?", |(text, _)| text)
-    }
 }
 
 /// One parsed condition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Threshold {
+    text: String,
     metric: String,
     operator: Operator,
     value: f64,
@@ -73,13 +67,7 @@ pub struct Threshold {
 
 impl fmt::Display for Threshold {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            formatter,
-            "{}{}{}",
-            self.metric,
-            self.operator.symbol(),
-            self.value
-        )
+        formatter.write_str(&self.text)
     }
 }
 
@@ -110,6 +98,7 @@ fn parse_one(text: &str) -> Result<Threshold, LoadError> {
     .filter(|value| value.is_finite())
     .ok_or_else(|| invalid("bad value"))?;
     Ok(Threshold {
+        text: text.to_owned(),
         metric,
         operator,
         value,
@@ -247,4 +236,72 @@ pub fn breaches(thresholds: &[Threshold], report: &Report) -> Vec<String> {
         .filter(|threshold| threshold.is_breached(report))
         .map(|threshold| format!("{threshold} (actual {:.3})", threshold.actual(report)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::LoadConfig;
+    use crate::report::RunFacts;
+    use crate::stats::{ErrorKind, Outcome, ThreadStats};
+
+    fn report() -> Report {
+        let mut stats = ThreadStats::new();
+        for _ in 0..99 {
+            stats.record(Outcome::Accepted, Duration::from_millis(10), Some(1));
+        }
+        stats.record(Outcome::Accepted, Duration::from_millis(80), Some(1));
+        stats.record(Outcome::Rejected, Duration::from_micros(100), Some(1));
+        stats.record(
+            Outcome::Error(ErrorKind::Timeout),
+            Duration::from_secs(1),
+            Some(1),
+        );
+        let facts = RunFacts {
+            threads: 1,
+            duration_seconds: 1.0,
+            slow_clients_held: 0,
+            stopped_early: false,
+        };
+        Report::new(&LoadConfig::new("http://127.0.0.1:1"), &stats, facts)
+    }
+
+    fn failures(text: &str) -> Vec<String> {
+        breaches(&parse_thresholds(text).unwrap(), &report())
+    }
+
+    #[test]
+    fn thresholds_pass_when_they_hold_and_fail_when_they_do_not() {
+        // Proves the k6-style semantics on a known report (100 accepted: p99 10 ms, max 80 ms;
+        // 1 rejected; 1 timeout): conditions that hold pass, the others are reported with the
+        // actual value.
+        assert!(failures("p99<50ms,accepted>=100,rejected=1,max<=0.09s,rejected.p99<1").is_empty());
+        assert!(failures("accepted_ratio>95%,throughput>100,errors.max>=999ms").is_empty());
+        let failed = failures("errors=0,p999<50ms,accepted>100");
+        assert_eq!(failed.len(), 3, "{failed:?}");
+        assert!(failed[0].starts_with("errors=0 (actual 1"), "{failed:?}");
+    }
+
+    #[test]
+    fn malformed_thresholds_are_refused() {
+        // Proves unknown metrics, missing operators and bad values are errors, not no-ops.
+        for bad in [
+            "p98<5ms",
+            "latency<5",
+            "errors",
+            "p99<fast",
+            "accepted>lots",
+            "error_ratio<x%",
+        ] {
+            assert!(parse_thresholds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_thresholds(" p99 <= 5ms , errors != 0 ")
+                .unwrap()
+                .len(),
+            2
+        );
+    }
 }
