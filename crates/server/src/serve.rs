@@ -6,6 +6,7 @@
 //! Invariant: the summary printed at exit is the engine's own `Summary` after the drain, so
 //! `applied` there equals the number of 202 answers clients received.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -39,6 +40,7 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -80,7 +82,7 @@ async fn serve_http(
     tracing::info!(
         addr = %bound,
         config = %serde_json::to_string(&config).unwrap_or_default(),
-        "serving"
+        "listening"
     );
     let summary = crate::server::run(listener, config, signals.first_then_arm_second()).await?;
     print_summary(&summary);

@@ -82,7 +82,7 @@ pub struct ServeArgs {
     /// Bound of the event queue; a full queue answers 503 at once [default: 65536].
     #[arg(long, env = "FLOODGATE_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
-    /// How balances are stored and locked [default: the production strategy].
+    /// How balances are stored and locked [default: owned, the fastest in core's benchmark].
     #[arg(long, env = "FLOODGATE_STATE", value_enum)]
     pub state: Option<StateArg>,
     /// Number of shards for `--state sharded` [default: 64].
@@ -283,5 +283,104 @@ impl ServeArgs {
 fn set<T>(target: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *target = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(flags: &[&str]) -> ServeArgs {
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        Cli::try_parse_from(argv).expect("flags parse").args
+    }
+
+    fn http_config(plan: ServePlan) -> ServerConfig {
+        match plan {
+            ServePlan::Http { config, .. } => *config,
+            other => panic!("expected the HTTP server, got {other:?}"),
+        }
+    }
+
+    // Proves the precedence chain: flag > config file > stage preset > production default.
+    #[test]
+    fn flag_beats_file_beats_preset_beats_default() {
+        let file: ServeArgs =
+            toml::from_str("stage = 7\nworkers = 3\nhold-ms = 20\nidle-timeout-ms = 777\n")
+                .expect("file parses");
+        let flags = parse(&["--workers", "5"]);
+        let config = http_config(flags.overlay(&file).plan().expect("valid"));
+        assert_eq!(config.engine.workers, 5, "flag beats file");
+        assert_eq!(config.engine.hold_ms, 20, "file beats preset");
+        assert_eq!(config.engine.work_ms, 100, "preset (stage 7) beats default");
+        assert_eq!(config.front_door.idle_timeout_ms, 777);
+        assert_eq!(
+            config.front_door.header_timeout_ms,
+            crate::config::DEFAULT_HEADER_TIMEOUT_MS
+        );
+        assert_eq!(config.stage, Some(7));
+    }
+
+    // Proves a stage preset plus an explicit flag: the flag wins, the rest is the preset's.
+    #[test]
+    fn stage_preset_with_explicit_flags() {
+        let flags = parse(&[
+            "--stage",
+            "8",
+            "--state",
+            "global",
+            "--time-scale",
+            "0.1",
+            "--inline",
+        ]);
+        let config = http_config(flags.resolve().expect("valid"));
+        assert_eq!(config.engine.strategy, LedgerStrategy::Global);
+        assert_eq!(config.engine.mode, ProcessingMode::Inline);
+        assert_eq!(config.engine.workers, 16);
+        assert!((config.engine.time_scale - 0.1).abs() < f64::EPSILON);
+    }
+
+    // Proves stages 1 and 2 select the raw servers and the default address is the seed's.
+    #[test]
+    fn stages_one_and_two_are_the_raw_servers() {
+        assert!(matches!(
+            parse(&["--stage", "1"]).resolve(),
+            Ok(ServePlan::Blocking { addr }) if addr.to_string() == DEFAULT_ADDR
+        ));
+        assert!(matches!(
+            parse(&["--stage", "2"]).resolve(),
+            Ok(ServePlan::Echo { .. })
+        ));
+    }
+
+    // Proves invalid values are refused at start with a message naming the setting, from a
+    // flag, from the config file, and for an unknown config key.
+    #[test]
+    fn invalid_values_are_refused_by_name() {
+        let error = parse(&["--max-connections", "0"])
+            .resolve()
+            .expect_err("refused");
+        assert!(error.to_string().contains("max-connections"), "{error}");
+        let error = parse(&["--workers", "0"]).resolve().expect_err("refused");
+        assert!(format!("{error:#}").contains("workers"), "{error:#}");
+        assert!(Cli::try_parse_from(["serve", "--stage", "9"]).is_err());
+        let unknown: Result<ServeArgs, _> = toml::from_str("workerz = 3");
+        assert!(
+            unknown
+                .expect_err("refused")
+                .to_string()
+                .contains("workerz")
+        );
+        let file: ServeArgs = toml::from_str("body-timeout-ms = 0").expect("parses");
+        let error = parse(&[]).overlay(&file).plan().expect_err("refused");
+        assert!(error.to_string().contains("body-timeout-ms"), "{error}");
     }
 }

@@ -4,6 +4,7 @@
 
 mod http_contract;
 mod metrics_and_shutdown;
+mod process;
 mod raw_http;
 mod raw_servers;
 mod slow_clients;
