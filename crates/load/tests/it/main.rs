@@ -1,0 +1,140 @@
+//! The load generator against the real Floodgate server, in-process on 127.0.0.1:0.
+//!
+//! Lesson (issue 3): the generator's numbers must agree with the server's own books: every
+//! request has one outcome, the accepted count is the server's, and the sum of accepted amounts
+//! is the ledger's total once drained (the design's conservation invariant, seen from outside).
+//! No timing assertions beyond what the schedule guarantees; generous bounds elsewhere.
+
+use std::time::Duration;
+
+use floodgate_load::{LoadConfig, Mode, Report, SlowKind, run};
+use floodgate_server::{ServerConfig, ServerHandle};
+
+fn closed(url: &str, concurrency: usize, requests: u64) -> LoadConfig {
+    let mut config = LoadConfig::new(url);
+    config.mode = Mode::Closed {
+        concurrency,
+        requests: Some(requests),
+        duration: None,
+    };
+    config
+}
+
+fn assert_adds_up(report: &Report) {
+    let outcomes = report.accepted + report.rejected + report.invalid + report.errors;
+    assert_eq!(outcomes, report.sent, "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_match_the_servers_stats_and_amounts_match_its_balances() {
+    // Proves, against the production server: counts add up, accepted and invalid equal the
+    // server's /stats counters (malformed bodies mixed in), and after a graceful stop the sum
+    // of the ledger's balances equals the generator's sum of accepted amounts.
+    let server = ServerHandle::spawn(ServerConfig::production())
+        .await
+        .unwrap();
+    let mut config = closed(&server.url(), 16, 3_000);
+    config.invalid_ratio = 0.1;
+    config.users = 50;
+    config.amount_min = -1_000;
+    config.amount_max = 1_000;
+    let report = run(config).await.unwrap();
+    assert_eq!(report.sent, 3_000);
+    assert_adds_up(&report);
+    assert_eq!(report.errors, 0, "{report:#?}");
+    let stats = server.engine().stats();
+    assert_eq!(report.accepted, stats.accepted);
+    assert_eq!(report.rejected, stats.rejected);
+    assert_eq!(report.invalid, stats.invalid);
+    assert_eq!(report.invalid, report.invalid_bodies_sent);
+    let engine = server.engine().clone();
+    let summary = server.stop().await.unwrap();
+    assert_eq!(summary.accepted, report.accepted);
+    assert_eq!(engine.stats().balance_total, report.accepted_amount_sum);
+    let ledger_sum: i128 = engine
+        .balances(None, 1_000)
+        .iter()
+        .map(|(_, b)| i128::from(*b))
+        .sum();
+    assert_eq!(ledger_sum, report.accepted_amount_sum);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_is_counted_as_rejected_not_accepted() {
+    // Proves the accepted/rejected split under overload: stage 5 (queue of 100, one slow
+    // worker) must turn most of a burst into 503s; the generator's rejected count equals the
+    // server's, and only accepted events reach the ledger.
+    let mut server_config = ServerConfig::for_stage(5).unwrap();
+    server_config.engine.time_scale = 0.01; // 500 ms of work becomes 5 ms
+    let server = ServerHandle::spawn(server_config).await.unwrap();
+    let report = run(closed(&server.url(), 32, 2_000)).await.unwrap();
+    assert_adds_up(&report);
+    assert!(report.rejected > 0, "{report:#?}");
+    assert_eq!(report.rejected, server.engine().stats().rejected);
+    assert_eq!(report.status_counts.get("503"), Some(&report.rejected));
+    let engine = server.engine().clone();
+    server.stop().await.unwrap();
+    assert_eq!(engine.stats().balance_total, report.accepted_amount_sum);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_holds_a_modest_rate() {
+    // Proves the open loop offers 200/s for 2 s: all 400 scheduled requests are sent (none
+    // dropped), never ahead of schedule (the last is due at 1.995 s) and, generously, at no
+    // less than 75% of the rate.
+    let server = ServerHandle::spawn(ServerConfig::production())
+        .await
+        .unwrap();
+    let mut config = LoadConfig::new(server.url());
+    config.mode = Mode::Open {
+        rate_per_second: 200.0,
+        duration: Duration::from_secs(2),
+        max_in_flight: 1_000,
+    };
+    let report = run(config).await.unwrap();
+    assert_eq!(report.scheduled, Some(400));
+    assert_eq!((report.sent, report.dropped), (400, 0), "{report:#?}");
+    assert_adds_up(&report);
+    assert!(
+        report.throughput_per_second <= 200.6,
+        "{}",
+        report.throughput_per_second
+    );
+    assert!(
+        report.throughput_per_second >= 150.0,
+        "{}",
+        report.throughput_per_second
+    );
+    assert_eq!(report.accepted, server.engine().stats().accepted);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_held_until_the_servers_header_timeout_closes_them() {
+    // Proves slow clients really hold connections: with the default 10 s header timeout all
+    // are still open after a short load, and the load itself is served meanwhile; with a
+    // 100 ms header timeout the server closes every one of them before a 0.5 s load ends.
+    for (header_timeout_ms, expected_held) in [(10_000, 8), (100, 0)] {
+        let mut server_config = ServerConfig::production();
+        server_config.front_door.header_timeout_ms = header_timeout_ms;
+        let server = ServerHandle::spawn(server_config).await.unwrap();
+        for kind in [SlowKind::Idle, SlowKind::Trickle] {
+            let mut config = LoadConfig::new(server.url());
+            config.mode = Mode::Closed {
+                concurrency: 2,
+                requests: None,
+                duration: Some(Duration::from_millis(500)),
+            };
+            config.slow_clients = 8;
+            config.slow_kind = kind;
+            let report = run(config).await.unwrap();
+            assert_eq!(
+                report.slow_clients_held, expected_held,
+                "{kind}, {header_timeout_ms} ms"
+            );
+            assert!(report.accepted > 0);
+            assert_eq!(report.errors, 0);
+        }
+        server.stop().await.unwrap();
+    }
+}
