@@ -89,7 +89,8 @@ impl ServerMetrics {
         }
     }
 
-    /// Records one `POST /events` answer (`outcome`: accepted, rejected, invalid, error).
+    /// Records one `POST /events` answer (`outcome`: accepted, rejected, invalid,
+    /// overflowed, error).
     pub fn observe_request(&self, outcome: &'static str, seconds: f64) {
         self.request_duration
             .get_or_create(&vec![("outcome", outcome)])

@@ -85,6 +85,9 @@ async fn post_event(State(app): State<Arc<AppState>>, headers: HeaderMap, body: 
 async fn ingest(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
     check_content_type(headers)?;
     let limits = &app.config.front_door;
+    if announced_length(headers).is_some_and(|length| length > limits.body_limit_bytes as u64) {
+        return Err(ApiError::BodyTooLarge); // refused before reading a byte of it
+    }
     let bytes = read_body(body, limits.body_limit_bytes, limits.body_timeout()).await?;
     let event = parse_event(&bytes)?;
     Ok(Accepted(app.engine.ingest(event).await?))
@@ -111,6 +114,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::UnsupportedMediaType)
     }
+}
+
+/// The `Content-Length` the client announced (hyper has already refused malformed ones).
+fn announced_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Reads the whole body, refusing it past `limit_bytes` (413) or `timeout` (408).

@@ -64,7 +64,7 @@ impl From<QueueKindArg> for QueueKind {
 /// Flags of `floodgate serve`. Each can also come from the env var shown, or from the config
 /// file (same name without `--`); a flag beats its env var, which beats the file, which beats
 /// the `--stage` preset, which beats the production default.
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080]. Port 0 picks a free port; the address
@@ -222,6 +222,11 @@ impl ServeArgs {
             Some(addr) => addr,
             None => DEFAULT_ADDR.parse()?,
         };
+        if matches!(self.stage, Some(1 | 2)) && self.has_http_settings() {
+            tracing::warn!(
+                "stages 1 and 2 are the raw echo servers: engine and front-door settings are ignored"
+            );
+        }
         match self.stage {
             Some(1) => Ok(ServePlan::Blocking { addr }),
             Some(2) => Ok(ServePlan::Echo { addr }),
@@ -232,6 +237,17 @@ impl ServeArgs {
             }
             None => self.build(addr, ServerConfig::production()),
         }
+    }
+
+    /// Whether any engine or front-door setting was given (meaningless for stages 1 and 2).
+    fn has_http_settings(&self) -> bool {
+        let defaults = ServeArgs {
+            addr: self.addr,
+            stage: self.stage,
+            config: self.config.clone(),
+            ..ServeArgs::default()
+        };
+        *self != defaults
     }
 
     fn build(&self, addr: SocketAddr, mut config: ServerConfig) -> anyhow::Result<ServePlan> {

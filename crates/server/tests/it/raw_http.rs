@@ -222,3 +222,17 @@ async fn body_cut_short_then_closed_is_harmless() {
     assert_eq!(valid.status, 202);
     server.stop().await.expect("stop");
 }
+
+// Proves an announced Content-Length over the limit is refused with 413 before any of the
+// body is sent (the server does not wait for, or buffer, a body it will refuse).
+#[tokio::test]
+async fn announced_oversized_body_is_refused_before_reading() {
+    let server = ServerHandle::spawn(test_config()).await.expect("spawn");
+    let head = b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n";
+    let response = raw_exchange(server.addr(), head)
+        .await
+        .expect("an answer without a body");
+    assert_eq!(response.status, 413);
+    assert_eq!(response.json()["reason"], "body_too_large");
+    server.stop().await.expect("stop");
+}
