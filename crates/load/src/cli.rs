@@ -3,7 +3,8 @@
 //! Lesson (seed stages 2, 6, 7): the seed's client was edited and recompiled for every
 //! experiment; here an experiment is a command line. Invariant: flags are checked (config
 //! validation, loopback, thresholds) before any connection is opened; the exit code is 0 on
-//! success, 1 on an error, [`THRESHOLD_FAILED_EXIT_CODE`] when a `--fail-if` threshold fails.
+//! success, 1 on an error, [`THRESHOLD_FAILED_EXIT_CODE`] when a `--fail-if` threshold fails,
+//! [`INTERRUPTED_EXIT_CODE`] when Ctrl-C stopped the run (its report is still printed).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ use crate::{LoadError, run_until};
 
 /// Exit code when the run completed but a `--fail-if` threshold did not hold.
 pub const THRESHOLD_FAILED_EXIT_CODE: u8 = 3;
+/// Exit code when the run was stopped by Ctrl-C (the report is still printed and written).
+pub const INTERRUPTED_EXIT_CODE: u8 = 130;
 
 /// Flags of `floodgate load`.
 ///
@@ -170,12 +173,7 @@ pub fn load_main(args: LoadArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the coordinator runtime")?;
-    let interrupted = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let report = runtime.block_on(run_until(config, interrupted))?;
+    let report = runtime.block_on(run_until(config, interrupted()))?;
     print!("{}", report.render_table());
     if let Some(path) = &json_path {
         let json = serde_json::to_string_pretty(&report).context("serializing the report")?;
@@ -183,13 +181,31 @@ pub fn load_main(args: LoadArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing the report to {}", path.display()))?;
     }
     let failed = breaches(&thresholds, &report);
-    if failed.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
     for breach in &failed {
         eprintln!("threshold failed: {breach}");
     }
-    Ok(ExitCode::from(THRESHOLD_FAILED_EXIT_CODE))
+    if report.stopped_early {
+        return Ok(ExitCode::from(INTERRUPTED_EXIT_CODE));
+    }
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(THRESHOLD_FAILED_EXIT_CODE))
+    }
+}
+
+/// Resolves on the first Ctrl-C (the run then stops and reports); a second Ctrl-C exits at
+/// once. Never resolves if the signal handler cannot be installed.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    eprintln!("interrupted: finishing requests in flight (Ctrl-C again to quit at once)");
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(i32::from(INTERRUPTED_EXIT_CODE));
+        }
+    });
 }
 
 #[cfg(test)]

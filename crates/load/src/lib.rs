@@ -38,7 +38,9 @@ mod target;
 mod test_server;
 mod threshold;
 
-pub use cli::{AmountRange, LoadArgs, THRESHOLD_FAILED_EXIT_CODE, load_main};
+pub use cli::{
+    AmountRange, INTERRUPTED_EXIT_CODE, LoadArgs, THRESHOLD_FAILED_EXIT_CODE, load_main,
+};
 pub use config::{
     DEFAULT_CONCURRENCY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS,
     DEFAULT_URL, DEFAULT_USERS, LoadConfig, MAX_CONNECTIONS, Mode, Skew, SlowKind,
