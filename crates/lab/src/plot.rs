@@ -22,6 +22,8 @@ use crate::verdict::format_figure;
 pub const PLOT_WIDTH_PX: u32 = 960;
 /// Height of every chart, in pixels.
 pub const PLOT_HEIGHT_PX: u32 = 560;
+/// Lines with more points than this are drawn without point markers (time series).
+const MAX_MARKED_POINTS: usize = 40;
 /// Headroom above the largest value so the top line and bar labels stay inside the chart.
 const Y_HEADROOM_RATIO: f64 = 1.18;
 
@@ -283,13 +285,15 @@ fn draw_lines(
                 .map_err(plot_error)?
                 .label(&line.name)
                 .legend(legend);
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 5, color.filled())),
-                )
-                .map_err(plot_error)?;
+            if points.len() <= MAX_MARKED_POINTS {
+                chart
+                    .draw_series(
+                        points
+                            .into_iter()
+                            .map(|p| Circle::new(p, 5, color.filled())),
+                    )
+                    .map_err(plot_error)?;
+            }
         }
     }
     draw_references(&mut chart, &spec.references, (x_low, x_high), series.len())?;

@@ -154,6 +154,38 @@ pub async fn exchange_paced(
     }
 }
 
+/// Like [`exchange`], but sends the first `split_at` bytes, pauses for `pause` (a client that
+/// stops mid-request to think), then sends the rest.
+pub async fn exchange_split(
+    addr: SocketAddr,
+    request: &[u8],
+    split_at: usize,
+    pause: Duration,
+    deadline: Duration,
+) -> std::io::Result<Answer> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (first, rest) = request.split_at(split_at.min(request.len()));
+    let work = async {
+        let sent = async {
+            stream.write_all(first).await?;
+            tokio::time::sleep(pause).await;
+            stream.write_all(rest).await
+        };
+        if let Err(error) = sent.await {
+            if !is_disconnect(&error) {
+                return Err(error);
+            }
+        }
+        read_answer(&mut stream, started).await
+    };
+    match tokio::time::timeout(deadline, work).await {
+        Ok(answer) => answer,
+        Err(_elapsed) => Ok(Answer::TimedOut),
+    }
+}
+
 /// Sends `request` and then keeps the connection open without finishing it: writes `request`
 /// (a partial request), then waits up to `deadline` for the server to answer or close.
 pub async fn partial(

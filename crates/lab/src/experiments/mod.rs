@@ -6,7 +6,23 @@
 //! Invariant: [`Experiment::ALL`] lists every experiment exactly once, in seed order, and every
 //! name is unique (tested), so `lab all` runs each claim once and REPORT.md follows the story.
 
+pub mod servers;
+pub mod stage1;
+pub mod stage2;
+pub mod stage3;
+pub mod stage4;
+pub mod stage5;
+pub mod stage6;
+pub mod sustain;
+
+use std::time::Instant;
+
+use serde::Serialize;
+
 use crate::outcome::{ExperimentInfo, Outcome};
+use crate::plot::PlotSpec;
+use crate::table::Table;
+use crate::verdict::{Check, Verdict};
 
 /// Why an experiment could not run (as opposed to running and finding its claim false).
 #[derive(Debug, thiserror::Error)]
@@ -89,11 +105,61 @@ impl Experiment {
     }
 
     /// Runs it: the full form (the seed's parameters) or the `quick` one.
-    pub async fn run(self, _quick: bool) -> Result<Outcome, LabError> {
-        tokio::task::yield_now().await;
-        Err(LabError::Unavailable(
-            "the engine, server and load crates are still being built",
-        ))
+    pub async fn run(self, quick: bool) -> Result<Outcome, LabError> {
+        macro_rules! form {
+            ($module:ident) => {
+                if quick {
+                    $module::run(&$module::Params::quick()).await
+                } else {
+                    $module::run(&$module::Params::full()).await
+                }
+            };
+        }
+        match self {
+            Self::Stage1Freeze => form!(stage1),
+            Self::Stage2Concurrency => form!(stage2),
+            Self::Stage3BadInput => form!(stage3),
+            Self::Stage4InlineLock => form!(stage4),
+            Self::Stage5Backpressure => form!(stage5),
+            Self::Stage6Workers => form!(stage6),
+            _ => Err(LabError::Unavailable("not yet wired")),
+        }
+    }
+}
+
+/// What an experiment found, before it is stamped with its name, parameters and time.
+#[derive(Debug, Clone)]
+pub struct Findings {
+    /// The headline figure in one line.
+    pub measured: String,
+    /// The measured rows.
+    pub table: Table,
+    /// The checks that decide the verdict.
+    pub checks: Vec<Check>,
+    /// The chart.
+    pub plot: PlotSpec,
+    /// Remarks (where the seed's story and the measurement differ).
+    pub notes: Vec<String>,
+}
+
+/// Stamps `findings` into an [`Outcome`] for `info`, run with `params` since `started`.
+pub fn finish(
+    info: &'static ExperimentInfo,
+    quick: bool,
+    params: &impl Serialize,
+    started: Instant,
+    findings: Findings,
+) -> Outcome {
+    Outcome {
+        info: *info,
+        quick,
+        parameters: serde_json::to_value(params).unwrap_or(serde_json::Value::Null),
+        measured: findings.measured,
+        table: findings.table,
+        verdict: Verdict::from_checks(findings.checks),
+        plot: findings.plot,
+        notes: findings.notes,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
     }
 }
 
@@ -112,9 +178,9 @@ pub const STAGE1: ExperimentInfo = ExperimentInfo {
 pub const STAGE2: ExperimentInfo = ExperimentInfo {
     name: "stage2-concurrency",
     stage: "2",
-    claim: "The async server serves clients together: N clients that each pause mid-request \
-            finish in about one pause (the blocking server needs N pauses), and an idle client \
-            delays no other.",
+    claim: "The async server serves clients together: clients that arrive while another \
+            trickles its request are answered at once (the blocking server makes them wait for \
+            the slow one), and idle or trickling clients delay no other request.",
     seed_says: "Handles multiple clients at once – each client runs in its own async task, so \
                 slow clients don't block others.",
 };

@@ -1,0 +1,140 @@
+//! Sustained throughput of one server configuration: offered load above capacity, the queue
+//! kept non-empty, applied events counted over a window from the engine's own counters.
+//!
+//! Lesson (stages 6–8): capacity is the pace of the workers when they never run out of work;
+//! the client's "requests/s" (mostly fast 503s under overload) is not it. An open-loop load at
+//! 1.5 × the theoretical capacity keeps the queue full without flooding the machine.
+//!
+//! Invariant: the load and the server are both stopped before [`measure`] returns, and the
+//! offered rate never exceeds [`MAX_OFFERED_RATE_PER_SECOND`].
+
+use std::time::Duration;
+
+use floodgate_core::config::EngineConfig;
+use floodgate_core::stats::Stats;
+use floodgate_load::{LoadConfig, Mode, Report, Skew};
+use floodgate_server::ServerConfig;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::LabError;
+use super::servers::{start_http, stop_http};
+use crate::measure::{self, Sample, Window};
+
+/// Offered load relative to the theoretical capacity: enough to keep the queue full.
+pub const OVERLOAD_FACTOR: f64 = 1.5;
+/// Ceiling on the offered rate: a debug build on two cores answers a few thousand requests per
+/// second; above that the client, not the server, would be measured.
+pub const MAX_OFFERED_RATE_PER_SECOND: f64 = 3_000.0;
+/// Floor on the offered rate, so slow configurations still fill their queue quickly.
+pub const MIN_OFFERED_RATE_PER_SECOND: f64 = 20.0;
+/// Most requests in flight from the open-loop load.
+const MAX_IN_FLIGHT: usize = 512;
+
+/// One sustained measurement's knobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sustain {
+    /// The engine under test.
+    pub engine: EngineConfig,
+    /// How long applied events are counted.
+    pub window: Duration,
+    /// Most time allowed for the queue to fill before the window starts.
+    pub warmup_limit: Duration,
+    /// Distinct users in the load.
+    pub users: u64,
+    /// User popularity.
+    #[serde(skip)]
+    pub skew: Skew,
+}
+
+/// What one sustained measurement found.
+#[derive(Debug, Clone)]
+pub struct Sustained {
+    /// Applied events over the window.
+    pub window: Window,
+    /// The engine's stats right after the window (lock wait and hold summaries).
+    pub stats: Stats,
+    /// The load generator's report.
+    pub report: Report,
+    /// The offered rate used.
+    pub offered_per_second: f64,
+}
+
+/// `workers / (work + hold)`: the pace if workers never waited for each other (events/s).
+pub fn theoretical_rate(engine: &EngineConfig) -> f64 {
+    let per_event = (engine.work_duration() + engine.hold_duration()).as_secs_f64();
+    if per_event > 0.0 {
+        engine.workers as f64 / per_event
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// `1 / hold`: the most events per second one lock can let through (events/s).
+pub fn lock_limit(engine: &EngineConfig) -> f64 {
+    let hold = engine.hold_duration().as_secs_f64();
+    if hold > 0.0 {
+        1.0 / hold
+    } else {
+        f64::INFINITY
+    }
+}
+
+fn offered_rate(engine: &EngineConfig) -> f64 {
+    (theoretical_rate(engine) * OVERLOAD_FACTOR)
+        .clamp(MIN_OFFERED_RATE_PER_SECOND, MAX_OFFERED_RATE_PER_SECOND)
+}
+
+fn load_config(url: String, sustain: &Sustain, rate: f64) -> LoadConfig {
+    let mut load = LoadConfig::new(url);
+    load.mode = Mode::Open {
+        rate_per_second: rate,
+        duration: sustain.warmup_limit + sustain.window * 4 + Duration::from_secs(5),
+        max_in_flight: MAX_IN_FLIGHT,
+    };
+    load.users = sustain.users;
+    load.skew = sustain.skew;
+    load.threads = 1;
+    load.request_timeout = Duration::from_secs(5);
+    load
+}
+
+/// Starts a server with `sustain.engine`, overloads it, and counts applied events over the
+/// window once the queue is busy.
+pub async fn measure(sustain: &Sustain) -> Result<Sustained, LabError> {
+    let mut config = ServerConfig::production();
+    config.engine = sustain.engine.clone();
+    let server = start_http(config).await?;
+    let rate = offered_rate(&sustain.engine);
+    let (stop_load, load_stopped) = oneshot::channel::<()>();
+    let load = tokio::spawn(floodgate_load::run_until(
+        load_config(server.url(), sustain, rate),
+        async move {
+            let _ = load_stopped.await;
+        },
+    ));
+    let engine = server.engine().clone();
+    let sample = || {
+        let stats = engine.stats();
+        Sample {
+            applied: stats.applied,
+            queue_depth: stats.queue_depth,
+        }
+    };
+    let busy_depth = (sustain.engine.queue_capacity_events / 2).clamp(1, 10);
+    measure::wait_until_busy(sample, busy_depth, sustain.warmup_limit).await;
+    let window = measure::watch(sample, sustain.window, 1).await;
+    let stats = engine.stats();
+    let _ = stop_load.send(());
+    let report = load.await;
+    stop_http(server).await?;
+    let report = report
+        .map_err(|error| LabError::Load(format!("load task: {error}")))?
+        .map_err(|error| LabError::Load(error.to_string()))?;
+    Ok(Sustained {
+        window,
+        stats,
+        report,
+        offered_per_second: rate,
+    })
+}
