@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use floodgate_core::config::LedgerStrategy;
 use floodgate_server::{ServerConfig, ServerHandle};
 use prometheus_parse::{Sample, Scrape, Value};
 use reqwest::StatusCode;
@@ -141,16 +142,13 @@ fn overloadable() -> ServerConfig {
     config
 }
 
-// Proves conservation through HTTP under overload: 64 concurrent clients, many 503s, and after
-// stop() each user's balance equals the sum of the amounts of that user's 202-answered events.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conservation_with_64_clients_under_overload() {
-    let server = ServerHandle::spawn(overloadable()).await.expect("spawn");
-    let url = format!("{}/events", server.url());
+/// Posts 25 events from each of 64 concurrent clients; returns the amounts of the 202-answered
+/// events summed per user, and the number of 503 answers.
+async fn post_from_64_clients(url: &str) -> (HashMap<String, i64>, u64) {
     let http = client();
     let mut tasks = Vec::new();
     for client_index in 0..64_i64 {
-        let (http, url) = (http.clone(), url.clone());
+        let (http, url) = (http.clone(), url.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut accepted: HashMap<String, i64> = HashMap::new();
             let mut rejected = 0_u64;
@@ -176,22 +174,40 @@ async fn conservation_with_64_clients_under_overload() {
             *expected.entry(user).or_default() += amount;
         }
     }
-    let engine = server.engine().clone();
-    let summary = server.stop().await.expect("stop");
-    assert!(
-        rejected > 0,
-        "the test must overload the server (no 503 seen)"
-    );
-    assert_eq!(summary.rejected, rejected);
-    for (user, amount) in &expected {
-        assert_eq!(engine.balance(user).unwrap_or(0), *amount, "{user}");
+    (expected, rejected)
+}
+
+// Proves conservation through HTTP under overload, for every ledger strategy: 64 concurrent
+// clients, many 503s, and after stop() each user's balance equals the sum of the amounts of
+// that user's 202-answered events (and so do the totals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conservation_with_64_clients_under_overload() {
+    for strategy in LedgerStrategy::ALL {
+        let mut config = overloadable();
+        config.engine.strategy = strategy;
+        let server = ServerHandle::spawn(config).await.expect("spawn");
+        let (expected, rejected) = post_from_64_clients(&format!("{}/events", server.url())).await;
+        let engine = server.engine().clone();
+        let summary = server.stop().await.expect("stop");
+        assert!(
+            rejected > 0,
+            "{strategy}: the test must overload the server (no 503 seen)"
+        );
+        assert_eq!(summary.rejected, rejected, "{strategy}");
+        for (user, amount) in &expected {
+            assert_eq!(
+                engine.balance(user).unwrap_or(0),
+                *amount,
+                "{strategy} {user}"
+            );
+        }
+        let total: i64 = engine
+            .balances(None, 1000)
+            .iter()
+            .map(|(_, balance)| balance)
+            .sum();
+        assert_eq!(total, expected.values().sum::<i64>(), "{strategy}");
     }
-    let total: i64 = engine
-        .balances(None, 1000)
-        .iter()
-        .map(|(_, balance)| balance)
-        .sum();
-    assert_eq!(total, expected.values().sum::<i64>());
 }
 
 // Proves graceful shutdown under load: clients keep posting while stop() runs; every event
