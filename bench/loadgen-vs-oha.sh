@@ -13,7 +13,7 @@
 # alternate (floodgate load, oha, floodgate load, oha, ...) after a short warm-up, so drift on a
 # noisy machine hits both; the best round of each is compared. Throughput is all answers per
 # second (oha cannot tell a 202 from a 503); the 2xx share of each tool is printed beside it.
-# Needs: cargo, jq, python3 (free port); oha is installed with `cargo install --locked oha`
+# Needs: cargo, jq, python3 (free port); oha is installed with `cargo install --locked oha --no-default-features --features native-tls`
 # if missing (a long build on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ OHA="$(command -v oha || true)"
 if [[ -z "$OHA" && -x "$HOME/.cargo/bin/oha" ]]; then OHA="$HOME/.cargo/bin/oha"; fi
 if [[ -z "$OHA" ]]; then
     echo "oha not found: installing it (cargo install --locked oha; takes a while)" >&2
-    cargo install --locked oha --no-default-features
+    cargo install --locked oha --no-default-features --features native-tls
     OHA="$HOME/.cargo/bin/oha"
 fi
 

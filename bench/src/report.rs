@@ -47,7 +47,7 @@ impl Table {
     pub fn to_markdown(&self) -> String {
         let mut text = format!("## {}\n\n{}\n\n", self.title, self.method);
         let _ = writeln!(text, "| {} |", self.columns.join(" | "));
-        let _ = writeln!(text, "|{}|", "---|".repeat(self.columns.len()));
+        let _ = writeln!(text, "|{}", "---|".repeat(self.columns.len()));
         for row in &self.rows {
             let _ = writeln!(text, "| {} |", row.join(" | "));
         }

@@ -26,6 +26,7 @@ fn main() -> Result<()> {
     while let Some(flag) = args.next() {
         match flag.as_str() {
             "--seconds" => options.seconds = parse_next(&mut args, "--seconds")?,
+            "--repeat" => options.repeat = parse_next(&mut args, "--repeat")?,
             "--overload-seconds" => {
                 options.overload_seconds = parse_next(&mut args, "--overload-seconds")?;
             }
@@ -33,7 +34,7 @@ fn main() -> Result<()> {
             "--only" => options.only = Some(parse_next(&mut args, "--only")?),
             "--skip-wrk" => options.use_wrk = false,
             other => anyhow::bail!(
-                "unknown flag {other}; flags: --seconds N --overload-seconds N --out DIR \
+                "unknown flag {other}; flags: --seconds N --repeat N --overload-seconds N --out DIR \
                  --only ingest|engine|overload|presets --skip-wrk"
             ),
         }
