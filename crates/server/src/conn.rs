@@ -127,8 +127,32 @@ impl Acceptor {
             }
         } else if let Some(Err(error)) = result {
             tracing::debug!(%error, "connection ended with an error");
+            self.metrics
+                .record_connection_error(connection_error_kind(&error));
         }
     }
+}
+
+/// A bounded label for why hyper ended a connection with an error.
+fn connection_error_kind(error: &hyper::Error) -> &'static str {
+    if error.is_parse_too_large() {
+        "head_too_large"
+    } else if error.is_parse() || error.is_parse_status() {
+        "malformed"
+    } else if error.is_incomplete_message() {
+        "incomplete"
+    } else if error.is_timeout() || ended_by_deadline(error) {
+        "deadline"
+    } else {
+        "io"
+    }
+}
+
+/// Whether the error is a [`DeadlineIo`] deadline passing (an I/O error of kind `TimedOut`).
+fn ended_by_deadline(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<io::Error>())
+        .is_some_and(|io_error| io_error.kind() == io::ErrorKind::TimedOut)
 }
 
 /// Keeps the open-connections gauge and the cap's permit for one connection's lifetime.

@@ -61,6 +61,9 @@ pub enum ApiError {
     /// No route matches (404 `not_found`).
     #[error("no such route")]
     NotFound,
+    /// The route exists but not with this method (405 `method_not_allowed`).
+    #[error("method not allowed")]
+    MethodNotAllowed,
 }
 
 impl From<EventError> for ApiError {
@@ -99,6 +102,7 @@ impl ApiError {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::QueueFull | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnknownUser | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -117,6 +121,7 @@ impl ApiError {
             Self::UnknownUser => "unknown_user",
             Self::InvalidQuery(_) => "invalid_query",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 

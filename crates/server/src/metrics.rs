@@ -42,6 +42,7 @@ pub struct ServerMetrics {
     /// Connections closed at once because the cap was reached.
     pub connections_refused: Counter,
     connection_timeouts: Family<Labels, Counter>,
+    connection_errors: Family<Labels, Counter>,
     request_duration: Family<Labels, Histogram>,
 }
 
@@ -67,6 +68,13 @@ impl ServerMetrics {
             "Connections closed by a deadline, by phase (header, idle)",
             connection_timeouts.clone(),
         );
+        let connection_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_connection_errors",
+            "Connections ended with an error, by kind (malformed, head_too_large, incomplete, \
+             deadline, io); `deadline` also counts the timeouts above",
+            connection_errors.clone(),
+        );
         let request_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(
                 LATENCY_BUCKET_START_SECONDS,
@@ -85,6 +93,7 @@ impl ServerMetrics {
             open_connections,
             connections_refused,
             connection_timeouts,
+            connection_errors,
             request_duration,
         }
     }
@@ -101,6 +110,13 @@ impl ServerMetrics {
     pub fn record_timeout(&self, phase: &'static str) {
         self.connection_timeouts
             .get_or_create(&vec![("phase", phase)])
+            .inc();
+    }
+
+    /// Counts a connection hyper ended with an error (`kind`: a bounded label).
+    pub fn record_connection_error(&self, kind: &'static str) {
+        self.connection_errors
+            .get_or_create(&vec![("kind", kind)])
             .inc();
     }
 

@@ -328,8 +328,8 @@ async fn balances_paginate_with_cursor() {
     server.stop().await.expect("stop");
 }
 
-// Proves GET /stats returns the engine's statistics as JSON, GET /healthz is alive, and an
-// unknown route is a JSON 404.
+// Proves GET /stats returns the engine's statistics as JSON, GET /healthz is alive, an
+// unknown route is a JSON 404 and a wrong method a JSON 405.
 #[tokio::test]
 async fn stats_health_and_unknown_route() {
     let server = ServerHandle::spawn(test_config()).await.expect("spawn");
@@ -348,5 +348,8 @@ async fn stats_health_and_unknown_route() {
     let (status, reply) = get(&server, "/nowhere").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(reply["reason"], "not_found");
+    let (status, reply) = get(&server, "/events").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply["reason"], "method_not_allowed");
     server.stop().await.expect("stop");
 }

@@ -177,7 +177,8 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 // Proves no input crashes the server: each hostile request gets a 4xx or a closed connection,
-// and a valid request on a fresh connection is still accepted after each one.
+// and a valid request on a fresh connection is still accepted after each one; hyper's refusals
+// are visible in /metrics by kind.
 #[tokio::test]
 async fn hostile_input_gets_4xx_or_close_and_server_keeps_serving() {
     let server = ServerHandle::spawn(test_config()).await.expect("spawn");
@@ -197,6 +198,18 @@ async fn hostile_input_gets_4xx_or_close_and_server_keeps_serving() {
         .unwrap_or_else(|| panic!("after {name}: no answer to a valid request"));
         assert_eq!(valid.status, 202, "after {name}");
     }
+    let errors =
+        crate::support::counters(&server, "floodgate_http_connection_errors_total", "kind").await;
+    assert!(
+        errors.get("malformed").is_some_and(|count| *count >= 1),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .get("head_too_large")
+            .is_some_and(|count| *count >= 1),
+        "{errors:?}"
+    );
     let summary = server.stop().await.expect("stop");
     assert_eq!(summary.applied, hostile_inputs().len() as u64);
 }

@@ -62,6 +62,10 @@ async fn header_timeout_closes_silent_and_trickling_clients() {
         write_failed || closed_by_server(&mut trickle, &mut Vec::new()).await,
         "trickling client kept open"
     );
+    let timeouts =
+        crate::support::counters(&server, "floodgate_http_connection_timeouts_total", "phase")
+            .await;
+    assert_eq!(timeouts.get("header"), Some(&2), "{timeouts:?}");
     server.stop().await.expect("stop");
 }
 

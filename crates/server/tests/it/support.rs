@@ -191,3 +191,32 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// A counter's values by one label, parsed from the server's /metrics with a real parser.
+pub async fn counters(
+    server: &floodgate_server::ServerHandle,
+    metric: &str,
+    label: &str,
+) -> std::collections::HashMap<String, u64> {
+    let text = client()
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
+        .expect("parses");
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == metric)
+        .filter_map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(count) => {
+                Some((sample.labels.get(label)?.to_owned(), count as u64))
+            }
+            _ => None,
+        })
+        .collect()
+}
