@@ -222,3 +222,15 @@ async fn stop_ends_a_long_run_early_with_a_report() {
     assert!(report.duration_seconds < 3600.0);
     server.stop().await;
 }
+
+#[test]
+fn run_futures_are_send_so_callers_can_spawn_them() {
+    // Proves (at compile time) that `run` and `run_until` can be passed to `tokio::spawn`, as
+    // the lab does; a non-Send value held across an await would break this.
+    fn assert_send<T: Send>(_: &T) {}
+    let config = LoadConfig::new("http://127.0.0.1:1");
+    let running = run(config.clone());
+    assert_send(&running);
+    let stoppable = crate::run_until(config, async {});
+    assert_send(&stoppable);
+}
