@@ -1,1 +1,139 @@
-fn main() {}
+//! Criterion micro-benchmarks of the engine's parts (issue 6): ledger apply per strategy,
+//! queue push + pop per queue kind, and event parsing. Kept short (about 1.5 s per case) so
+//! `cargo bench -p floodgate-core` finishes in a couple of minutes on a 2-core machine.
+//! End-to-end throughput (queue + workers + ledger) is `examples/engine_throughput.rs`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use floodgate_core::config::{LedgerStrategy, QueueKind};
+use floodgate_core::event::parse_event;
+use floodgate_core::ledger::{Ledger, user_hash};
+use floodgate_core::queue::{self, Job};
+
+/// Events per measured batch (amortizes criterion's per-iteration overhead).
+const BATCH: usize = 4096;
+/// Distinct users already in the ledger (the "many users" case of issue 6).
+const USERS: usize = 100_000;
+
+fn users(count: usize, offset: usize) -> Vec<String> {
+    (0..count)
+        .map(|index| format!("user{}", (offset + index * 7919) % USERS))
+        .collect()
+}
+
+fn ledger_apply(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("ledger_apply_100k_users");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (strategy, shards) in [
+        (LedgerStrategy::Global, 1),
+        (LedgerStrategy::Sharded, 64),
+        (LedgerStrategy::Owned, 2),
+    ] {
+        let ledger = Ledger::new(strategy, shards);
+        for user in users(USERS, 0) {
+            ledger.apply(user, 1).expect("no overflow");
+        }
+        let mut offset = 0;
+        group.bench_function(strategy.as_str(), |bencher| {
+            bencher.iter_batched(
+                || {
+                    offset += BATCH;
+                    users(BATCH, offset)
+                        .into_iter()
+                        .map(|user| (user_hash(&user), user))
+                        .collect::<Vec<_>>()
+                },
+                |batch| {
+                    // One lock per run of same-shard events, as the workers' fast path does.
+                    for (hash, user) in batch {
+                        let shard = ledger.shard(ledger.shard_for(hash));
+                        let _ = black_box(shard.data.lock().apply(hash, user, 1));
+                    }
+                },
+                BatchSize::LargeInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+fn queue_push_pop(criterion: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut group = criterion.benchmark_group("queue_push_pop");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, kind, owned) in [
+        ("mpmc_async_channel", QueueKind::Mpmc, false),
+        ("shared_receiver_mutex", QueueKind::SharedReceiver, false),
+        ("owned_lane_tokio_mpsc", QueueKind::Mpmc, true),
+    ] {
+        let (admission, mut consumers) = queue::build(kind, BATCH, 1, owned);
+        let mut consumer = consumers.pop().expect("one consumer");
+        let mut batch = Vec::with_capacity(256);
+        group.bench_function(name, |bencher| {
+            bencher.iter_batched(
+                || {
+                    users(BATCH, 0)
+                        .into_iter()
+                        .map(|user| Job {
+                            hash: user_hash(&user),
+                            user,
+                            amount: 1,
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |jobs| {
+                    for job in jobs {
+                        assert!(admission.try_push(job).is_ok(), "capacity is BATCH");
+                    }
+                    runtime.block_on(async {
+                        let mut received = 0;
+                        while received < BATCH {
+                            received += consumer.recv_batch(&mut batch, 256).await;
+                            batch.clear();
+                        }
+                    });
+                },
+                BatchSize::LargeInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+fn event_parse(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("event_parse");
+    group.throughput(Throughput::Elements(1));
+    let cases: [(&str, &[u8]); 4] = [
+        ("valid", br#"{"user":"user12345","amount":250}"#),
+        (
+            "valid_escaped",
+            br#"{"user":"us\u00e9r12345","amount":-250}"#,
+        ),
+        ("invalid_amount", br#"{"user":"user12345","amount":2.5}"#),
+        ("truncated", br#"{"user":"user12345","amou"#),
+    ];
+    for (name, body) in cases {
+        group.bench_function(name, |bencher| {
+            bencher.iter(|| black_box(parse_event(black_box(body))));
+        });
+    }
+    group.finish();
+}
+
+fn short() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1200))
+        .sample_size(20)
+}
+
+criterion_group! {
+    name = benches;
+    config = short();
+    targets = ledger_apply, queue_push_pop, event_parse
+}
+criterion_main!(benches);

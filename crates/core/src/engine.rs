@@ -66,6 +66,15 @@ impl Rejected {
     }
 }
 
+/// A refused event, handed back by [`Engine::offer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// Why it was refused.
+    pub reason: Rejected,
+    /// The event, untouched.
+    pub event: Event,
+}
+
 /// The engine. Cheap to clone (an `Arc` inside); every clone drives the same engine.
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -95,15 +104,12 @@ impl Engine {
         let metrics = Arc::new(Metrics::new(if queued { config.workers } else { 1 }));
         let mut handles = Vec::new();
         let admission = queued.then(|| {
-            let lanes = match config.strategy {
-                LedgerStrategy::Owned => config.workers,
-                LedgerStrategy::Global | LedgerStrategy::Sharded => 1,
-            };
+            let owned = config.strategy == LedgerStrategy::Owned;
             let (admission, consumers) = queue::build(
                 config.queue_kind,
                 config.queue_capacity_events,
-                lanes,
                 config.workers,
+                owned,
             );
             for (id, consumer) in consumers.into_iter().enumerate() {
                 let context = WorkerContext {
@@ -157,19 +163,26 @@ impl Engine {
     /// as [`Rejected::Draining`] only when draining, and is a programmer error otherwise
     /// (debug assertion; release builds count it as validated).
     pub fn try_ingest(&self, event: Event) -> Result<Ingested, Rejected> {
+        self.offer(event).map_err(|refused| refused.reason)
+    }
+
+    /// [`Engine::try_ingest`] that hands a refused event back, so a caller (a benchmark, a
+    /// retrying producer) can offer it again without cloning. Refusals are counted as usual.
+    pub fn offer(&self, event: Event) -> Result<Ingested, Refused> {
         let inner = &*self.inner;
         if inner.draining.load(Ordering::Acquire) {
             inner
                 .metrics
                 .rejected_draining
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(Rejected::Draining);
+            let reason = Rejected::Draining;
+            return Err(Refused { reason, event });
         }
         let Some(admission) = &inner.admission else {
             debug_assert_eq!(
                 inner.config.mode,
                 ProcessingMode::ValidateOnly,
-                "inline needs ingest"
+                "inline: use ingest"
             );
             inner.metrics.validated.increment();
             return Ok(Ingested::Validated);
@@ -180,23 +193,31 @@ impl Engine {
             amount: event.amount,
             hash,
         };
-        match admission.try_push(job) {
+        let (error, job) = match admission.try_push(job) {
             Ok(()) => {
                 inner.metrics.accepted.increment();
-                Ok(Ingested::Queued)
+                return Ok(Ingested::Queued);
             }
-            Err(PushError::Full) => {
+            Err(refused) => refused,
+        };
+        let reason = match error {
+            PushError::Full => {
                 inner.metrics.rejected_queue_full.increment();
-                Err(Rejected::QueueFull)
+                Rejected::QueueFull
             }
-            Err(PushError::Closed) => {
+            PushError::Closed => {
                 inner
                     .metrics
                     .rejected_draining
                     .fetch_add(1, Ordering::Relaxed);
-                Err(Rejected::Draining)
+                Rejected::Draining
             }
-        }
+        };
+        let event = Event {
+            user: job.user,
+            amount: job.amount,
+        };
+        Err(Refused { reason, event })
     }
 
     async fn ingest_inline(&self, event: Event) -> Result<Ingested, Rejected> {

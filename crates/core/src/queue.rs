@@ -61,6 +61,13 @@ pub struct Admission {
 pub enum Consumer {
     /// A clone of the multi-consumer receiver.
     Mpmc(async_channel::Receiver<Job>),
+    /// A lane with one consumer (owned strategy): tokio's receiver, owned by the worker.
+    Single {
+        /// The receiver.
+        receiver: mpsc::Receiver<Job>,
+        /// Turns true when the queue closes (tokio's receiver is closed from its side).
+        closing: watch::Receiver<bool>,
+    },
     /// The seed's shared receiver: lock it, receive, unlock.
     Shared {
         /// The receiver, shared by the workers of this lane.
@@ -70,47 +77,59 @@ pub enum Consumer {
     },
 }
 
-/// Build the queue: `lanes` lanes (1, or one per worker for the owned strategy) sharing
-/// `capacity_events`, and `workers` consumers (worker `i` reads lane `i % lanes`).
+/// Build the queue and one consumer per worker.
+///
+/// - Shared (`owned == false`): one lane of `capacity_events`; every worker consumes it (an
+///   async-channel receiver clone for [`QueueKind::Mpmc`], the seed's `Arc<Mutex<Receiver>>`
+///   for [`QueueKind::SharedReceiver`]).
+/// - Owned (`owned == true`): one lane per worker, capacities adding up to `capacity_events`,
+///   each consumed by its worker alone. A lane with one consumer needs no multi-consumer
+///   channel, so [`QueueKind::Mpmc`] then uses tokio's mpsc receiver owned by the worker
+///   (`recv_many` takes a whole batch per wake-up); `SharedReceiver` keeps the seed's mutex
+///   (uncontended) for like-for-like sweeps.
 ///
 /// # Panics
-/// When `lanes` or `workers` is 0 or `capacity_events < lanes` (a programmer error:
+/// When `workers` is 0 or, owned, `capacity_events < workers` (a programmer error:
 /// `EngineConfig::validate` refuses such configurations).
 pub fn build(
     kind: QueueKind,
     capacity_events: usize,
-    lanes: usize,
     workers: usize,
+    owned: bool,
 ) -> (Admission, Vec<Consumer>) {
-    assert!(
-        lanes > 0 && workers > 0 && capacity_events >= lanes,
-        "queue shape"
-    );
+    assert!(workers > 0 && capacity_events > 0, "queue shape");
+    let lanes = if owned { workers } else { 1 };
+    assert!(capacity_events >= lanes, "at least one slot per lane");
     let (closing, closing_receiver) = watch::channel(false);
     let mut senders = Vec::with_capacity(lanes);
-    let mut lane_consumers = Vec::with_capacity(lanes);
+    let mut consumers = Vec::with_capacity(workers);
     for lane in 0..lanes {
         // Spread the remainder so the lanes add up to exactly `capacity_events`.
         let capacity = capacity_events / lanes + usize::from(lane < capacity_events % lanes);
-        match kind {
-            QueueKind::Mpmc => {
+        let consumers_of_lane = if owned { 1 } else { workers };
+        match (kind, owned) {
+            (QueueKind::Mpmc, false) => {
                 let (sender, receiver) = async_channel::bounded(capacity);
                 senders.push(Lane::Mpmc(sender));
-                lane_consumers.push(Consumer::Mpmc(receiver));
+                consumers.extend((0..consumers_of_lane).map(|_| Consumer::Mpmc(receiver.clone())));
             }
-            QueueKind::SharedReceiver => {
+            (QueueKind::Mpmc, true) => {
                 let (sender, receiver) = mpsc::channel(capacity);
                 senders.push(Lane::Tokio(sender));
-                lane_consumers.push(Consumer::Shared {
-                    receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
+                let closing = closing_receiver.clone();
+                consumers.push(Consumer::Single { receiver, closing });
+            }
+            (QueueKind::SharedReceiver, _) => {
+                let (sender, receiver) = mpsc::channel(capacity);
+                senders.push(Lane::Tokio(sender));
+                let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+                consumers.extend((0..consumers_of_lane).map(|_| Consumer::Shared {
+                    receiver: Arc::clone(&receiver),
                     closing: closing_receiver.clone(),
-                });
+                }));
             }
         }
     }
-    let consumers = (0..workers)
-        .map(|worker| lane_consumers[worker % lanes].clone())
-        .collect();
     let admission = Admission {
         lanes: senders.into_boxed_slice(),
         capacity_events,
@@ -119,21 +138,10 @@ pub fn build(
     (admission, consumers)
 }
 
-impl Clone for Consumer {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Mpmc(receiver) => Self::Mpmc(receiver.clone()),
-            Self::Shared { receiver, closing } => Self::Shared {
-                receiver: Arc::clone(receiver),
-                closing: closing.clone(),
-            },
-        }
-    }
-}
-
 impl Admission {
-    /// Admit a job without waiting: `Full` when its lane is at capacity, `Closed` once closed.
-    pub fn try_push(&self, job: Job) -> Result<(), PushError> {
+    /// Admit a job without waiting: `Full` when its lane is at capacity, `Closed` once closed;
+    /// a refused job is handed back (so a caller may retry without cloning).
+    pub fn try_push(&self, job: Job) -> Result<(), (PushError, Job)> {
         let lane = if self.lanes.len() == 1 {
             &self.lanes[0]
         } else {
@@ -141,12 +149,12 @@ impl Admission {
         };
         match lane {
             Lane::Mpmc(sender) => sender.try_send(job).map_err(|error| match error {
-                async_channel::TrySendError::Full(_) => PushError::Full,
-                async_channel::TrySendError::Closed(_) => PushError::Closed,
+                async_channel::TrySendError::Full(job) => (PushError::Full, job),
+                async_channel::TrySendError::Closed(job) => (PushError::Closed, job),
             }),
             Lane::Tokio(sender) => sender.try_send(job).map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => PushError::Full,
-                mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+                mpsc::error::TrySendError::Full(job) => (PushError::Full, job),
+                mpsc::error::TrySendError::Closed(job) => (PushError::Closed, job),
             }),
         }
     }
@@ -216,25 +224,39 @@ impl Consumer {
                 }
                 taken
             }
+            Self::Single { receiver, closing } => {
+                recv_many_or_close(receiver, closing, batch, max).await
+            }
             Self::Shared { receiver, closing } => {
                 let mut receiver = receiver.lock().await;
-                let closed = *closing.borrow();
-                if closed {
-                    receiver.close();
-                    return receiver.recv_many(batch, max).await;
-                }
-                tokio::select! {
-                    biased;
-                    taken = receiver.recv_many(batch, max) => taken,
-                    () = async {
-                        // Drop the watch guard at once (it is not `Send`).
-                        let _ = closing.wait_for(|closing| *closing).await;
-                    } => {
-                        receiver.close();
-                        receiver.recv_many(batch, max).await
-                    }
-                }
+                recv_many_or_close(&mut receiver, closing, batch, max).await
             }
+        }
+    }
+}
+
+/// Receive up to `max` jobs from a tokio lane; once `closing` turns true, close the lane (so
+/// later pushes fail) and keep draining: returns 0 only when closed and empty.
+async fn recv_many_or_close(
+    receiver: &mut mpsc::Receiver<Job>,
+    closing: &mut watch::Receiver<bool>,
+    batch: &mut Vec<Job>,
+    max: usize,
+) -> usize {
+    let closed = *closing.borrow();
+    if closed {
+        receiver.close();
+        return receiver.recv_many(batch, max).await;
+    }
+    tokio::select! {
+        biased;
+        taken = receiver.recv_many(batch, max) => taken,
+        () = async {
+            // Drop the watch guard at once (it is not `Send`).
+            let _ = closing.wait_for(|closing| *closing).await;
+        } => {
+            receiver.close();
+            receiver.recv_many(batch, max).await
         }
     }
 }
@@ -257,11 +279,14 @@ mod tests {
         // Proves boundedness (Full at capacity, never waiting), Closed after close, and that
         // every job pushed before close is still received, for both queue kinds.
         for kind in [QueueKind::Mpmc, QueueKind::SharedReceiver] {
-            let (admission, mut consumers) = build(kind, 3, 1, 2);
+            let (admission, mut consumers) = build(kind, 3, 2, false);
             for user in ["a", "b", "c"] {
-                assert_eq!(admission.try_push(job(user)), Ok(()));
+                assert!(admission.try_push(job(user)).is_ok());
             }
-            assert_eq!(admission.try_push(job("d")), Err(PushError::Full));
+            assert_eq!(
+                admission.try_push(job("d")).map_err(|error| error.0),
+                Err(PushError::Full)
+            );
             assert_eq!(admission.len(), 3);
             admission.close();
             let mut batch = Vec::new();
@@ -274,7 +299,8 @@ mod tests {
                 received += taken;
             }
             assert_eq!(received, 3, "{kind:?}");
-            assert_eq!(admission.try_push(job("e")), Err(PushError::Closed));
+            let (error, job) = admission.try_push(job("e")).expect_err("closed");
+            assert_eq!((error, job.user.as_str()), (PushError::Closed, "e"));
             assert!(admission.is_closed());
         }
     }
@@ -282,11 +308,11 @@ mod tests {
     #[tokio::test]
     async fn owned_lanes_route_by_hash_and_split_capacity() {
         // Proves lanes add up to the capacity and a user always lands in its owner's lane.
-        let (admission, mut consumers) = build(QueueKind::Mpmc, 10, 3, 3);
+        let (admission, mut consumers) = build(QueueKind::Mpmc, 10, 3, true);
         assert_eq!((admission.lanes(), admission.capacity_events()), (3, 10));
         let users: Vec<String> = (0..6).map(|user| format!("user{user}")).collect();
         for user in &users {
-            assert_eq!(admission.try_push(job(user)), Ok(()));
+            assert!(admission.try_push(job(user)).is_ok());
         }
         admission.close();
         for (lane, consumer) in consumers.iter_mut().enumerate() {

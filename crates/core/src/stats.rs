@@ -18,7 +18,8 @@ use crate::config::{LedgerStrategy, ProcessingMode, QueueKind};
 /// Percentiles of one lock histogram, in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LockSummary {
-    /// Samples recorded (lock acquisitions; one per batch on the fast path).
+    /// Samples recorded: one per lock acquisition with simulated work; one per batch of up to
+    /// `worker::BATCH_MAX` events on the fast path (no simulated work).
     pub count: u64,
     /// Median, ms.
     pub p50_ms: f64,
