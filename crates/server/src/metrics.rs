@@ -48,8 +48,16 @@ pub struct ServerMetrics {
 
 impl ServerMetrics {
     /// Registers every series; the engine's are read from `engine` at each scrape.
-    pub fn new(engine: Engine) -> Self {
+    /// `max_connections` is exported so alerts can compare open connections with the cap.
+    pub fn new(engine: Engine, max_connections: usize) -> Self {
         let mut registry = Registry::with_prefix("floodgate");
+        let cap = Gauge::<i64>::default();
+        cap.set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+        registry.register(
+            "http_max_connections",
+            "The connection cap (max-connections)",
+            cap,
+        );
         let open_connections = Gauge::default();
         registry.register(
             "http_open_connections",

@@ -43,7 +43,10 @@ async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Summary {
-    let metrics = Arc::new(ServerMetrics::new(engine.clone()));
+    let metrics = Arc::new(ServerMetrics::new(
+        engine.clone(),
+        config.front_door.max_connections,
+    ));
     let shutdown_timeout = config.front_door.shutdown_timeout();
     let app = Arc::new(AppState {
         engine: engine.clone(),

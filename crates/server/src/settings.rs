@@ -90,7 +90,7 @@ pub struct ServeArgs {
     pub shards: Option<usize>,
     /// Apply each event in the request handler under the ledger lock (stage 4) instead of
     /// queueing it.
-    #[arg(long, env = "FLOODGATE_INLINE")]
+    #[arg(long, env = "FLOODGATE_INLINE", value_parser = clap::builder::BoolishValueParser::new())]
     pub inline: bool,
     /// Simulated async work per event before taking the ledger lock, in ms [default: 0].
     #[arg(long, env = "FLOODGATE_WORK_MS")]

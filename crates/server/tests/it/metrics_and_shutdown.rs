@@ -85,6 +85,10 @@ async fn metrics_parse_and_count_what_happened() {
     );
     assert_eq!(scalar(&scrape, "floodgate_queue_depth_events", None), 0);
     assert!(scalar(&scrape, "floodgate_http_open_connections", None) >= 1);
+    assert_eq!(
+        scalar(&scrape, "floodgate_http_max_connections", None),
+        floodgate_server::config::DEFAULT_MAX_CONNECTIONS as u64
+    );
     check_histograms(&scrape);
     server.stop().await.expect("stop");
 }
@@ -267,4 +271,42 @@ async fn graceful_stop_under_load_applies_every_202() {
         .map(|(_, balance)| balance)
         .sum();
     assert_eq!(total as u64, accepted_amount.load(Ordering::SeqCst));
+}
+
+// Proves the shutdown timeout bounds a graceful stop: a client holding an in-flight request
+// (a body that never finishes, with a long body timeout) cannot keep stop() from returning;
+// its connection is closed once the shutdown timeout passes, and the queue is still drained.
+#[tokio::test]
+async fn shutdown_timeout_bounds_a_stop_held_by_a_slow_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.front_door.body_timeout_ms = 60_000;
+    config.front_door.shutdown_timeout_ms = 300;
+    let server = ServerHandle::spawn(config).await.expect("spawn");
+    let response = client()
+        .post(format!("{}/events", server.url()))
+        .body(event_json("before", 5))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let mut holder = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    holder
+        .write_all(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\n{")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await; // the request is now in flight
+    let engine = server.engine().clone();
+    let summary = tokio::time::timeout(crate::support::ANSWER_WAIT, server.stop())
+        .await
+        .expect("stop returns despite the held request")
+        .expect("stop");
+    assert_eq!((summary.accepted, summary.applied), (1, 1));
+    assert_eq!(engine.balance("before"), Some(5));
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(crate::support::ANSWER_WAIT, holder.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the held connection was closed");
 }
