@@ -6,13 +6,17 @@
 //! Invariant: [`Experiment::ALL`] lists every experiment exactly once, in seed order, and every
 //! name is unique (tested), so `lab all` runs each claim once and REPORT.md follows the story.
 
+pub mod hot_keys;
 pub mod servers;
+pub mod shared_receiver;
 pub mod stage1;
 pub mod stage2;
 pub mod stage3;
 pub mod stage4;
 pub mod stage5;
 pub mod stage6;
+pub mod stage7;
+pub mod stage8;
 pub mod sustain;
 
 use std::time::Instant;
@@ -122,7 +126,10 @@ impl Experiment {
             Self::Stage4InlineLock => form!(stage4),
             Self::Stage5Backpressure => form!(stage5),
             Self::Stage6Workers => form!(stage6),
-            _ => Err(LabError::Unavailable("not yet wired")),
+            Self::Stage7Contention => form!(stage7),
+            Self::Stage8Sharding => form!(stage8),
+            Self::HotKeys => form!(hot_keys),
+            Self::SharedReceiver => form!(shared_receiver),
         }
     }
 }

@@ -138,3 +138,34 @@ pub async fn measure(sustain: &Sustain) -> Result<Sustained, LabError> {
         offered_per_second: rate,
     })
 }
+
+/// The queue used by sweeps: 4 events per worker, at least 16. Enough that the workers never
+/// run dry under overload; small enough that stopping (which drains the queue) takes seconds
+/// even for one slow worker. Capacity does not change the workers' pace.
+pub fn sweep_queue_capacity_events(workers: usize) -> usize {
+    (workers * 4).max(16)
+}
+
+/// Measures `base` with each worker count in `workers`, one after another.
+pub async fn sweep(
+    base: &EngineConfig,
+    workers: &[usize],
+    window: Duration,
+    users: u64,
+) -> Result<Vec<(EngineConfig, Sustained)>, LabError> {
+    let mut points = Vec::with_capacity(workers.len());
+    for count in workers {
+        let mut engine = base.clone();
+        engine.workers = *count;
+        engine.queue_capacity_events = sweep_queue_capacity_events(*count);
+        let sustain = Sustain {
+            engine: engine.clone(),
+            window,
+            warmup_limit: Duration::from_secs(5),
+            users,
+            skew: Skew::Uniform,
+        };
+        points.push((engine, measure(&sustain).await?));
+    }
+    Ok(points)
+}

@@ -7,7 +7,7 @@
 
 use floodgate_core::config::LedgerStrategy;
 use floodgate_lab::experiments::servers::Target;
-use floodgate_lab::experiments::{Experiment, stage1, stage4};
+use floodgate_lab::experiments::{Experiment, stage1, stage4, stage8};
 use floodgate_lab::outcome::Outcome;
 use tokio::sync::Mutex;
 
@@ -103,4 +103,43 @@ async fn stage5_bounded_queue_rejects_a_burst_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage6_workers_multiply_throughput() {
     assert_holds(&quick(Experiment::Stage6Workers).await);
+}
+
+// Proves stage 7's claim: the seed's stress test is mostly rejected, and with one global lock
+// throughput plateaus near 1/hold while lock wait grows far past the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage7_one_lock_caps_throughput() {
+    assert_holds(&quick(Experiment::Stage7Contention).await);
+}
+
+// Proves stage 8's claim: a sharded ledger follows workers / (work + hold) past the plateau.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage8_sharding_lifts_the_plateau() {
+    assert_holds(&quick(Experiment::Stage8Sharding).await);
+}
+
+// Proves the stage-8 verdict can fail: "sharding" with the global lock stays on the plateau,
+// so it is not 2x the global lock and its lock wait dwarfs the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage8_verdict_fails_with_the_global_lock() {
+    let _serial = SERIAL.lock().await;
+    let params = stage8::Params {
+        strategy: LedgerStrategy::Global,
+        workers: vec![1, 64],
+        ..stage8::Params::quick()
+    };
+    let outcome = stage8::run(&params).await.expect("experiment runs");
+    assert_fails(&outcome);
+}
+
+// Proves the hot-key claim: skewed users pull a sharded ledger back towards 1/hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_keys_defeat_sharding() {
+    assert_holds(&quick(Experiment::HotKeys).await);
+}
+
+// Proves the shared-receiver claim: equal at the seed's scale, slower on short jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_receiver_costs_only_on_short_jobs() {
+    assert_holds(&quick(Experiment::SharedReceiver).await);
 }
