@@ -105,6 +105,7 @@ mod tests {
                 x_label: "x".to_owned(),
                 y_label: "y".to_owned(),
                 kind: PlotKind::Bars { bars: Vec::new() },
+                y_max: None,
                 references: Vec::new(),
             },
             notes: vec!["the seed's 64-worker slowdown did not appear".to_owned()],

@@ -49,6 +49,9 @@ pub struct PlotSpec {
     pub y_label: String,
     /// Lines or bars.
     pub kind: PlotKind,
+    /// Top of the y axis; `None` fits the data (with headroom). Set it to leave room for the
+    /// legend above a time series.
+    pub y_max: Option<f64>,
     /// Horizontal reference lines (a limit, a timeout), drawn dashed and named in the legend.
     pub references: Vec<Reference>,
 }
@@ -190,6 +193,13 @@ fn y_top(values: impl Iterator<Item = f64>, references: &[Reference]) -> f64 {
     }
 }
 
+/// The spec's own y-axis top when it is usable, else `fitted`.
+fn chosen_top(spec: &PlotSpec, fitted: f64) -> f64 {
+    spec.y_max
+        .filter(|top| top.is_finite() && *top > 0.0)
+        .unwrap_or(fitted)
+}
+
 /// Maps an x value onto the drawn axis (log2 for doubling sweeps); None when undrawable.
 fn x_position(x: f64, scale: XScale) -> Option<f64> {
     let position = match scale {
@@ -233,12 +243,13 @@ fn draw_lines(
     series: &[Series],
 ) -> Result<(), PlotError> {
     let (x_low, x_high) = x_range(series, scale);
-    let top = y_top(
+    let fitted = y_top(
         series
             .iter()
             .flat_map(|line| line.points.iter().map(|(_, y)| *y)),
         &spec.references,
     );
+    let top = chosen_top(spec, fitted);
     let mut chart = ChartBuilder::on(root)
         .caption(&spec.title, ("sans-serif", 22))
         .margin(20)
@@ -345,7 +356,10 @@ fn draw_bars(
     bars: &[Bar],
 ) -> Result<(), PlotError> {
     let count = i32::try_from(bars.len().max(1)).unwrap_or(i32::MAX);
-    let top = y_top(bars.iter().map(|bar| bar.value), &spec.references);
+    let top = chosen_top(
+        spec,
+        y_top(bars.iter().map(|bar| bar.value), &spec.references),
+    );
     let mut chart = ChartBuilder::on(root)
         .caption(&spec.title, ("sans-serif", 22))
         .margin(20)
@@ -460,6 +474,7 @@ mod tests {
                     Series::theory("workers/(work+hold)", vec![(1.0, 9.1), (64.0, 581.0)]),
                 ],
             },
+            y_max: None,
             references: vec![Reference {
                 label: "1/hold".to_owned(),
                 y: 100.0,
@@ -501,6 +516,7 @@ mod tests {
                     Bar::new("stage 2 async", 2.5),
                 ],
             },
+            y_max: None,
             references: vec![Reference {
                 label: "timeout 1000 ms".to_owned(),
                 y: 1000.0,
@@ -537,6 +553,7 @@ mod tests {
                     ),
                 ],
             },
+            y_max: None,
             references: vec![Reference {
                 label: "nan".to_owned(),
                 y: f64::NAN,
@@ -545,6 +562,7 @@ mod tests {
         assert!(render_svg(&spec).is_ok());
         let empty_bars = PlotSpec {
             kind: PlotKind::Bars { bars: Vec::new() },
+            y_max: None,
             references: Vec::new(),
             ..spec
         };

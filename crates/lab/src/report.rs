@@ -204,6 +204,7 @@ mod tests {
                 kind: PlotKind::Bars {
                     bars: vec![Bar::new("a", 1.0)],
                 },
+                y_max: None,
                 references: Vec::new(),
             },
             notes: vec!["a note".to_owned()],

@@ -229,6 +229,7 @@ fn findings(engine: &EngineConfig, points: &[(Scenario, Sustained)]) -> Findings
             x_label: "user popularity".to_owned(),
             y_label: "throughput (events/s, applied)".to_owned(),
             kind: PlotKind::Bars { bars },
+            y_max: None,
             references: vec![
                 Reference { label: format!("workers / (work + hold) = {}", format_figure(sustain::theoretical_rate(engine))), y: sustain::theoretical_rate(engine) },
                 Reference { label: format!("one lock: 1/hold = {}", format_figure(sustain::lock_limit(engine))), y: sustain::lock_limit(engine) },

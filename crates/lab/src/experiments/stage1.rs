@@ -188,6 +188,7 @@ fn findings(trials: &[Trial], params: &Params) -> Findings {
             x_label: "server (valid request sent while clients sit idle)".to_owned(),
             y_label: "time to answer (ms)".to_owned(),
             kind: PlotKind::Bars { bars },
+            y_max: None,
             references: vec![Reference {
                 label: format!("patience (timeout) {timeout_ms:.0} ms"),
                 y: timeout_ms,

@@ -340,6 +340,7 @@ fn plot(
                 ),
             ],
         },
+        y_max: None,
         references: vec![Reference {
             label: format!("slow client's send time {} ms", params.slow_ms),
             y: params.slow_ms as f64,

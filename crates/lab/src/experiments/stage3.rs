@@ -434,6 +434,7 @@ fn findings(results: &[Result3], report: &floodgate_load::Report, after: &Answer
                     .map(|(class, count)| Bar::new(class, f64::from(count)))
                     .collect(),
             },
+            y_max: None,
             references: Vec::new(),
         },
         notes: vec![

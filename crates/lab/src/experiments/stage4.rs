@@ -190,6 +190,7 @@ fn findings(rows: &[(usize, Duration, usize)], hold: Duration, params: &Params) 
                     Series::theory("parallel: 1 × hold", parallel),
                 ],
             },
+            y_max: None,
             references: Vec::new(),
         },
         notes: Vec::new(),

@@ -335,6 +335,8 @@ fn plot(m: &Measured) -> PlotSpec {
                 Series::measured("applied (cumulative)", series(2)),
             ],
         },
+        // Room above the accepted line for the legend.
+        y_max: Some(m.report.accepted.max(m.capacity as u64) as f64 * 1.7),
         references: vec![Reference {
             label: format!("queue capacity {}", m.capacity),
             y: m.capacity as f64,

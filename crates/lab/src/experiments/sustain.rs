@@ -169,3 +169,17 @@ pub async fn sweep(
     }
     Ok(points)
 }
+
+/// `workers / (work + hold)` at every power of two from 1 to `max_workers`, as plot points:
+/// the theory drawn as a smooth curve on a doubling axis, not only at the measured counts.
+pub fn theory_line(base: &EngineConfig, max_workers: usize) -> Vec<(f64, f64)> {
+    let mut engine = base.clone();
+    let mut points = Vec::new();
+    let mut workers = 1;
+    while workers <= max_workers.max(1) {
+        engine.workers = workers;
+        points.push((workers as f64, theoretical_rate(&engine)));
+        workers *= 2;
+    }
+    points
+}
