@@ -221,4 +221,34 @@ mod tests {
             assert_eq!(error.reason(), reason);
         }
     }
+
+    // Proves every error's outcome label is one the latency histogram was created with (an
+    // unknown label would be dropped from the metrics).
+    #[test]
+    fn every_outcome_has_a_histogram() {
+        let errors = [
+            ApiError::InvalidJson(String::new()),
+            ApiError::InvalidEvent {
+                reason: "missing_field",
+                detail: String::new(),
+            },
+            ApiError::BodyTooLarge,
+            ApiError::UnsupportedMediaType,
+            ApiError::BodyTimeout,
+            ApiError::BodyRead(String::new()),
+            ApiError::QueueFull,
+            ApiError::Draining,
+            ApiError::BalanceOverflow,
+            ApiError::UnknownUser,
+            ApiError::InvalidQuery(String::new()),
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed,
+        ];
+        for error in errors {
+            assert!(
+                crate::metrics::OUTCOMES.contains(&error.outcome()),
+                "{error:?}"
+            );
+        }
+    }
 }
