@@ -88,6 +88,19 @@ async fn serve(
 }
 
 /// A server running in-process on 127.0.0.1 (for tests, the lab and benchmarks).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> anyhow::Result<()> {
+/// use floodgate_server::{ServerConfig, ServerHandle};
+///
+/// let server = ServerHandle::spawn(ServerConfig::production()).await?;
+/// println!("POST events to {}/events", server.url());
+/// let summary = server.stop().await?; // graceful: drains the queue first
+/// assert_eq!(summary.applied, summary.accepted);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
