@@ -49,12 +49,60 @@ pub struct Overflow {
     pub user: String,
 }
 
+/// Longest user stored inside its table entry: a lookup then compares bytes already in the
+/// cache line it probed, instead of chasing a pointer to the heap (one cache miss less per
+/// event with many users). 22 bytes keeps the key as small as a `Box<str>` plus its tag.
+pub const INLINE_USER_BYTES: usize = 22;
+
+/// A user name as stored in the table: inline when short, boxed otherwise.
+#[derive(Debug, Clone)]
+enum UserKey {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_USER_BYTES],
+    },
+    Heap(Box<str>),
+}
+
+impl UserKey {
+    fn new(user: String) -> Self {
+        if user.len() <= INLINE_USER_BYTES {
+            let mut bytes = [0; INLINE_USER_BYTES];
+            bytes[..user.len()].copy_from_slice(user.as_bytes());
+            Self::Inline {
+                len: user.len() as u8,
+                bytes,
+            }
+        } else {
+            Self::Heap(user.into_boxed_str())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(user) => user.as_bytes(),
+        }
+    }
+
+    /// The name as text (it was a `String`, so the bytes are valid UTF-8).
+    fn to_text(&self) -> String {
+        String::from_utf8_lossy(self.as_bytes()).into_owned()
+    }
+}
+
 /// One user's balance. The hash is kept so the table can grow without hashing again.
 #[derive(Debug)]
 struct Entry {
-    user: Box<str>,
+    user: UserKey,
     hash: u64,
     balance: i64,
+}
+
+impl Entry {
+    fn is(&self, hash: u64, user: &str) -> bool {
+        self.hash == hash && self.user.as_bytes() == user.as_bytes()
+    }
 }
 
 /// One shard's balances.
@@ -69,9 +117,7 @@ impl Table {
     /// `user_hash(&user)`. Takes the `String` so a new user costs no extra allocation.
     pub fn apply(&mut self, hash: u64, user: String, amount: i64) -> Result<i64, Overflow> {
         debug_assert_eq!(hash, user_hash(&user), "hash must be user_hash(user)");
-        let found = self
-            .entries
-            .find_mut(hash, |entry| entry.hash == hash && *entry.user == *user);
+        let found = self.entries.find_mut(hash, |entry| entry.is(hash, &user));
         let balance = if let Some(entry) = found {
             let Some(balance) = entry.balance.checked_add(amount) else {
                 return Err(Overflow {
@@ -83,7 +129,7 @@ impl Table {
             balance
         } else {
             let entry = Entry {
-                user: user.into_boxed_str(),
+                user: UserKey::new(user),
                 hash,
                 balance: amount,
             };
@@ -97,7 +143,7 @@ impl Table {
     /// Balance of `user`, if seen.
     pub fn get(&self, hash: u64, user: &str) -> Option<i64> {
         self.entries
-            .find(hash, |entry| entry.hash == hash && *entry.user == *user)
+            .find(hash, |entry| entry.is(hash, user))
             .map(|entry| entry.balance)
     }
 
@@ -189,27 +235,25 @@ impl Ledger {
             return Vec::new();
         }
         // Max-heap of the `limit` smallest users seen so far.
-        let mut best: std::collections::BinaryHeap<(Box<str>, i64)> =
+        let mut best: std::collections::BinaryHeap<(String, i64)> =
             std::collections::BinaryHeap::with_capacity(limit + 1);
         for shard in &*self.shards {
             let table = shard.data.lock();
             for entry in &table.entries {
-                if after.is_some_and(|after| *entry.user <= *after) {
+                let user = entry.user.as_bytes();
+                if after.is_some_and(|after| user <= after.as_bytes()) {
                     continue;
                 }
-                if best.len() == limit && best.peek().is_some_and(|top| top.0 <= entry.user) {
+                if best.len() == limit && best.peek().is_some_and(|top| top.0.as_bytes() <= user) {
                     continue;
                 }
-                best.push((entry.user.clone(), entry.balance));
+                best.push((entry.user.to_text(), entry.balance));
                 if best.len() > limit {
                     best.pop();
                 }
             }
         }
         best.into_sorted_vec()
-            .into_iter()
-            .map(|(user, balance)| (user.into_string(), balance))
-            .collect()
     }
 
     /// Users seen, over every shard.
@@ -319,6 +363,30 @@ mod tests {
         assert_eq!(seen[0], ("u0000".to_owned(), 0));
         assert_eq!(seen[256], ("u0256".to_owned(), 256));
         assert!(ledger.balances(None, 0).is_empty());
+    }
+
+    #[test]
+    fn long_and_short_users_are_distinct_keys() {
+        // Proves inline (<= 22 bytes) and boxed keys both round-trip, never collide with each
+        // other, and sort by bytes in `balances` (UTF-8 byte order equals char order).
+        let ledger = Ledger::new(LedgerStrategy::Global, 1);
+        let exact = "x".repeat(INLINE_USER_BYTES);
+        let longer = "x".repeat(INLINE_USER_BYTES + 1);
+        let names = [exact.as_str(), longer.as_str(), "x", "\u{e9}t\u{e9}", ""];
+        for (index, name) in (1_i64..).zip(names.iter()) {
+            assert_eq!(ledger.apply((*name).to_owned(), index), Ok(index));
+        }
+        for (index, name) in (1_i64..).zip(names.iter()) {
+            assert_eq!(ledger.balance(name), Some(index), "{name}");
+        }
+        let listed: Vec<String> = ledger
+            .balances(None, 10)
+            .into_iter()
+            .map(|(user, _)| user)
+            .collect();
+        let mut sorted: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        sorted.sort();
+        assert_eq!(listed, sorted);
     }
 
     #[test]

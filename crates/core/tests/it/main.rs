@@ -2,5 +2,6 @@
 //! overload and shutdown for every ledger strategy and queue kind; the seed's stages in
 //! simulated (paused) time.
 
+mod api;
 mod conservation;
 mod stages;

@@ -1,0 +1,158 @@
+//! The engine's read side and bookkeeping: stats, invalid counts, offer, lock timings,
+//! pagination, config refusal, and the seed's debug log line.
+
+use std::sync::{Arc, Mutex};
+
+use floodgate_core::{
+    ConfigError, Engine, EngineConfig, Event, Ingested, LedgerStrategy, Rejected,
+};
+
+#[tokio::test]
+async fn start_refuses_an_invalid_config() {
+    // Proves Engine::start validates before spawning anything.
+    let config = EngineConfig {
+        workers: 0,
+        ..EngineConfig::production()
+    };
+    assert_eq!(
+        Engine::start(config).map(|_| ()),
+        Err(ConfigError::Workers(0))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_count_every_outcome() {
+    // Proves stats and summary: accepted, rejected by reason, invalid by reason, queue depth
+    // and capacity, users, balance total, and the balances pagination, with one worker held
+    // up by simulated work so the queue visibly fills.
+    let engine = Engine::start(EngineConfig {
+        workers: 1,
+        queue_capacity_events: 4,
+        work_ms: 100,
+        strategy: LedgerStrategy::Sharded,
+        ..EngineConfig::production()
+    })
+    .expect("start");
+    let mut answers = Vec::new();
+    for index in 0..6 {
+        answers.push(engine.ingest(Event::new(format!("u{index}"), 10)).await);
+    }
+    assert_eq!(answers.iter().filter(|answer| answer.is_ok()).count(), 4);
+    assert_eq!(answers[5], Err(Rejected::QueueFull));
+    engine.record_invalid("invalid_json");
+    engine.record_invalid("missing_field");
+    engine.record_invalid("invalid_json");
+    let stats = engine.stats();
+    assert_eq!((stats.accepted, stats.rejected, stats.invalid), (4, 2, 3));
+    assert_eq!(stats.rejected_by_reason.get("queue_full"), Some(&2));
+    assert_eq!(stats.invalid_by_reason.get("invalid_json"), Some(&2));
+    assert_eq!((stats.queue_depth, stats.queue_capacity_events), (4, 4));
+    let summary = engine.shutdown().await;
+    assert_eq!(
+        (
+            summary.accepted,
+            summary.applied,
+            summary.rejected,
+            summary.invalid
+        ),
+        (4, 4, 2, 3)
+    );
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.users, stats.balance_total, stats.queue_depth),
+        (4, 40, 0)
+    );
+    assert!(stats.draining && engine.is_draining());
+    let page = engine.balances(Some("u1"), 2);
+    assert_eq!(page, vec![("u2".to_owned(), 10), ("u3".to_owned(), 10)]);
+    let json = serde_json::to_value(&stats).expect("stats serialize");
+    for field in [
+        "accepted",
+        "per_worker",
+        "lock_wait",
+        "strategy",
+        "worker_busy_seconds",
+    ] {
+        assert!(json.get(field).is_some(), "{field} missing from {json}");
+    }
+    assert_eq!(json["strategy"], "sharded");
+}
+
+#[tokio::test]
+async fn offer_hands_refused_events_back() {
+    // Proves offer returns the untouched event on refusal (so callers can retry) and that
+    // lock timings are recorded once events are applied.
+    let engine = Engine::start(EngineConfig {
+        workers: 1,
+        queue_capacity_events: 1,
+        ..EngineConfig::production()
+    })
+    .expect("start");
+    // Fill the queue before the worker task can run (current-thread runtime, no await yet).
+    assert_eq!(engine.offer(Event::new("a", 1)), Ok(Ingested::Queued));
+    let refused = engine.offer(Event::new("b", 2)).expect_err("queue full");
+    assert_eq!(
+        (refused.reason, refused.event),
+        (Rejected::QueueFull, Event::new("b", 2))
+    );
+    engine.shutdown().await;
+    let refused = engine.offer(Event::new("c", 3)).expect_err("draining");
+    assert_eq!(refused.reason, Rejected::Draining);
+    let timings = engine.lock_timings();
+    assert_eq!(timings.hold_us.len(), 1, "one batch applied");
+    assert_eq!(engine.balance("a"), Some(1));
+}
+
+/// A `MakeWriter` capturing formatted log lines into a shared buffer.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("capture lock")
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn debug_logs_the_seed_line_and_overflow_warns() {
+    // Proves the seed's stage-7 line at debug level for each applied event, and a warning for
+    // an event that would overflow.
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let engine = Engine::start(EngineConfig {
+        workers: 1,
+        hold_ms: 10,
+        ..EngineConfig::production()
+    })
+    .expect("start");
+    engine
+        .ingest(Event::new("user3", 30))
+        .await
+        .expect("queued");
+    engine
+        .ingest(Event::new("user3", i64::MAX))
+        .await
+        .expect("queued");
+    let summary = engine.shutdown().await;
+    assert_eq!((summary.applied, summary.overflowed), (1, 1));
+    let text = String::from_utf8(capture.0.lock().expect("capture").clone()).expect("utf8");
+    assert!(
+        text.contains("[Worker  0] user=user3, balance=30, wait=0.00ms, hold=10.00ms"),
+        "{text}"
+    );
+    assert!(text.contains("WARN") && text.contains("overflow"), "{text}");
+}
