@@ -7,7 +7,9 @@
 //! at once and nothing accepted is disturbed) and in time: a new connection must deliver a
 //! complete request head within the header timeout, a keep-alive connection may sit idle only
 //! for the idle timeout, and a request head started on an idle connection must complete within
-//! the header timeout. The body timeout is enforced by the handler (it answers 408).
+//! the header timeout. The body timeout is enforced by the handler (it answers 408). A new
+//! connection gets hyper's buffers only once its first bytes arrive, so a silent client costs
+//! its socket and one small task, not a read buffer.
 //! Invariant: while a request is in flight the connection has no deadline of its own (slow
 //! processing, e.g. stage 4's lock, is not the client's fault); otherwise exactly one deadline
 //! is armed, and it closes the connection when it passes.
@@ -92,8 +94,18 @@ impl Acceptor {
     /// Serves one connection until it closes, a deadline passes, or the server stops.
     async fn serve(self, stream: TcpStream, permit: OwnedSemaphorePermit) {
         let _open = OpenConnection::new(&self.metrics, permit);
+        let header_deadline = Instant::now() + self.front_door.header_timeout();
+        if !self.first_bytes(&stream, header_deadline).await {
+            return;
+        }
         let activity = Arc::new(Activity::default());
-        let io = DeadlineIo::new(stream, &self.front_door, &activity, &self.metrics);
+        let io = DeadlineIo::new(
+            stream,
+            &self.front_door,
+            header_deadline,
+            &activity,
+            &self.metrics,
+        );
         let router = self.router.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = InFlight::enter(&activity);
@@ -104,16 +116,7 @@ impl Acceptor {
                 response
             }
         });
-        let mut builder = http1::Builder::new();
-        builder
-            .header_read_timeout(None) // DeadlineIo owns every connection deadline
-            .max_headers(self.front_door.max_headers)
-            .max_header_size(self.front_door.max_header_bytes)
-            .max_buf_size(
-                (self.front_door.max_header_bytes + READ_BUFFER_SLACK_BYTES)
-                    .max(HYPER_MIN_BUFFER_BYTES),
-            );
-        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let connection = self.http1().serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => Some(result),
@@ -130,6 +133,40 @@ impl Acceptor {
             self.metrics
                 .record_connection_error(connection_error_kind(&error));
         }
+    }
+
+    /// Waits for the client's first bytes before hyper allocates its buffers (about 8 KiB), so
+    /// a silent client costs only its socket and this task. `false`: drop the connection (the
+    /// header deadline passed, the server is stopping, or the socket failed).
+    async fn first_bytes(&self, stream: &TcpStream, header_deadline: Instant) -> bool {
+        tokio::select! {
+            readable = tokio::time::timeout_at(header_deadline, stream.readable()) => {
+                match readable {
+                    Ok(Ok(())) => true,
+                    Ok(Err(_)) => false,
+                    Err(_elapsed) => {
+                        self.metrics.record_timeout("header");
+                        self.metrics.record_connection_error("deadline");
+                        false
+                    }
+                }
+            }
+            () = self.graceful.cancelled() => false,
+        }
+    }
+
+    /// hyper's HTTP/1 settings: head limits from the config, no timer of its own.
+    fn http1(&self) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            .header_read_timeout(None) // DeadlineIo owns every connection deadline
+            .max_headers(self.front_door.max_headers)
+            .max_header_size(self.front_door.max_header_bytes)
+            .max_buf_size(
+                (self.front_door.max_header_bytes + READ_BUFFER_SLACK_BYTES)
+                    .max(HYPER_MIN_BUFFER_BYTES),
+            );
+        builder
     }
 }
 
@@ -227,22 +264,23 @@ struct DeadlineIo {
 }
 
 impl DeadlineIo {
+    /// `header_deadline`: when the first request head must be complete (accept + timeout).
     fn new(
         stream: TcpStream,
         front_door: &FrontDoorConfig,
+        header_deadline: Instant,
         activity: &Arc<Activity>,
         metrics: &Arc<ServerMetrics>,
     ) -> Self {
-        let header_timeout = front_door.header_timeout();
         Self {
             stream,
             activity: Arc::clone(activity),
             metrics: Arc::clone(metrics),
-            header_timeout,
+            header_timeout: front_door.header_timeout(),
             idle_timeout: front_door.idle_timeout(),
             phase: Phase::Fresh,
             seen_started: 0,
-            sleep: Box::pin(tokio::time::sleep(header_timeout)),
+            sleep: Box::pin(tokio::time::sleep_until(header_deadline)),
         }
     }
 
