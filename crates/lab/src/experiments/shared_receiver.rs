@@ -224,7 +224,13 @@ fn findings(params: &Params, seed: &SeedRates, short: &ShortRates) -> Findings {
         checks,
         plot: plot(params, short),
         notes: vec![
-            "The short-job part drives the engine directly (no HTTP) so the figure is the queue's hand-off rate; with no simulated work at all, workers take batches of up to 256 jobs per receive and the difference vanishes.".to_owned(),
+            "The seed's workers lock the receiver only to take a job, so the lock costs one \
+             hand-off (microseconds) per job: invisible next to 500 ms jobs and, on this machine, \
+             lost in the run-to-run noise even for 1 ms jobs (the MPMC/shared ratio at 64 workers \
+             has come out both above and below 1). It would serialize the pool only if the guard \
+             were held across the job. The short-job part drives the engine directly (no HTTP); \
+             with no simulated work at all, workers take batches of up to 256 jobs per receive."
+                .to_owned(),
         ],
     }
 }
@@ -250,23 +256,33 @@ fn checks(seed: &SeedRates, short: &ShortRates) -> (Vec<Check>, String) {
         .map_or(0, |(workers, _)| *workers);
     let short_ratio =
         rate_of(short, QueueKind::Mpmc, most) / rate_of(short, QueueKind::SharedReceiver, most);
-    let checks = vec![
-        Check::new(
-            "seed scale: shared receiver / multi-consumer throughput",
-            seed_ratio,
-            Expectation::Between {
-                min: 0.85,
-                max: 1.15,
-            },
-        ),
-        Check::new(
-            format!("short jobs, {most} workers: multi-consumer / shared receiver throughput"),
-            short_ratio,
-            Expectation::AtLeast { min: 1.1 },
-        ),
-    ];
+    let mut checks = vec![Check::new(
+        "seed scale: shared receiver / multi-consumer throughput",
+        seed_ratio,
+        Expectation::Between {
+            min: 0.85,
+            max: 1.15,
+        },
+    )];
+    for kind in KINDS {
+        let single = rate_of(short, kind, 1);
+        checks.push(Check::new(
+            format!(
+                "1 ms jobs, {}: {most} workers / ({most} × 1 worker)",
+                kind_label(kind)
+            ),
+            rate_of(short, kind, most) / (most as f64 * single),
+            Expectation::AtLeast { min: 0.5 },
+        ));
+    }
+    checks.push(Check::new(
+        format!("1 ms jobs, {most} workers: multi-consumer / shared receiver throughput"),
+        short_ratio,
+        Expectation::Between { min: 0.5, max: 2.0 },
+    ));
     let measured = format!(
-        "seed scale: shared/MPMC = {}; 1 ms jobs at {most} workers: MPMC {} vs shared {} events/s ({}×)",
+        "seed scale: shared/MPMC = {}; 1 ms jobs at {most} workers: MPMC {} vs shared {} \
+         events/s ({}×), both scaling with workers",
         format_figure(seed_ratio),
         format_figure(rate_of(short, QueueKind::Mpmc, most)),
         format_figure(rate_of(short, QueueKind::SharedReceiver, most)),
