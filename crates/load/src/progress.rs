@@ -78,7 +78,8 @@ async fn show(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let style =
         ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
     let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr_with_hz(10))
-        .with_style(style);
+        .with_style(style)
+        .with_elapsed(started.elapsed());
     let mut interval = tokio::time::interval(PROGRESS_INTERVAL);
     loop {
         tokio::select! {
