@@ -59,6 +59,88 @@ fn ledger_apply(criterion: &mut Criterion) {
     group.finish();
 }
 
+/// Jobs for `threads` threads: split round-robin, or (owned) by the shard that owns them.
+fn partition(
+    jobs: Vec<(u64, String)>,
+    threads: usize,
+    ledger: &Ledger,
+    owned: bool,
+) -> Vec<Vec<(u64, String)>> {
+    let mut parts = vec![Vec::new(); threads];
+    for (index, job) in jobs.into_iter().enumerate() {
+        let part = if owned {
+            ledger.shard_for(job.0)
+        } else {
+            index % threads
+        };
+        parts[part].push(job);
+    }
+    parts
+}
+
+/// Two threads applying at once, one lock acquisition per batch of 256 like the workers:
+/// shows what the lock strategy costs under contention (global: one lock for both threads;
+/// sharded: 64 locks; owned: each thread only touches its own shard).
+fn ledger_apply_contended(criterion: &mut Criterion) {
+    const THREADS: usize = 2;
+    // Enough events per iteration that spawning the two threads (~50 µs) is small beside them.
+    const EVENTS: usize = 4 * BATCH;
+    let mut group = criterion.benchmark_group("ledger_apply_2_threads_100k_users");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    for (strategy, shards) in [
+        (LedgerStrategy::Global, 1),
+        (LedgerStrategy::Sharded, 64),
+        (LedgerStrategy::Owned, THREADS),
+    ] {
+        let ledger = Ledger::new(strategy, shards);
+        for user in users(USERS, 0) {
+            ledger.apply(user, 1).expect("no overflow");
+        }
+        let owned = strategy == LedgerStrategy::Owned;
+        group.bench_function(strategy.as_str(), |bencher| {
+            bencher.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for iteration in 0..iterations {
+                    let jobs = users(EVENTS, iteration as usize * EVENTS)
+                        .into_iter()
+                        .map(|user| (user_hash(&user), user))
+                        .collect();
+                    let parts = partition(jobs, THREADS, &ledger, owned);
+                    let started = std::time::Instant::now();
+                    std::thread::scope(|scope| {
+                        for part in parts {
+                            let ledger = &ledger;
+                            scope.spawn(move || apply_in_batches(ledger, part));
+                        }
+                    });
+                    total += started.elapsed();
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
+/// The workers' fast path in miniature: per batch of 256, one lock per run of same-shard jobs.
+fn apply_in_batches(ledger: &Ledger, jobs: Vec<(u64, String)>) {
+    let mut jobs = jobs.into_iter().peekable();
+    let mut in_batch = 0;
+    while let Some((hash, user)) = jobs.next() {
+        let index = ledger.shard_for(hash);
+        let mut table = ledger.shard(index).data.lock();
+        let _ = black_box(table.apply(hash, user, 1));
+        in_batch += 1;
+        while in_batch % 256 != 0 {
+            let Some((hash, user)) = jobs.next_if(|next| ledger.shard_for(next.0) == index) else {
+                break;
+            };
+            let _ = black_box(table.apply(hash, user, 1));
+            in_batch += 1;
+        }
+    }
+}
+
 fn queue_push_pop(criterion: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -134,6 +216,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = benches;
     config = short();
-    targets = ledger_apply, queue_push_pop, event_parse
+    targets = ledger_apply, ledger_apply_contended, queue_push_pop, event_parse
 }
 criterion_main!(benches);

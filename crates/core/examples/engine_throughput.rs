@@ -10,10 +10,17 @@
 //!     [--events N] [--repeat R] [--queue-kind mpmc|shared_receiver] [--strategy NAME]
 //!     [--users N] [--workers N]
 //! ```
-//! The best of `--repeat` runs (default 3) is reported: the machine is shared and noisy, and
-//! the best run is the one least disturbed by others. The CPU time per event (every thread of
+//! Add `--features mimalloc` to measure with mimalloc as the global allocator.
+//!
+//! Cells are measured round-robin, `--repeat` rounds (default 3), and the best and median run
+//! of each are reported: the machine is shared and noisy, the best run is the one least
+//! disturbed by others, and round-robin spreads bursts of outside load over every cell. The CPU time per event (every thread of
 //! the process, producers included; lowest of the runs) is shown too: it measures efficiency
 //! and moves far less than wall-clock rates when other programs compete for the cores.
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -34,7 +41,10 @@ struct Row {
     workers: usize,
     events: usize,
     seconds: f64,
+    /// Best run.
     events_per_second: f64,
+    /// Median run.
+    median_events_per_second: f64,
     full_retries: u64,
     /// CPU time of the whole process per event (all threads), ns: robust to a noisy machine
     /// where wall-clock rates swing with other load. `None` off Linux.
@@ -169,66 +179,90 @@ struct Run {
     cpu_ns: Option<u64>,
 }
 
-fn measure(
-    runtime: &tokio::runtime::Runtime,
-    options: &Options,
+/// One cell of the table: a configuration and its runs.
+struct Cell {
     strategy: LedgerStrategy,
     users: usize,
     workers: usize,
-) -> Row {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let config = EngineConfig {
-        strategy,
-        workers,
-        queue_kind: options.queue_kind,
-        ..EngineConfig::production()
-    };
-    let mut best: Option<Run> = None;
-    let mut cpu_best: Option<u64> = None;
-    for _ in 0..options.repeat {
-        let chunks = generate(options.events, users, cores);
-        let run = runtime.block_on(run_once(config.clone(), chunks));
-        assert_eq!(run.applied, options.events as u64, "every event applied");
-        if let Some(cpu_ns) = run.cpu_ns {
-            cpu_best = Some(cpu_best.map_or(cpu_ns, |best| best.min(cpu_ns)));
-        }
-        if best
-            .as_ref()
-            .is_none_or(|fastest| run.elapsed < fastest.elapsed)
-        {
-            best = Some(run);
+    runs: Vec<Run>,
+}
+
+impl Cell {
+    fn config(&self, options: &Options) -> EngineConfig {
+        EngineConfig {
+            strategy: self.strategy,
+            workers: self.workers,
+            queue_kind: options.queue_kind,
+            ..EngineConfig::production()
         }
     }
-    let best = best.expect("repeat >= 1");
-    let (elapsed, full_retries) = (best.elapsed, best.retries);
-    Row {
-        strategy,
-        queue_kind: options.queue_kind,
-        users,
-        workers,
-        events: options.events,
-        seconds: elapsed.as_secs_f64(),
-        events_per_second: options.events as f64 / elapsed.as_secs_f64(),
-        full_retries,
-        cpu_ns_per_event: cpu_best.map(|cpu_ns| cpu_ns as f64 / options.events as f64),
+
+    fn row(&self, options: &Options) -> Row {
+        let events = options.events as f64;
+        let mut rates: Vec<f64> = self
+            .runs
+            .iter()
+            .map(|run| events / run.elapsed.as_secs_f64())
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        let mut cpu: Vec<u64> = self.runs.iter().filter_map(|run| run.cpu_ns).collect();
+        cpu.sort_unstable();
+        let best = self
+            .runs
+            .iter()
+            .min_by_key(|run| run.elapsed)
+            .expect("at least one run");
+        Row {
+            strategy: self.strategy,
+            queue_kind: options.queue_kind,
+            users: self.users,
+            workers: self.workers,
+            events: options.events,
+            seconds: best.elapsed.as_secs_f64(),
+            events_per_second: rates[rates.len() - 1],
+            median_events_per_second: rates[rates.len() / 2],
+            full_retries: best.retries,
+            cpu_ns_per_event: cpu.get(cpu.len() / 2).map(|&ns| ns as f64 / events),
+        }
+    }
+}
+
+/// Every cell, measured round-robin `repeat` times: a burst of load from other programs then
+/// hits all cells alike instead of one cell's every run.
+fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut [Cell]) {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    for round in 0..options.repeat {
+        for cell in cells.iter_mut() {
+            let chunks = generate(options.events, cell.users, cores);
+            let run = runtime.block_on(run_once(cell.config(options), chunks));
+            assert_eq!(run.applied, options.events as u64, "every event applied");
+            eprintln!(
+                "round {round}: {:>8} users={:>6} workers={:>2}: {:.2} M events/s",
+                cell.strategy,
+                cell.users,
+                cell.workers,
+                options.events as f64 / run.elapsed.as_secs_f64() / 1e6
+            );
+            cell.runs.push(run);
+        }
     }
 }
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| strategy | queue | users | workers | events/s | seconds | CPU ns/event | QueueFull retries |\n\
+        "| strategy | queue | users | workers | best events/s | median events/s | CPU ns/event (median) | QueueFull retries (best run) |\n\
          |---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.2} M | {:.3} | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} M | {:.2} M | {} | {} |",
             row.strategy,
             row.queue_kind,
             row.users,
             row.workers,
             row.events_per_second / 1e6,
-            row.seconds,
+            row.median_events_per_second / 1e6,
             row.cpu_ns_per_event
                 .map_or_else(|| "-".to_owned(), |ns| format!("{ns:.0}")),
             row.full_retries
@@ -256,22 +290,32 @@ fn main() {
         .clone()
         .unwrap_or_else(|| vec![1, cores, 16]);
     worker_counts.dedup();
-    let mut rows = Vec::new();
+    let mut cells = Vec::new();
     for &strategy in &options.strategies {
         for &users in &options.users {
             for &workers in &worker_counts {
-                let row = measure(&runtime, &options, strategy, users, workers);
-                eprintln!(
-                    "{strategy:>8} users={users:>6} workers={workers:>2}: {:.2} M events/s",
-                    row.events_per_second / 1e6
-                );
-                rows.push(row);
+                let runs = Vec::with_capacity(options.repeat);
+                cells.push(Cell {
+                    strategy,
+                    users,
+                    workers,
+                    runs,
+                });
             }
         }
     }
+    measure_all(&runtime, &options, &mut cells);
+    let rows: Vec<Row> = cells.iter().map(|cell| cell.row(&options)).collect();
     println!(
-        "Engine alone (no HTTP), {} events per run, best of {}, {cores} cores, queue {}:\n",
-        options.events, options.repeat, options.queue_kind
+        "Engine alone (no HTTP), {} events per run, {} rounds, {cores} cores, queue {}, allocator {}:\n",
+        options.events,
+        options.repeat,
+        options.queue_kind,
+        if cfg!(feature = "mimalloc") {
+            "mimalloc"
+        } else {
+            "system"
+        }
     );
     println!("{}", table(&rows));
     if let Some(path) = options.json {
