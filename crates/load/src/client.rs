@@ -190,15 +190,18 @@ async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>, ErrorKind>
     Ok(sender)
 }
 
-/// Runs one request on `connection`, records it with latency measured from `started`, and
-/// backs off after a failed connect. Returns the outcome.
+/// Runs one request on `connection`, records it with latency measured from `started` (and
+/// from the actual send, for the service-time histogram), and backs off after a failed
+/// connect. Returns the outcome.
 pub async fn request_once(
     context: &ThreadContext,
     connection: &mut Connection,
     body: Body,
     started: Instant,
 ) -> Outcome {
+    let sent_at = Instant::now();
     let outcome = connection.send(context, body.bytes.clone()).await;
+    context.stats.borrow_mut().record_service(sent_at.elapsed());
     context.finish(outcome, started.elapsed(), &body);
     if outcome == Outcome::Error(ErrorKind::Connect) {
         tokio::time::sleep(CONNECT_BACKOFF).await;

@@ -143,6 +143,10 @@ pub struct Report {
     pub slow_clients_held: usize,
     /// Latency per outcome, in milliseconds.
     pub latency_ms: LatencyBreakdown,
+    /// Latency of every request measured from its actual send, in milliseconds. Closed loop:
+    /// the same as `latency_ms.all`. Open loop: what a tool with coordinated omission would
+    /// report; the gap to `latency_ms.all` is time requests waited behind the schedule.
+    pub service_latency_ms: LatencySummary,
 }
 
 /// What the runner measured besides the per-thread tallies.
@@ -215,6 +219,7 @@ impl Report {
             slow_kind: config.slow_kind.to_string(),
             slow_clients_held: facts.slow_clients_held,
             latency_ms: latency_breakdown(stats),
+            service_latency_ms: LatencySummary::from_histogram(&stats.service_us),
         }
     }
 }
@@ -342,13 +347,18 @@ impl Report {
             "  {:<9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
             "outcome", "count", "p50", "p90", "p99", "p99.9", "max"
         )?;
-        let rows = [
+        let mut rows = vec![
             ("accepted", &self.latency_ms.accepted),
             ("rejected", &self.latency_ms.rejected),
             ("invalid", &self.latency_ms.invalid),
             ("errors", &self.latency_ms.errors),
             ("all", &self.latency_ms.all),
         ];
+        if self.mode == "open" {
+            // The same requests timed from their actual send: the number a tool with
+            // coordinated omission would print.
+            rows.push(("all/send", &self.service_latency_ms));
+        }
         for (name, summary) in rows {
             writeln!(
                 out,

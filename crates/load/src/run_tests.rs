@@ -234,3 +234,28 @@ fn run_futures_are_send_so_callers_can_spawn_them() {
     let stoppable = crate::run_until(config, async {});
     assert_send(&stoppable);
 }
+
+#[tokio::test]
+async fn open_loop_latency_from_the_intended_start_bounds_the_service_time() {
+    // Proves both open-loop latencies are kept: every request's latency from its intended
+    // start is at least its latency from the actual send, so each percentile of
+    // `latency_ms.all` is >= the same percentile of `service_latency_ms` (both histograms map
+    // values to buckets monotonically); the service time includes the server's 5 ms delay.
+    let server = TestServer::spawn(Behaviour::Delay(Duration::from_millis(5))).await;
+    let mut config = LoadConfig::new(server.url());
+    config.mode = Mode::Open {
+        rate_per_second: 200.0,
+        duration: Duration::from_millis(500),
+        max_in_flight: 1000,
+    };
+    let report = run(config).await.unwrap();
+    let (intended, service) = (&report.latency_ms.all, &report.service_latency_ms);
+    assert_eq!(service.count, report.sent);
+    assert!(service.p50 >= 5.0, "{service:?}");
+    assert!(
+        intended.p50 >= service.p50 && intended.p99 >= service.p99,
+        "{intended:?} {service:?}"
+    );
+    assert!(intended.max >= service.max);
+    server.stop().await;
+}

@@ -73,6 +73,9 @@ pub const OUTCOME_CLASSES: usize = 4;
 pub struct ThreadStats {
     /// Latency in microseconds per outcome class (accepted, rejected, invalid, errors).
     pub latency_us: [Histogram<u64>; OUTCOME_CLASSES],
+    /// Latency in microseconds of every request measured from its actual send (in the open
+    /// loop, `latency_us` counts from the intended start instead).
+    pub service_us: Histogram<u64>,
     /// Answers per status code (index = code).
     pub status_counts: Box<[u64; STATUS_CODE_LIMIT]>,
     /// Errors per kind: connect, timeout, transport, status.
@@ -107,6 +110,7 @@ impl ThreadStats {
         };
         Self {
             latency_us: [histogram(), histogram(), histogram(), histogram()],
+            service_us: histogram(),
             status_counts: Box::new([0; STATUS_CODE_LIMIT]),
             errors_by_kind: [0; 4],
             accepted_amount_sum: 0,
@@ -116,6 +120,12 @@ impl ThreadStats {
             connections_opened: 0,
             reconnects: 0,
         }
+    }
+
+    /// Records a request's latency from its actual send (all outcomes together).
+    pub fn record_service(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.service_us.saturating_record(micros);
     }
 
     /// Records one finished request.
@@ -158,6 +168,7 @@ impl ThreadStats {
             // Same bounds on both sides, so adding cannot fail.
             let _ = mine.add(theirs);
         }
+        let _ = self.service_us.add(&other.service_us);
         for (mine, theirs) in self
             .status_counts
             .iter_mut()
