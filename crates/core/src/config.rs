@@ -184,6 +184,9 @@ pub enum ConfigError {
     /// Unknown queue kind name.
     #[error("unknown queue kind `{0}` (expected mpmc or shared_receiver)")]
     UnknownQueueKind(String),
+    /// `Engine::start` was called outside a tokio runtime (it spawns the workers there).
+    #[error("the engine must be started inside a tokio runtime")]
+    NoRuntime,
     /// `for_stage` with a stage outside 3..=8.
     #[error("no engine preset for stage {0} (stages 3 to 8 have one)")]
     UnknownStage(u8),

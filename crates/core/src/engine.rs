@@ -99,6 +99,9 @@ impl Engine {
     /// Must be called inside a tokio runtime.
     pub fn start(config: EngineConfig) -> Result<Engine, ConfigError> {
         config.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::NoRuntime);
+        }
         let queued = config.mode == ProcessingMode::Queued;
         let ledger = Arc::new(Ledger::new(config.strategy, config.shard_count()));
         let metrics = Arc::new(Metrics::new(if queued { config.workers } else { 1 }));

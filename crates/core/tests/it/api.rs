@@ -156,3 +156,10 @@ async fn debug_logs_the_seed_line_and_overflow_warns() {
     );
     assert!(text.contains("WARN") && text.contains("overflow"), "{text}");
 }
+
+#[test]
+fn start_outside_a_runtime_is_an_error_not_a_panic() {
+    // Proves Engine::start reports a missing tokio runtime instead of panicking in spawn.
+    let started = Engine::start(EngineConfig::production()).map(|_| ());
+    assert_eq!(started, Err(ConfigError::NoRuntime));
+}
