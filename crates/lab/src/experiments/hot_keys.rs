@@ -238,3 +238,35 @@ fn findings(engine: &EngineConfig, points: &[(Scenario, Sustained)]) -> Findings
         notes: vec!["The bound is min(workers/(work+hold), 1/(hold × top user's share)): the hot user's shard lock must pass its share of every event.".to_owned()],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the hot user's share: 1/N when uniform, 1 for a single user, and 1/H(N, s) for
+    // Zipf (s = 2 over 1000 users: about 60.8 %), which sets the hot-lock bound.
+    #[test]
+    fn top_share_follows_the_popularity_law() {
+        let uniform = Scenario {
+            users: 1_000,
+            zipf_exponent: 0.0,
+        };
+        assert!((uniform.top_share() - 0.001).abs() < 1e-12);
+        let single = Scenario {
+            users: 1,
+            zipf_exponent: 0.0,
+        };
+        assert!((single.top_share() - 1.0).abs() < 1e-12);
+        let zipf = Scenario {
+            users: 1_000,
+            zipf_exponent: 2.0,
+        };
+        assert!((zipf.top_share() - 0.608).abs() < 0.001);
+        let engine = EngineConfig::for_stage(8).expect("stage 8 preset");
+        // 16 workers / 110 ms ≈ 145 events/s is below 1/(10 ms × 60.8 %) ≈ 164: not hot-bound.
+        assert!((bound(&engine, zipf) - sustain::theoretical_rate(&engine)).abs() < 1e-9);
+        assert!((bound(&engine, single) - 100.0).abs() < 1e-9);
+        assert_eq!(single.label(), "one user");
+        assert_eq!(zipf.label(), "zipf 2 over 1000 users");
+    }
+}

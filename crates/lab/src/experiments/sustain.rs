@@ -183,3 +183,57 @@ pub fn theory_line(base: &EngineConfig, max_workers: usize) -> Vec<(f64, f64)> {
     }
     points
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage7() -> EngineConfig {
+        EngineConfig::for_stage(7).expect("stage 7 preset")
+    }
+
+    // Proves the seed's own arithmetic: 16 workers / 110 ms ≈ 145 events/s, and one lock held
+    // 10 ms lets through 100 events/s; time scale shrinks both durations alike.
+    #[test]
+    fn theory_matches_the_seeds_formula() {
+        let engine = stage7();
+        assert!((theoretical_rate(&engine) - 16.0 / 0.110).abs() < 1e-6);
+        assert!((lock_limit(&engine) - 100.0).abs() < 1e-6);
+        let fast = EngineConfig {
+            time_scale: 0.5,
+            ..stage7()
+        };
+        assert!((lock_limit(&fast) - 200.0).abs() < 1e-6);
+        let free = EngineConfig {
+            work_ms: 0,
+            hold_ms: 0,
+            ..stage7()
+        };
+        assert!(theoretical_rate(&free).is_infinite() && lock_limit(&free).is_infinite());
+    }
+
+    // Proves the offered load overloads a slow configuration yet never exceeds the ceiling.
+    #[test]
+    fn offered_rate_is_above_capacity_and_bounded() {
+        let engine = stage7();
+        let rate = offered_rate(&engine);
+        assert!(rate > theoretical_rate(&engine) && rate <= MAX_OFFERED_RATE_PER_SECOND);
+        let free = EngineConfig {
+            work_ms: 0,
+            hold_ms: 0,
+            ..stage7()
+        };
+        assert!((offered_rate(&free) - MAX_OFFERED_RATE_PER_SECOND).abs() < f64::EPSILON);
+    }
+
+    // Proves the theory curve has one point per doubling, each workers / (work + hold).
+    #[test]
+    fn theory_line_doubles_up_to_the_largest_count() {
+        let line = theory_line(&stage7(), 64);
+        let workers: Vec<f64> = line.iter().map(|(x, _)| *x).collect();
+        assert_eq!(workers, vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+        assert!((line[6].1 - 64.0 / 0.110).abs() < 1e-6);
+        assert_eq!(sweep_queue_capacity_events(1), 16);
+        assert_eq!(sweep_queue_capacity_events(64), 256);
+    }
+}

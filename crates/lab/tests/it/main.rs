@@ -144,3 +144,28 @@ async fn hot_keys_defeat_sharding() {
 async fn shared_receiver_matches_a_multi_consumer_channel() {
     assert_holds(&quick(Experiment::SharedReceiver).await);
 }
+
+// Proves the `lab` command end to end: `lab <name> --quick --out DIR` exits 0 when the claim
+// holds and leaves `<name>.json` (the verdict) and `<name>.svg` (the chart) in DIR; `lab list`
+// succeeds and an unknown name is an error.
+#[test]
+fn lab_command_writes_json_and_svg() {
+    let _serial = SERIAL.blocking_lock();
+    let out = std::env::temp_dir().join(format!("floodgate-lab-it-{}", std::process::id()));
+    let args = |experiment: &str| floodgate_lab::LabArgs {
+        experiment: experiment.to_owned(),
+        out: out.clone(),
+        quick: true,
+    };
+    let code = floodgate_lab::lab_main(args("stage4-inline-lock")).expect("lab runs");
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    let json = std::fs::read_to_string(out.join("stage4-inline-lock.json")).expect("json written");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("valid json");
+    assert_eq!(json["verdict"]["holds"], true);
+    assert_eq!(json["quick"], true);
+    let svg = std::fs::read_to_string(out.join("stage4-inline-lock.svg")).expect("svg written");
+    assert!(svg.contains("Stage 4") && svg.trim_end().ends_with("</svg>"));
+    assert!(floodgate_lab::lab_main(args("list")).is_ok());
+    assert!(floodgate_lab::lab_main(args("no-such-experiment")).is_err());
+    std::fs::remove_dir_all(&out).expect("temp dir removed");
+}
