@@ -196,13 +196,13 @@ impl Engine {
             amount: event.amount,
             hash,
         };
-        let (error, job) = match admission.try_push(job) {
-            Ok(()) => {
-                inner.metrics.accepted.increment();
-                return Ok(Ingested::Queued);
-            }
-            Err(refused) => refused,
+        // Count before pushing (and take it back on refusal), so that a stats snapshot never
+        // shows a worker applying an event not yet counted as accepted.
+        inner.metrics.accepted.increment();
+        let Err((error, job)) = admission.try_push(job) else {
+            return Ok(Ingested::Queued);
         };
+        inner.metrics.accepted.sub(1);
         let reason = match error {
             PushError::Full => {
                 inner.metrics.rejected_queue_full.increment();
@@ -396,6 +396,10 @@ impl Engine {
     /// successful push was received, even if its `accepted` increment is still in flight.
     fn summary(&self, drained: bool) -> Summary {
         let metrics = &*self.inner.metrics;
+        // Outcomes first, admissions second: an event is counted accepted before it is pushed,
+        // so reading in this order keeps `applied + overflowed <= accepted` in every snapshot.
+        let applied = metrics.sum_workers(|worker| &worker.applied);
+        let overflowed = metrics.sum_workers(|worker| &worker.overflowed);
         let accepted = if self.inner.admission.is_some() && drained {
             metrics.sum_workers(|worker| &worker.received)
         } else {
@@ -403,8 +407,8 @@ impl Engine {
         };
         Summary {
             accepted,
-            applied: metrics.sum_workers(|worker| &worker.applied),
-            overflowed: metrics.sum_workers(|worker| &worker.overflowed),
+            applied,
+            overflowed,
             rejected: metrics.rejected(),
             invalid: metrics.invalid.load(Ordering::Relaxed),
         }

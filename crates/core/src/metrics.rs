@@ -64,6 +64,12 @@ impl StripedCounter {
         self.stripes[stripe].0.fetch_add(amount, Ordering::Relaxed);
     }
 
+    /// Take back `amount` this same thread added before (so its stripe cannot underflow).
+    pub fn sub(&self, amount: u64) {
+        let stripe = STRIPE.with(|stripe| *stripe);
+        self.stripes[stripe].0.fetch_sub(amount, Ordering::Relaxed);
+    }
+
     /// Add one.
     pub fn increment(&self) {
         self.add(1);
