@@ -6,8 +6,12 @@
 //!
 //! Invariants:
 //! - Every counter is an atomic (hot ones striped over cache lines so two cores never fight
-//!   over one), updated with relaxed ordering: reads are monotone snapshots, exact once the
-//!   engine is drained and its workers joined (join is a happens-before edge).
+//!   over one), mostly relaxed: reads are monotone snapshots, exact once the engine is drained
+//!   and its workers joined (join is a happens-before edge).
+//! - Snapshots never show more outcomes than admissions: `accepted` is counted before the
+//!   push, the queue orders push before pop, workers add `applied`/`overflowed` with release
+//!   and [`Metrics::sum_workers`] loads with acquire before `accepted` is read, so
+//!   `applied + overflowed <= accepted` in every [`crate::Stats`].
 //! - Histograms are bounded: [`LOCK_MICROS_MAX`] range, [`LOCK_SIGNIFICANT_DIGITS`] digits,
 //!   a fixed ~25 KiB each; values above the range are clamped, never dropped or panicking.
 
@@ -193,11 +197,11 @@ impl Metrics {
             + self.rejected_overflow.load(Ordering::Relaxed)
     }
 
-    /// Sum of one per-worker counter.
+    /// Sum of one per-worker counter (acquire loads: see the module invariants).
     pub fn sum_workers(&self, counter: impl Fn(&WorkerMetrics) -> &AtomicU64) -> u64 {
         self.workers
             .iter()
-            .map(|worker| counter(worker).load(Ordering::Relaxed))
+            .map(|worker| counter(worker).load(Ordering::Acquire))
             .sum()
     }
 

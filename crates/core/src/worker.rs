@@ -81,7 +81,7 @@ pub async fn run(context: WorkerContext, mut consumer: Consumer) {
                 )
                 .await;
                 if outcome.is_err() {
-                    slot.overflowed.fetch_add(1, Ordering::Relaxed);
+                    slot.overflowed.fetch_add(1, Ordering::Release);
                 }
             }
             add_busy(slot, started.elapsed());
@@ -149,8 +149,8 @@ fn apply_batch(context: &WorkerContext, batch: &mut Vec<Job>) {
     }
     let held = batch_start.elapsed().saturating_sub(wait);
     record_timings(&slot.timings, wait, held);
-    slot.applied.fetch_add(applied, Ordering::Relaxed);
-    slot.overflowed.fetch_add(overflowed, Ordering::Relaxed);
+    slot.applied.fetch_add(applied, Ordering::Release);
+    slot.overflowed.fetch_add(overflowed, Ordering::Release);
 }
 
 /// The seed's path for one job: `work` (async), take the shard's async lock, `hold` while
@@ -184,7 +184,7 @@ pub async fn apply_simulated(
     record_timings(&slot.timings, wait, holding);
     match &outcome {
         Ok(balance) => {
-            slot.applied.fetch_add(1, Ordering::Relaxed);
+            slot.applied.fetch_add(1, Ordering::Release);
             if let Some(user) = user_for_log {
                 log_applied(worker, &user, *balance, wait, holding);
             }
@@ -202,11 +202,22 @@ fn record_timings(timings: &parking_lot::Mutex<WorkerTimings>, wait: Duration, h
 
 /// The seed's stage-7 line: `[Worker  5] user=user3, balance=30, wait=45.23ms, hold=10.12ms`.
 fn log_applied(worker: usize, user: &str, balance: i64, wait: Duration, hold: Duration) {
-    tracing::debug!(
+    tracing::debug!("{}", applied_line(worker, user, balance, wait, hold));
+}
+
+/// Format the seed's stage-7 line.
+pub fn applied_line(
+    worker: usize,
+    user: &str,
+    balance: i64,
+    wait: Duration,
+    hold: Duration,
+) -> String {
+    format!(
         "[Worker {worker:>2}] user={user}, balance={balance}, wait={:.2}ms, hold={:.2}ms",
         wait.as_secs_f64() * 1000.0,
         hold.as_secs_f64() * 1000.0,
-    );
+    )
 }
 
 fn log_overflow(worker: usize, overflow: &Overflow, amount: i64) {
@@ -217,4 +228,30 @@ fn log_overflow(worker: usize, overflow: &Overflow, amount: i64) {
         amount,
         "balance would overflow i64: event not applied (counted as overflowed)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_line_matches_the_seed() {
+        // Proves the debug line has the seed's exact shape (aligned worker, two decimals).
+        let line = applied_line(
+            5,
+            "user3",
+            30,
+            Duration::from_micros(45_230),
+            Duration::from_micros(10_120),
+        );
+        assert_eq!(
+            line,
+            "[Worker  5] user=user3, balance=30, wait=45.23ms, hold=10.12ms"
+        );
+        let line = applied_line(12, "u", -1, Duration::ZERO, Duration::ZERO);
+        assert_eq!(
+            line,
+            "[Worker 12] user=u, balance=-1, wait=0.00ms, hold=0.00ms"
+        );
+    }
 }
