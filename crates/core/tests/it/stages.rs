@@ -164,6 +164,23 @@ async fn stage8_shards_lift_the_plateau() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn stage8_holds_with_64_workers() {
+    // Proves the issue-6 target shape for stage 8 at 64 workers over 1,000 users: at least
+    // 0.9 of workers / (work + hold) = 64 / 110 ms (in simulated time).
+    let config = EngineConfig {
+        workers: 64,
+        ..EngineConfig::for_stage(8).expect("8")
+    };
+    let (elapsed, _) = drain_time(config, 1280, 1000).await;
+    let rate = 1280.0 / elapsed.as_secs_f64();
+    let ceiling = 64.0 / 0.110;
+    assert!(
+        rate > 0.9 * ceiling && rate <= ceiling + 1.0,
+        "rate {rate} vs {ceiling}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn time_scale_runs_the_seed_faster() {
     // Proves time_scale 0.1 makes stage 5's per-event work 50 ms instead of 500 ms.
     let config = EngineConfig {
