@@ -98,6 +98,12 @@ impl Acceptor {
         if !self.first_bytes(&stream, header_deadline).await {
             return;
         }
+        // Boxed: the HTTP state machine is large; a task still waiting above stays small.
+        Box::pin(self.serve_http(stream, header_deadline)).await;
+    }
+
+    /// Runs hyper on a connection whose first bytes have arrived.
+    async fn serve_http(&self, stream: TcpStream, header_deadline: Instant) {
         let activity = Arc::new(Activity::default());
         let io = DeadlineIo::new(
             stream,
@@ -139,10 +145,12 @@ impl Acceptor {
     /// a silent client costs only its socket and this task. `false`: drop the connection (the
     /// header deadline passed, the server is stopping, or the socket failed).
     async fn first_bytes(&self, stream: &TcpStream, header_deadline: Instant) -> bool {
+        // `peek` waits for real data without consuming it (`readable()` may wake spuriously).
+        let mut first = [0_u8; 1];
         tokio::select! {
-            readable = tokio::time::timeout_at(header_deadline, stream.readable()) => {
-                match readable {
-                    Ok(Ok(())) => true,
+            peeked = tokio::time::timeout_at(header_deadline, stream.peek(&mut first)) => {
+                match peeked {
+                    Ok(Ok(bytes)) => bytes > 0, // 0: the client left without a word
                     Ok(Err(_)) => false,
                     Err(_elapsed) => {
                         self.metrics.record_timeout("header");
