@@ -186,16 +186,6 @@ pub async fn exchange_split(
     }
 }
 
-/// Sends `request` and then keeps the connection open without finishing it: writes `request`
-/// (a partial request), then waits up to `deadline` for the server to answer or close.
-pub async fn partial(
-    addr: SocketAddr,
-    request: &[u8],
-    deadline: Duration,
-) -> std::io::Result<Answer> {
-    exchange_paced(addr, request, Duration::ZERO, deadline).await
-}
-
 async fn send(stream: &mut TcpStream, request: &[u8], pause: Duration) -> std::io::Result<()> {
     if pause.is_zero() {
         return stream.write_all(request).await;
