@@ -74,9 +74,8 @@ async fn serve_http(
     config: ServerConfig,
     signals: Signals,
 ) -> anyhow::Result<ExitCode> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener =
+        crate::conn::bind_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
     warn_if_fd_limit_low(config.front_door.max_connections);
     tracing::info!(

@@ -116,11 +116,11 @@ impl ServerHandle {
     }
 
     /// Binds `addr`, starts the engine and serves on the current tokio runtime.
+    #[allow(clippy::unused_async)] // async by contract: it needs the caller's tokio runtime
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> anyhow::Result<ServerHandle> {
         config.front_door.validate()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener =
+            crate::conn::bind_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
         let engine = Engine::start(config.engine.clone()).context("engine refused to start")?;
         let (stop, stopped) = oneshot::channel::<()>();

@@ -32,8 +32,10 @@ impl EchoServerHandle {
     }
 
     /// Binds `addr` and starts serving on the current tokio runtime.
+    #[allow(clippy::unused_async)] // async by contract: it needs the caller's tokio runtime
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        // The backlog is not the stage-2 lesson: a burst of clients must not wait on SYN retries.
+        let listener = crate::conn::bind_listener(addr)?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
         let accept_task = tokio::spawn(accept_loop(listener, cancel.clone()));
