@@ -308,14 +308,21 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(worker, slot)| {
-                let timings = slot.timings.lock().clone();
+                // Summarize under the lock (a few µs) rather than copy two histograms.
+                let (lock_wait, lock_hold) = {
+                    let timings = slot.timings.lock();
+                    (
+                        LockSummary::from_histogram(&timings.wait_us),
+                        LockSummary::from_histogram(&timings.hold_us),
+                    )
+                };
                 WorkerStats {
                     worker,
                     applied: slot.applied.load(Ordering::Relaxed),
                     overflowed: slot.overflowed.load(Ordering::Relaxed),
                     busy_seconds: slot.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
-                    lock_wait: LockSummary::from_histogram(&timings.wait_us),
-                    lock_hold: LockSummary::from_histogram(&timings.hold_us),
+                    lock_wait,
+                    lock_hold,
                 }
             })
             .collect();
