@@ -9,9 +9,11 @@
 //! Invariants:
 //! - [`Admission::try_push`] never waits: it returns `Full` or `Closed` immediately.
 //! - Capacity is bounded: the lanes' capacities add up to `queue_capacity_events`.
-//! - After [`Admission::close`], pushes fail with `Closed`, and consumers still receive every
-//!   job pushed before; [`Consumer::recv_batch`] returns 0 only once the lane is closed AND
-//!   empty, so draining loses nothing.
+//! - Nothing pushed is lost: [`Consumer::recv_batch`] returns 0 only once its lane is closed
+//!   AND empty. After [`Admission::close`] an async-channel lane refuses pushes at once; a
+//!   tokio lane is closed by its consumer when it sees the closing signal, so a push may still
+//!   succeed in between, and that job is then drained like any other (the engine refuses new
+//!   events itself, before pushing, once draining).
 //! - With the owned strategy there is one lane per worker and a job goes to lane
 //!   `shard_index(hash, lanes)`: the worker that owns the job's shard.
 

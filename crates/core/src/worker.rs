@@ -15,7 +15,10 @@
 //!   batch with the global and owned strategies). This keeps every invariant of the slow path:
 //!   each update still happens under the shard's lock, in queue order per worker, with checked
 //!   arithmetic; it only stops paying a lock round-trip and an `.await` per event, and the
-//!   lock is never held across an `.await` (there is nothing to simulate).
+//!   lock is never held across an `.await` (there is nothing to simulate). The async `hold`
+//!   lock is not taken: every worker of an engine is on the same path (the durations are
+//!   engine-wide), so the `data` lock alone serializes updates, and readers never wait longer
+//!   than one batch (a few microseconds).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
