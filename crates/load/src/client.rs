@@ -8,6 +8,7 @@
 //! connection that timed out or broke is dropped and replaced (and the replacement counted).
 
 use std::cell::RefCell;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::config::LoadConfig;
 use crate::events::Body;
@@ -107,6 +109,17 @@ impl ThreadContext {
 /// A worker's connection: opened lazily, reused while healthy, replaced when lost.
 #[derive(Debug, Default)]
 pub struct Connection {
+    link: Link,
+    /// Reused request timer: pushing a registered tokio timer's deadline later is one atomic
+    /// update (the wheel only sees it when the old deadline comes), unlike a fresh
+    /// `tokio::time::timeout` per request, which registers and removes a wheel entry each time.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// The HTTP/1 sender of a [`Connection`] (a separate field from the timer, so both can be
+/// borrowed at once).
+#[derive(Debug, Default)]
+struct Link {
     sender: Option<SendRequest<Full<Bytes>>>,
     ever_connected: bool,
 }
@@ -115,24 +128,36 @@ impl Connection {
     /// Sends one request (connecting first if needed) and reads the whole answer, within the
     /// request timeout. Returns the outcome; a failed connection is dropped.
     pub async fn send(&mut self, context: &ThreadContext, body: Bytes) -> Outcome {
-        let timeout = context.shared.config.request_timeout;
-        match tokio::time::timeout(timeout, self.exchange(context, body)).await {
-            Ok(Ok(status)) => {
+        let deadline = tokio::time::Instant::now() + context.shared.config.request_timeout;
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let result = tokio::select! {
+            biased;
+            result = self.link.exchange(context, body) => result,
+            () = timer.as_mut() => Err(ErrorKind::Timeout),
+        };
+        match result {
+            Ok(status) => {
                 context.stats.borrow_mut().count_status(status);
                 Outcome::from_status(status)
             }
-            Ok(Err(kind)) => {
-                self.sender = None;
+            Err(kind) => {
+                // Broken, or dropped mid-flight on timeout (hyper then closes it): replace it.
+                self.link.sender = None;
                 Outcome::Error(kind)
-            }
-            Err(_elapsed) => {
-                // The request future was dropped mid-flight: hyper closes that connection.
-                self.sender = None;
-                Outcome::Error(ErrorKind::Timeout)
             }
         }
     }
+}
 
+impl Link {
     async fn exchange(&mut self, context: &ThreadContext, body: Bytes) -> Result<u16, ErrorKind> {
         let sender = self.ready(context).await?;
         let response = sender
