@@ -4,7 +4,6 @@
 
 mod http_contract;
 mod metrics_and_shutdown;
-mod process;
 mod raw_http;
 mod raw_servers;
 mod slow_clients;

@@ -1,5 +1,5 @@
-//! A real `floodgate serve` process (this crate's `floodgate-serve` binary, the same
-//! `serve_main`) receiving real signals.
+//! Integration tests of the `floodgate` binary itself: a real `floodgate serve` process
+//! receiving real signals (issue 5's shutdown claim can only be proven on a real process).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -10,14 +10,27 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::{ANSWER_WAIT, client, event_json};
+/// How long a test waits for an answer, a log line or an exit before failing.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+fn event_json(user: &str, amount: i64) -> String {
+    serde_json::json!({"user": user, "amount": amount}).to_string()
+}
+
+/// A reqwest client that does not keep connections around between tests.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(ANSWER_WAIT)
+        .build()
+        .expect("client")
+}
 
 /// Starts the server binary with `args` (and env vars) and returns it with the bound address,
 /// read from its start-up log line.
 async fn start(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate-serve"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
     command
-        .args(["--addr", "127.0.0.1:0"])
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -26,7 +39,7 @@ async fn start(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = command.spawn().expect("spawn floodgate-serve");
+    let mut child = command.spawn().expect("spawn floodgate serve");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let addr = tokio::time::timeout(ANSWER_WAIT, async {
