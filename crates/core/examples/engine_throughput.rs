@@ -8,7 +8,7 @@
 //! ```text
 //! cargo run --release -p floodgate-core --example engine_throughput -- [--json PATH]
 //!     [--events N] [--repeat R] [--queue-kind mpmc|shared_receiver] [--strategy NAME]
-//!     [--users N] [--workers N]
+//!     [--users N] [--workers N] [--producers N]
 //! ```
 //! Add `--features mimalloc` to measure with mimalloc as the global allocator.
 //!
@@ -49,6 +49,17 @@ struct Row {
     /// CPU time of the whole process per event (all threads), ns: robust to a noisy machine
     /// where wall-clock rates swing with other load. `None` off Linux.
     cpu_ns_per_event: Option<f64>,
+    /// `cores x 1e9 / cpu_ns_per_event`: the rate if this process had every core to itself and
+    /// kept them all busy (an upper estimate, robust to outside load).
+    cpu_bound_events_per_second: Option<f64>,
+}
+
+/// The 1-minute load average, to print beside the figures (Linux).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// CPU time used so far by every thread of this process, in ns (Linux schedstat).
@@ -71,6 +82,8 @@ struct Options {
     strategies: Vec<LedgerStrategy>,
     users: Vec<usize>,
     workers: Option<Vec<usize>>,
+    /// Producer tasks (default: one per core).
+    producers: Option<usize>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -82,6 +95,7 @@ fn parse_options() -> Result<Options, String> {
         strategies: LedgerStrategy::ALL.to_vec(),
         users: vec![1, MANY_USERS],
         workers: None,
+        producers: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -98,6 +112,9 @@ fn parse_options() -> Result<Options, String> {
             }
             "--users" => {
                 options.users = vec![value()?.parse().map_err(|error| format!("{error}"))?];
+            }
+            "--producers" => {
+                options.producers = Some(value()?.parse().map_err(|error| format!("{error}"))?);
             }
             "--workers" => {
                 options.workers = Some(vec![value()?.parse().map_err(|error| format!("{error}"))?]);
@@ -179,6 +196,10 @@ struct Run {
     cpu_ns: Option<u64>,
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 /// One cell of the table: a configuration and its runs.
 struct Cell {
     strategy: LedgerStrategy,
@@ -223,6 +244,9 @@ impl Cell {
             median_events_per_second: rates[rates.len() / 2],
             full_retries: best.retries,
             cpu_ns_per_event: cpu.get(cpu.len() / 2).map(|&ns| ns as f64 / events),
+            cpu_bound_events_per_second: cpu
+                .get(cpu.len() / 2)
+                .map(|&ns| cores() as f64 * 1e9 * events / ns as f64),
         }
     }
 }
@@ -233,7 +257,8 @@ fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     for round in 0..options.repeat {
         for cell in cells.iter_mut() {
-            let chunks = generate(options.events, cell.users, cores);
+            let producers = options.producers.unwrap_or(cores).max(1);
+            let chunks = generate(options.events, cell.users, producers);
             let run = runtime.block_on(run_once(cell.config(options), chunks));
             assert_eq!(run.applied, options.events as u64, "every event applied");
             eprintln!(
@@ -250,13 +275,13 @@ fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| strategy | queue | users | workers | best events/s | median events/s | CPU ns/event (median) | QueueFull retries (best run) |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|\n",
+        "| strategy | queue | users | workers | best events/s | median events/s | CPU ns/event (median) | CPU-bound events/s | QueueFull retries (best run) |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.2} M | {:.2} M | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} M | {:.2} M | {} | {} | {} |",
             row.strategy,
             row.queue_kind,
             row.users,
@@ -265,6 +290,8 @@ fn table(rows: &[Row]) -> String {
             row.median_events_per_second / 1e6,
             row.cpu_ns_per_event
                 .map_or_else(|| "-".to_owned(), |ns| format!("{ns:.0}")),
+            row.cpu_bound_events_per_second
+                .map_or_else(|| "-".to_owned(), |rate| format!("{:.2} M", rate / 1e6)),
             row.full_retries
         );
     }
@@ -304,10 +331,12 @@ fn main() {
             }
         }
     }
+    let load_before = load_average();
     measure_all(&runtime, &options, &mut cells);
     let rows: Vec<Row> = cells.iter().map(|cell| cell.row(&options)).collect();
     println!(
-        "Engine alone (no HTTP), {} events per run, {} rounds, {cores} cores, queue {}, allocator {}:\n",
+        "Engine alone (no HTTP), {} events per run, {} rounds, {cores} cores, queue {}, allocator {}, \
+         load average {load_before} before / {} after:\n",
         options.events,
         options.repeat,
         options.queue_kind,
@@ -315,7 +344,8 @@ fn main() {
             "mimalloc"
         } else {
             "system"
-        }
+        },
+        load_average()
     );
     println!("{}", table(&rows));
     if let Some(path) = options.json {
