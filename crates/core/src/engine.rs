@@ -76,9 +76,24 @@ pub struct Refused {
 }
 
 /// The engine. Cheap to clone (an `Arc` inside); every clone drives the same engine.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+}
+
+/// Concise on purpose: the ledger may hold millions of balances.
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let config = &self.inner.config;
+        formatter
+            .debug_struct("Engine")
+            .field("mode", &config.mode)
+            .field("strategy", &config.strategy)
+            .field("workers", &config.workers)
+            .field("queue_depth", &self.queue_depth())
+            .field("draining", &self.is_draining())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]

@@ -106,10 +106,21 @@ impl Entry {
 }
 
 /// One shard's balances.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Table {
     entries: HashTable<Entry>,
     total: i128,
+}
+
+/// Concise on purpose: a table may hold millions of balances.
+impl std::fmt::Debug for Table {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Table")
+            .field("users", &self.len())
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Table {

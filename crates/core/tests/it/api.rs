@@ -107,3 +107,22 @@ fn start_outside_a_runtime_is_an_error_not_a_panic() {
     let started = Engine::start(EngineConfig::production()).map(|_| ());
     assert_eq!(started, Err(ConfigError::NoRuntime));
 }
+
+#[tokio::test]
+async fn debug_output_stays_short_with_many_users() {
+    // Proves `{:?}` of an engine (e.g. inside a server handle) never dumps the ledger.
+    let engine = Engine::start(EngineConfig::production()).expect("start");
+    for user in 0..2_000 {
+        engine
+            .ingest(Event::new(format!("user{user}"), 1))
+            .await
+            .expect("queued");
+    }
+    engine.shutdown().await;
+    let debug = format!("{engine:?}");
+    assert!(debug.len() < 200, "{debug}");
+    assert!(
+        debug.contains("Owned") && debug.contains("draining: true"),
+        "{debug}"
+    );
+}
