@@ -369,3 +369,66 @@ impl Report {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn report() -> Report {
+        let mut stats = ThreadStats::new();
+        stats.record(Outcome::Accepted, Duration::from_millis(3), Some(i64::MAX));
+        stats.record(Outcome::Accepted, Duration::from_millis(5), Some(i64::MAX));
+        stats.record(Outcome::Rejected, Duration::from_micros(200), Some(1));
+        stats.count_status(202);
+        stats.count_status(202);
+        stats.count_status(503);
+        let mut config = LoadConfig::new("http://127.0.0.1:9");
+        config.mode = Mode::Open {
+            rate_per_second: 3.0,
+            duration: Duration::from_secs(1),
+            max_in_flight: 4,
+        };
+        let facts = RunFacts {
+            threads: 1,
+            duration_seconds: 1.0,
+            slow_clients_held: 0,
+            stopped_early: false,
+        };
+        Report::new(&config, &stats, facts)
+    }
+
+    #[test]
+    fn the_json_document_round_trips_with_its_schema_version() {
+        // Proves the documented JSON is what serde writes and reads back unchanged, including
+        // an amount sum beyond i64 (two events of i64::MAX) and the per-status counts.
+        let report = report();
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["schema_version"], SCHEMA_VERSION);
+        assert_eq!(json["status_counts"]["202"], 2);
+        assert_eq!(json["latency_ms"]["accepted"]["count"], 2);
+        assert_eq!(json["offered_per_second"], 3.0);
+        let text = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, report);
+        assert_eq!(back.accepted_amount_sum, 2 * i128::from(i64::MAX));
+    }
+
+    #[test]
+    fn the_table_puts_the_accepted_rate_next_to_the_offered_rate() {
+        // Proves the seed-style table carries the totals, the accepted rate beside the offered
+        // rate, the schedule line of an open loop and one latency row per outcome.
+        let table = report().render_table();
+        for needle in [
+            "Total requests: 3",
+            "Accepted:       2 (2/s; offered 3/s)",
+            "Rejected:       1 (backpressure)",
+            "Schedule:       3 due",
+            "accepted",
+            "all/send",
+        ] {
+            assert!(table.contains(needle), "missing `{needle}` in\n{table}");
+        }
+    }
+}
