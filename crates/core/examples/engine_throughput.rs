@@ -8,7 +8,7 @@
 //! ```text
 //! cargo run --release -p floodgate-core --example engine_throughput -- [--json PATH]
 //!     [--events N] [--repeat R] [--queue-kind mpmc|shared_receiver] [--strategy NAME]
-//!     [--users N] [--workers N] [--producers N]
+//!     [--users N] [--workers N] [--producers N] [--trickle]
 //! ```
 //! Add `--features mimalloc` to measure with mimalloc as the global allocator.
 //!
@@ -84,6 +84,8 @@ struct Options {
     workers: Option<Vec<usize>>,
     /// Producer tasks (default: one per core).
     producers: Option<usize>,
+    /// Producers yield after every event, like HTTP handlers (one event per task turn).
+    trickle: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -96,6 +98,7 @@ fn parse_options() -> Result<Options, String> {
         users: vec![1, MANY_USERS],
         workers: None,
         producers: None,
+        trickle: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -113,6 +116,7 @@ fn parse_options() -> Result<Options, String> {
             "--users" => {
                 options.users = vec![value()?.parse().map_err(|error| format!("{error}"))?];
             }
+            "--trickle" => options.trickle = true,
             "--producers" => {
                 options.producers = Some(value()?.parse().map_err(|error| format!("{error}"))?);
             }
@@ -143,7 +147,7 @@ fn generate(events: usize, users: usize, producers: usize) -> Vec<Vec<Event>> {
 }
 
 /// One measured run.
-async fn run_once(config: EngineConfig, chunks: Vec<Vec<Event>>) -> Run {
+async fn run_once(config: EngineConfig, chunks: Vec<Vec<Event>>, trickle: bool) -> Run {
     let engine = Engine::start(config).expect("valid benchmark config");
     let cpu_before = process_cpu_ns();
     let started = Instant::now();
@@ -157,6 +161,11 @@ async fn run_once(config: EngineConfig, chunks: Vec<Vec<Event>>) -> Run {
                     let mut event = event;
                     loop {
                         match engine.offer(event) {
+                            Ok(_) if trickle => {
+                                // Like an HTTP handler: one event, then other tasks run.
+                                tokio::task::yield_now().await;
+                                break;
+                            }
                             Ok(_) => break,
                             Err(refused) if refused.reason == Rejected::QueueFull => {
                                 retries += 1;
@@ -259,7 +268,7 @@ fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut
         for cell in cells.iter_mut() {
             let producers = options.producers.unwrap_or(cores).max(1);
             let chunks = generate(options.events, cell.users, producers);
-            let run = runtime.block_on(run_once(cell.config(options), chunks));
+            let run = runtime.block_on(run_once(cell.config(options), chunks, options.trickle));
             assert_eq!(run.applied, options.events as u64, "every event applied");
             eprintln!(
                 "round {round}: {:>8} users={:>6} workers={:>2}: {:.2} M events/s",

@@ -33,6 +33,10 @@ use crate::queue::{Consumer, Job};
 /// and keep per-batch latency in microseconds.
 pub const BATCH_MAX: usize = 256;
 
+/// Below this many jobs a batch counts as small: the worker yields once before receiving
+/// again, so that trickling producers fill a bigger batch instead of waking it per event.
+pub const SMALL_BATCH: usize = BATCH_MAX / 8;
+
 /// What one worker needs.
 #[derive(Debug, Clone)]
 pub struct WorkerContext {
@@ -92,9 +96,16 @@ pub async fn run(context: WorkerContext, mut consumer: Consumer) {
             let started = std::time::Instant::now();
             apply_batch(&context, &mut batch);
             add_busy(slot, started.elapsed());
-            // async-channel does not take part in tokio's cooperative budget: give other
-            // tasks on this thread a turn between batches.
-            tokio::task::consume_budget().await;
+            if taken < SMALL_BATCH {
+                // A small batch means producers trickle in (HTTP handlers: one event per
+                // task turn). Let them run once before receiving again, so the next batch is
+                // bigger and this task is not woken once per event.
+                tokio::task::yield_now().await;
+            } else {
+                // async-channel does not take part in tokio's cooperative budget: give other
+                // tasks on this thread a turn between batches.
+                tokio::task::consume_budget().await;
+            }
         }
     }
     tracing::debug!(worker = context.id, "worker drained its queue and stopped");
