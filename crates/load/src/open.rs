@@ -69,7 +69,13 @@ pub async fn run_thread(context: Rc<ThreadContext>, schedule: Schedule) {
     while request_number < schedule.total && !context.shared.stopping() {
         let due = schedule.due(request_number);
         request_number += schedule.stride;
-        tokio::time::sleep_until(due.into()).await;
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        } else {
+            // Catching up: no timer needed, but let the requests just spawned run now and then
+            // (otherwise a long catch-up would fill the in-flight cap and drop the rest).
+            tokio::task::consume_budget().await;
+        }
         if due.elapsed() > LATE_START_THRESHOLD {
             context.stats.borrow_mut().late_starts += 1;
         }
