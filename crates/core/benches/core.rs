@@ -59,28 +59,10 @@ fn ledger_apply(criterion: &mut Criterion) {
     group.finish();
 }
 
-/// Jobs for `threads` threads: split round-robin, or (owned) by the shard that owns them.
-fn partition(
-    jobs: Vec<(u64, String)>,
-    threads: usize,
-    ledger: &Ledger,
-    owned: bool,
-) -> Vec<Vec<(u64, String)>> {
-    let mut parts = vec![Vec::new(); threads];
-    for (index, job) in jobs.into_iter().enumerate() {
-        let part = if owned {
-            ledger.shard_for(job.0)
-        } else {
-            index % threads
-        };
-        parts[part].push(job);
-    }
-    parts
-}
-
-/// Two threads applying at once, one lock acquisition per batch of 256 like the workers:
-/// shows what the lock strategy costs under contention (global: one lock for both threads;
-/// sharded: 64 locks; owned: each thread only touches its own shard).
+/// Two threads applying at once, one lock acquisition per run of same-shard jobs (at most 256)
+/// like the workers: what the lock strategy costs under contention (global: one lock for both
+/// threads; sharded: 64 locks; owned: each thread only touches its own shard). Each thread
+/// builds its own jobs before a barrier, so the timing holds no cross-thread frees.
 fn ledger_apply_contended(criterion: &mut Criterion) {
     const THREADS: usize = 2;
     // Enough events per iteration that spawning the two threads (~50 µs) is small beside them.
@@ -101,25 +83,53 @@ fn ledger_apply_contended(criterion: &mut Criterion) {
             bencher.iter_custom(|iterations| {
                 let mut total = Duration::ZERO;
                 for iteration in 0..iterations {
-                    let jobs = users(EVENTS, iteration as usize * EVENTS)
-                        .into_iter()
-                        .map(|user| (user_hash(&user), user))
-                        .collect();
-                    let parts = partition(jobs, THREADS, &ledger, owned);
-                    let started = std::time::Instant::now();
-                    std::thread::scope(|scope| {
-                        for part in parts {
-                            let ledger = &ledger;
-                            scope.spawn(move || apply_in_batches(ledger, part));
-                        }
-                    });
-                    total += started.elapsed();
+                    let offset = iteration as usize * EVENTS;
+                    total += contended_round(&ledger, THREADS, offset, EVENTS, owned);
                 }
                 total
             });
         });
     }
     group.finish();
+}
+
+/// One timed round: `threads` threads each build their share of `events` jobs, meet at a
+/// barrier, then apply; returns the time from the barrier to the last thread's end.
+fn contended_round(
+    ledger: &Ledger,
+    threads: usize,
+    offset: usize,
+    events: usize,
+    owned: bool,
+) -> Duration {
+    let barrier = std::sync::Barrier::new(threads + 1);
+    let mut started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let barrier = &barrier;
+            scope.spawn(move || {
+                let jobs: Vec<(u64, String)> = users(events, offset)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, user)| (index, user_hash(&user), user))
+                    .filter(|(index, hash, _)| {
+                        let part = if owned {
+                            ledger.shard_for(*hash)
+                        } else {
+                            index % threads
+                        };
+                        part == thread
+                    })
+                    .map(|(_, hash, user)| (hash, user))
+                    .collect();
+                barrier.wait();
+                apply_in_batches(ledger, jobs);
+            });
+        }
+        barrier.wait();
+        started = std::time::Instant::now();
+    });
+    started.elapsed()
 }
 
 /// The workers' fast path in miniature: per batch of 256, one lock per run of same-shard jobs.
