@@ -131,31 +131,45 @@ fn parse_options() -> Result<Options, String> {
     Ok(options)
 }
 
-/// `events` events over `users` users, split into `producers` chunks (user i*7919 % users so
-/// consecutive events hit different users and shards).
-fn generate(events: usize, users: usize, producers: usize) -> Vec<Vec<Event>> {
+/// Producer `producer`'s share of `events` events over `users` users, split in `producers`
+/// chunks (user i*7919 % users, so consecutive events hit different users and shards).
+fn chunk(events: usize, users: usize, producers: usize, producer: usize) -> Vec<Event> {
     let per_producer = events.div_ceil(producers);
-    (0..producers)
-        .map(|producer| {
-            let start = producer * per_producer;
-            let end = (start + per_producer).min(events);
-            (start..end)
-                .map(|index| Event::new(format!("user{}", (index * 7919) % users), 1))
-                .collect()
-        })
+    let start = producer * per_producer;
+    let end = (start + per_producer).min(events);
+    (start..end)
+        .map(|index| Event::new(format!("user{}", (index * 7919) % users), 1))
         .collect()
 }
 
+/// What one run offers.
+#[derive(Clone, Copy)]
+struct Workload {
+    events: usize,
+    users: usize,
+    producers: usize,
+    trickle: bool,
+}
+
 /// One measured run.
-async fn run_once(config: EngineConfig, chunks: Vec<Vec<Event>>, trickle: bool) -> Run {
+async fn run_once(config: EngineConfig, workload: Workload) -> Run {
     let engine = Engine::start(config).expect("valid benchmark config");
-    let cpu_before = process_cpu_ns();
-    let started = Instant::now();
-    let producers: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
+    // Each producer builds its events on a runtime thread (as HTTP handlers allocate the user
+    // strings), then all start together; building is not timed.
+    let ready = std::sync::Arc::new(tokio::sync::Barrier::new(workload.producers + 1));
+    let trickle = workload.trickle;
+    let producers: Vec<_> = (0..workload.producers)
+        .map(|producer| {
             let engine = engine.clone();
+            let ready = std::sync::Arc::clone(&ready);
             tokio::spawn(async move {
+                let chunk = chunk(
+                    workload.events,
+                    workload.users,
+                    workload.producers,
+                    producer,
+                );
+                ready.wait().await;
                 let mut retries = 0_u64;
                 for event in chunk {
                     let mut event = event;
@@ -180,6 +194,9 @@ async fn run_once(config: EngineConfig, chunks: Vec<Vec<Event>>, trickle: bool) 
             })
         })
         .collect();
+    ready.wait().await;
+    let cpu_before = process_cpu_ns();
+    let started = Instant::now();
     let mut retries = 0;
     for producer in producers {
         retries += producer.await.expect("producer");
@@ -266,9 +283,13 @@ fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     for round in 0..options.repeat {
         for cell in cells.iter_mut() {
-            let producers = options.producers.unwrap_or(cores).max(1);
-            let chunks = generate(options.events, cell.users, producers);
-            let run = runtime.block_on(run_once(cell.config(options), chunks, options.trickle));
+            let workload = Workload {
+                events: options.events,
+                users: cell.users,
+                producers: options.producers.unwrap_or(cores).max(1),
+                trickle: options.trickle,
+            };
+            let run = runtime.block_on(run_once(cell.config(options), workload));
             assert_eq!(run.applied, options.events as u64, "every event applied");
             eprintln!(
                 "round {round}: {:>8} users={:>6} workers={:>2}: {:.2} M events/s",
