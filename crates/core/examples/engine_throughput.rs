@@ -1,9 +1,12 @@
 //! Events per second through queue + workers + ledger, without HTTP (issue 6, "engine alone").
 //!
-//! For each ledger strategy x {1 user, 100,000 users} x {1, cores, 16 workers}: pre-generate
-//! the events (outside the timing), start an engine, let one producer task per core offer
-//! them (retrying on `QueueFull` after a yield), then shut down, which drains and joins the
-//! workers. The rate is events applied / (first offer .. shutdown returned).
+//! For each ledger strategy x {1 user, 100,000 users} x {1, cores, 16 workers}: start an
+//! engine; one producer task per core builds its share of the events on a runtime thread (as
+//! HTTP handlers allocate the user strings; not timed), then all offer them at once, retrying
+//! after a yield on `QueueFull`; then shut down, which drains and joins the workers. The rate
+//! is events applied / (first offer .. shutdown returned). `--trickle` makes producers yield
+//! after every event, like HTTP handlers (one event per task turn; use with
+//! `--producers 64`).
 //!
 //! ```text
 //! cargo run --release -p floodgate-core --example engine_throughput -- [--json PATH]
@@ -14,9 +17,11 @@
 //!
 //! Cells are measured round-robin, `--repeat` rounds (default 3), and the best and median run
 //! of each are reported: the machine is shared and noisy, the best run is the one least
-//! disturbed by others, and round-robin spreads bursts of outside load over every cell. The CPU time per event (every thread of
-//! the process, producers included; lowest of the runs) is shown too: it measures efficiency
-//! and moves far less than wall-clock rates when other programs compete for the cores.
+//! disturbed by others, and round-robin spreads bursts of outside load over every cell. The
+//! median CPU time per event (every thread of the process, producers included) and the rate
+//! it implies with every core to ourselves ("CPU-bound") are shown too: they move less than
+//! wall-clock rates when other programs compete for the cores, though cache and memory
+//! contention from those programs still inflates them.
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
