@@ -77,6 +77,10 @@ pub struct LoadArgs {
     /// Load threads (one runtime each); 0 = one per core.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Open loop: pace with sub-millisecond precision by spinning (burns CPU while waiting:
+    /// only when the generator does not share its cores with the server).
+    #[arg(long)]
+    pub precise_pacing: bool,
     /// Write the report as JSON (schema: crates/load/SCHEMA.md) to this path.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -153,6 +157,7 @@ impl LoadArgs {
         config.request_timeout = self.timeout;
         config.progress = !self.no_progress;
         config.threads = self.threads;
+        config.precise_pacing = self.precise_pacing;
         config.validate()?;
         Ok(config)
     }

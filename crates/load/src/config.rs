@@ -160,6 +160,10 @@ pub struct LoadConfig {
     pub progress: bool,
     /// Load threads, each with its own current-thread runtime; 0 = one per core.
     pub threads: usize,
+    /// Open loop: wake up to 1 ms early and yield-spin to each due time, instead of trusting
+    /// tokio's millisecond timer (which starts requests up to ~1 ms late). Costs up to a core
+    /// per load thread while waiting, so use it only when the generator has cores to spare.
+    pub precise_pacing: bool,
 }
 
 impl LoadConfig {
@@ -183,6 +187,7 @@ impl LoadConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             progress: false,
             threads: 0,
+            precise_pacing: false,
         }
     }
 

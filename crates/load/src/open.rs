@@ -21,6 +21,34 @@ use crate::events::EventSource;
 /// timer has millisecond granularity, so up to ~1 ms of lateness is the timer, not overload.
 pub const LATE_START_THRESHOLD: Duration = Duration::from_millis(2);
 
+/// With precise pacing, the timer wakes the pacer this long before a due time and the rest
+/// is spent yielding in a loop: tokio's timer has millisecond granularity.
+pub const PRECISE_SPIN_WINDOW: Duration = Duration::from_millis(1);
+
+/// Waits until `due`: on tokio's timer (at most ~1 ms late), or precisely by sleeping until
+/// [`PRECISE_SPIN_WINDOW`] before it and then yielding until it has come.
+async fn wait_until(due: Instant, precise: bool) {
+    let now = Instant::now();
+    if due <= now {
+        // Catching up: no timer needed, but let the requests just spawned run now and then
+        // (otherwise a long catch-up would fill the in-flight cap and drop the rest).
+        tokio::task::consume_budget().await;
+        return;
+    }
+    if !precise {
+        tokio::time::sleep_until(due.into()).await;
+        return;
+    }
+    if let Some(wake) = due.checked_sub(PRECISE_SPIN_WINDOW)
+        && wake > now
+    {
+        tokio::time::sleep_until(wake.into()).await;
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// One thread's slice of the schedule: the requests `n` with `n % stride == offset`.
 #[derive(Clone, Copy, Debug)]
 pub struct Schedule {
@@ -69,13 +97,7 @@ pub async fn run_thread(context: Rc<ThreadContext>, schedule: Schedule) {
     while request_number < schedule.total && !context.shared.stopping() {
         let due = schedule.due(request_number);
         request_number += schedule.stride;
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
-        } else {
-            // Catching up: no timer needed, but let the requests just spawned run now and then
-            // (otherwise a long catch-up would fill the in-flight cap and drop the rest).
-            tokio::task::consume_budget().await;
-        }
+        wait_until(due, context.shared.config.precise_pacing).await;
         if due.elapsed() > LATE_START_THRESHOLD {
             context.stats.borrow_mut().late_starts += 1;
         }

@@ -123,6 +123,9 @@ pub struct Report {
     pub offered_per_second: Option<f64>,
     /// Open loop: requests on the schedule. Closed loop: `null`.
     pub scheduled: Option<u64>,
+    /// Open loop paced by spinning to each due time (`--precise-pacing`) rather than on
+    /// tokio's millisecond timer.
+    pub precise_pacing: bool,
     /// Sum of the amounts of the events answered 2xx.
     pub accepted_amount_sum: i128,
     /// Malformed bodies sent on purpose (`--invalid-ratio`).
@@ -209,6 +212,7 @@ impl Report {
             accepted_per_second: per_second(accepted),
             offered_per_second: offered,
             scheduled,
+            precise_pacing: config.precise_pacing,
             accepted_amount_sum: stats.accepted_amount_sum,
             invalid_bodies_sent: stats.invalid_bodies_sent,
             late_starts: stats.late_starts,

@@ -113,6 +113,31 @@ async fn open_loop_sends_the_schedule_and_measures_from_the_intended_start() {
 }
 
 #[tokio::test]
+async fn precise_pacing_sends_the_same_schedule() {
+    // Proves --precise-pacing changes only how the pacer waits: the whole schedule (100/s for
+    // 0.3 s = 30 requests) is sent, never ahead of it (the last is due at 0.29 s), and the
+    // report says how it was paced.
+    let server = TestServer::spawn(Behaviour::Deterministic).await;
+    let mut config = LoadConfig::new(server.url());
+    config.precise_pacing = true;
+    config.mode = Mode::Open {
+        rate_per_second: 100.0,
+        duration: Duration::from_millis(300),
+        max_in_flight: 100,
+    };
+    let report = run(config).await.unwrap();
+    assert_eq!((report.sent, report.dropped), (30, 0));
+    assert!(
+        report.duration_seconds >= 0.29,
+        "{}",
+        report.duration_seconds
+    );
+    assert!(report.precise_pacing);
+    assert_adds_up(&report);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn open_loop_drops_requests_when_the_in_flight_cap_is_reached() {
     // Proves the cap: with 2 requests in flight at most and a server taking >= 200 ms, at
     // most ~8 of the 50 requests due in 0.5 s can be sent; the rest are dropped and counted,
