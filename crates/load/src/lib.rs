@@ -10,6 +10,11 @@
 //! Invariant: `accepted + rejected + invalid + errors == sent`, memory is constant in the run's
 //! length, and only loopback targets are accepted.
 //!
+//! Map: [`LoadConfig`] (what to run) → `runner` (slow clients, one current-thread runtime per
+//! core) → `closed` / `open` loops over `client` connections (one hyper HTTP/1 connection per
+//! worker) → per-thread `stats` merged once → [`Report`] (table + JSON, schema in
+//! `crates/load/SCHEMA.md`) → `threshold` (`--fail-if`). `cli` is the `floodgate load` edge.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), floodgate_load::LoadError> {
 //! use floodgate_load::{LoadConfig, Mode};
