@@ -226,16 +226,19 @@ impl EngineConfig {
     /// Production default: queued, one worker per core, a large bounded queue, the fastest
     /// strategy measured by `examples/engine_throughput.rs` (owned), no simulated work.
     ///
-    /// Why owned: on the 2-core development machine (shared, noisy), with workers = cores and
-    /// 100,000 users, owned had the best best-run rate in every round-robin session (about
-    /// 6.1–6.8 M events/s against 5.6–6.1 M for global and 4.4–5.9 M for sharded; medians
-    /// 4.8–5.3 M, all three close) and was far ahead with one hot user (10–12 M against about
-    /// 8–9 M), since no two workers ever share a lock or a queue lane. It is also the only
-    /// strategy that keeps scaling with cores by construction (global serializes every batch
-    /// on one lock, the stage-7 lesson) and the only one that applies each user's events in
-    /// admission order with several workers. Its cost: one user's events all go to one worker,
-    /// and the queue capacity is split per worker, so a single very hot user gets `QueueFull`
-    /// sooner than with a shared queue.
+    /// Why owned (`cargo run --release -p floodgate-core --example engine_throughput`, 2-core
+    /// shared machine, 100,000 users, workers = cores, median of 5 round-robin runs): owned
+    /// applied 10.7 M events/s against 6.1 M (global) and 6.7 M (sharded) on the mpmc queue;
+    /// with HTTP-like producers (64 tasks, one event per task turn) 6.2 M against 3.7 M and
+    /// 4.5 M; with one hot user 14.9 M against 6.1–6.5 M. No two workers ever share a lock or
+    /// a queue lane, so it keeps scaling with cores by construction (global serializes every
+    /// batch on one lock: the stage-7 lesson), and it is the only strategy that applies each
+    /// user's events in admission order with several workers. Its costs: one user's events
+    /// all go to one worker, and the queue capacity is split per worker, so a single very hot
+    /// user gets `QueueFull` sooner than with a shared queue. (Global and sharded do much
+    /// better on the shared-receiver queue than on async-channel, about 10.4 M: with batched
+    /// receives the receiver lock is taken once per batch, and tokio's mpsc is cheaper per
+    /// event; owned still led with HTTP-like producers there, 7.3 M against 6.4 M and 5.4 M.)
     pub fn production() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Self {

@@ -10,8 +10,9 @@
 //! prints events/s through queue + workers + ledger for every strategy, 1 and 100,000 users,
 //! 1 / cores / 16 workers; `cargo bench -p floodgate-core` runs the criterion benchmarks
 //! (ledger apply per strategy, queue push + pop per queue kind, event parsing). On the 2-core
-//! development machine the production default (owned, 2 workers) applies 5–7 M events/s with
-//! 100,000 users; see [`EngineConfig::production`] for the comparison that chose it.
+//! development machine the production default (owned, 2 workers) applied about 10.7 M
+//! events/s (median) with 100,000 users when the machine was quiet, and 5–7 M while other
+//! builds ran; see [`EngineConfig::production`] for the comparison that chose it.
 //!
 //! Invariant of the whole crate: once [`Engine::shutdown`] returns, every accepted event was
 //! applied or counted as overflowed, and the sum of balances equals the sum of the amounts of
