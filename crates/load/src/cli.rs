@@ -68,7 +68,7 @@ pub struct LoadArgs {
     /// Amounts, inclusive range `MIN..MAX` (e.g. `1..100`, `-50..50`).
     #[arg(long, default_value = "1..100", allow_hyphen_values = true)]
     pub amounts: AmountRange,
-    /// Seed of the event stream (same seed, same events).
+    /// Seed of the event streams (each worker's sequence of events is reproducible).
     #[arg(long, default_value_t = 0x5EED)]
     pub seed: u64,
     /// A request without a full answer after this is an error.

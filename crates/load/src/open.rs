@@ -70,9 +70,15 @@ impl Schedule {
     /// Requests scheduled by an open loop of `rate_per_second` over `duration`: those due
     /// strictly before the end.
     pub fn total_for(rate_per_second: f64, duration: Duration) -> u64 {
-        (rate_per_second * duration.as_secs_f64() - 1e-9)
-            .ceil()
-            .max(0.0) as u64
+        let product = rate_per_second * duration.as_secs_f64();
+        let nearest = product.round();
+        // A whole product (400.0000000001 from `--requests 400 --rate 200`) is that many.
+        let total = if (product - nearest).abs() <= 1e-9 * nearest.max(1.0) {
+            nearest
+        } else {
+            product.ceil()
+        };
+        total.max(0.0) as u64
     }
 
     fn due(&self, request_number: u64) -> Instant {
@@ -137,6 +143,9 @@ mod tests {
         assert_eq!(Schedule::total_for(200.0, Duration::from_secs(2)), 400);
         assert_eq!(Schedule::total_for(3.0, Duration::from_millis(1500)), 5);
         assert_eq!(Schedule::total_for(0.5, Duration::from_secs(1)), 1);
+        let requests = 987_654_321_u64;
+        let duration = Duration::from_secs_f64(requests as f64 / 3_000.0);
+        assert_eq!(Schedule::total_for(3_000.0, duration), requests);
         let schedule = Schedule {
             t0: Instant::now(),
             rate_per_second: 4.0,
