@@ -176,10 +176,10 @@ impl Engine {
         }
     }
 
-    /// The admission path of queued and validate-only modes, without `async`: returns exactly
-    /// what [`Engine::ingest`] would. Inline mode must await the apply, so it is refused here
-    /// as [`Rejected::Draining`] only when draining, and is a programmer error otherwise
-    /// (debug assertion; release builds count it as validated).
+    /// [`Engine::ingest`] without `async`: exactly the same for queued and validate-only
+    /// modes. In inline mode it applies at once under the shard's data lock, skipping the
+    /// simulated work and the async hold lock (it cannot sleep): the answer and the counts are
+    /// the same as `ingest`'s, only the stage-4 timing is not simulated.
     pub fn try_ingest(&self, event: Event) -> Result<Ingested, Rejected> {
         self.offer(event).map_err(|refused| refused.reason)
     }
@@ -197,11 +197,9 @@ impl Engine {
             return Err(Refused { reason, event });
         }
         let Some(admission) = &inner.admission else {
-            debug_assert_eq!(
-                inner.config.mode,
-                ProcessingMode::ValidateOnly,
-                "inline: use ingest"
-            );
+            if inner.config.mode == ProcessingMode::Inline {
+                return self.offer_inline(event);
+            }
             inner.metrics.validated.increment();
             return Ok(Ingested::Validated);
         };
@@ -238,6 +236,49 @@ impl Engine {
         Err(Refused { reason, event })
     }
 
+    /// Inline apply without awaiting (see [`Engine::try_ingest`]).
+    fn offer_inline(&self, event: Event) -> Result<Ingested, Refused> {
+        let inner = &*self.inner;
+        inner.inline_in_flight.fetch_add(1, Ordering::SeqCst);
+        let _leave = InlineGuard(inner);
+        if inner.draining.load(Ordering::SeqCst) {
+            inner
+                .metrics
+                .rejected_draining
+                .fetch_add(1, Ordering::Relaxed);
+            let reason = Rejected::Draining;
+            return Err(Refused { reason, event });
+        }
+        let (hash, amount) = (user_hash(&event.user), event.amount);
+        let shard = inner.ledger.shard(inner.ledger.shard_for(hash));
+        // Accepted first (taken back on overflow): snapshots keep applied <= accepted.
+        inner.metrics.accepted.increment();
+        let outcome = shard.data.lock().apply(hash, event.user, amount);
+        match outcome {
+            Ok(balance) => {
+                inner.metrics.workers[0]
+                    .applied
+                    .fetch_add(1, Ordering::Release);
+                Ok(Ingested::Applied { balance })
+            }
+            Err(overflow) => {
+                inner.metrics.accepted.sub(1);
+                inner
+                    .metrics
+                    .rejected_overflow
+                    .fetch_add(1, Ordering::Relaxed);
+                let event = Event {
+                    user: overflow.user,
+                    amount,
+                };
+                Err(Refused {
+                    reason: Rejected::Overflow,
+                    event,
+                })
+            }
+        }
+    }
+
     async fn ingest_inline(&self, event: Event) -> Result<Ingested, Rejected> {
         let inner = &*self.inner;
         // Enter before checking `draining`, so shutdown either sees us in flight or we see it.
@@ -257,6 +298,8 @@ impl Engine {
             hash,
         };
         let config = &inner.config;
+        // Accepted first (taken back on overflow): snapshots keep applied <= accepted.
+        inner.metrics.accepted.increment();
         let outcome = worker::apply_simulated(
             &inner.ledger,
             &inner.metrics.workers[0],
@@ -268,9 +311,9 @@ impl Engine {
         .await;
         // Inline overflow is answered 422, so it is a rejection, not an accepted event.
         if let Ok(balance) = outcome {
-            inner.metrics.accepted.increment();
             Ok(Ingested::Applied { balance })
         } else {
+            inner.metrics.accepted.sub(1);
             inner
                 .metrics
                 .rejected_overflow

@@ -68,7 +68,8 @@ impl StripedCounter {
         self.stripes[stripe].0.fetch_add(amount, Ordering::Relaxed);
     }
 
-    /// Take back `amount` this same thread added before (so its stripe cannot underflow).
+    /// Take back `amount` added before, from any thread: one stripe may wrap below zero, but
+    /// [`Self::get`] sums with wrapping arithmetic, so the total stays exact.
     pub fn sub(&self, amount: u64) {
         let stripe = STRIPE.with(|stripe| *stripe);
         self.stripes[stripe].0.fetch_sub(amount, Ordering::Relaxed);
@@ -84,7 +85,7 @@ impl StripedCounter {
         self.stripes
             .iter()
             .map(|stripe| stripe.0.load(Ordering::Relaxed))
-            .sum()
+            .fold(0, u64::wrapping_add)
     }
 }
 
@@ -236,6 +237,17 @@ mod tests {
             }
         });
         assert_eq!(counter.get(), 80_000);
+    }
+
+    #[test]
+    fn striped_counter_sub_from_another_thread_stays_exact() {
+        // Proves taking back from a thread that never added (its stripe wraps) keeps the sum.
+        let counter = StripedCounter::default();
+        counter.add(5);
+        std::thread::scope(|scope| {
+            scope.spawn(|| counter.sub(2));
+        });
+        assert_eq!(counter.get(), 3);
     }
 
     #[test]

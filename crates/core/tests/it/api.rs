@@ -126,3 +126,38 @@ async fn debug_output_stays_short_with_many_users() {
         "{debug}"
     );
 }
+
+#[tokio::test]
+async fn try_ingest_in_inline_mode_applies_at_once() {
+    // Proves the non-async path in inline mode answers like `ingest` (applied balance,
+    // overflow refused and counted) instead of misbehaving.
+    let engine = Engine::start(EngineConfig {
+        mode: floodgate_core::ProcessingMode::Inline,
+        ..EngineConfig::production()
+    })
+    .expect("start");
+    assert_eq!(
+        engine.try_ingest(Event::new("a", 5)),
+        Ok(Ingested::Applied { balance: 5 })
+    );
+    assert_eq!(
+        engine.ingest(Event::new("a", 2)).await,
+        Ok(Ingested::Applied { balance: 7 })
+    );
+    let refused = engine
+        .offer(Event::new("a", i64::MAX))
+        .expect_err("overflow");
+    assert_eq!(
+        (refused.reason, refused.event.amount),
+        (Rejected::Overflow, i64::MAX)
+    );
+    let summary = engine.shutdown().await;
+    assert_eq!(
+        (summary.accepted, summary.applied, summary.rejected),
+        (2, 2, 1)
+    );
+    assert_eq!(
+        engine.try_ingest(Event::new("a", 1)),
+        Err(Rejected::Draining)
+    );
+}
