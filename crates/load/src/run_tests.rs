@@ -284,3 +284,28 @@ async fn open_loop_latency_from_the_intended_start_bounds_the_service_time() {
     assert!(intended.max >= service.max);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn dropping_a_run_stops_its_load_threads() {
+    // Proves cancellation is clean: a one-hour run whose future is dropped (here by a
+    // timeout) stops sending soon after; the server sees its request count stop growing.
+    let server = TestServer::spawn(Behaviour::Deterministic).await;
+    let mut config = LoadConfig::new(server.url());
+    config.mode = Mode::Closed {
+        concurrency: 2,
+        requests: None,
+        duration: Some(Duration::from_secs(3600)),
+    };
+    let cancelled = tokio::time::timeout(Duration::from_millis(100), run(config)).await;
+    assert!(cancelled.is_err());
+    let seen = || {
+        let seen = &server.seen;
+        seen.accepted.load(Ordering::SeqCst) + seen.rejected.load(Ordering::SeqCst)
+    };
+    // Requests in flight at the drop finish; after a pause, nothing new arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = seen();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen(), settled);
+    server.stop().await;
+}

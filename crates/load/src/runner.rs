@@ -64,6 +64,8 @@ pub async fn run_until(
         stop: std::sync::atomic::AtomicBool::new(false),
         progress: (0..threads).map(|_| AtomicU64::new(0)).collect(),
     });
+    // If the caller drops this future mid-run, the load threads still stop promptly.
+    let _stop_on_drop = StopOnDrop(Arc::clone(&shared));
     let started = Instant::now();
     let (plans, measured_from) = plan(&shared.config, threads, started);
     let progress = Progress::start(&shared);
@@ -95,6 +97,16 @@ pub async fn run_until(
         stopped_early,
     };
     Ok(Report::new(&shared.config, &stats, facts))
+}
+
+/// Sets the run's stop flag when dropped.
+#[derive(Debug)]
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 fn thread_count(config: &LoadConfig) -> usize {
