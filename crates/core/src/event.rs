@@ -27,7 +27,11 @@ use serde_json::value::RawValue;
 pub const USER_MAX_BYTES: usize = 128;
 
 /// One ingested event: add `amount` to the balance of `user`.
+///
+/// Its `Deserialize` is serde's plain derive (strict about fields, but without the user and
+/// amount checks): untrusted bodies go through [`parse_event`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Event {
     /// The account the amount is added to (validated: 1..=128 bytes, no control characters).
     pub user: String,
