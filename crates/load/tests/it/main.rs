@@ -20,6 +20,26 @@ fn closed(url: &str, concurrency: usize, requests: u64) -> LoadConfig {
     config
 }
 
+/// `GET /stats` over HTTP, as an operator would read it.
+async fn http_stats(server: &ServerHandle) -> anyhow::Result<serde_json::Value> {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(server.addr()).await?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(connection);
+    let request = http::Request::get("/stats")
+        .header(http::header::HOST, server.addr().to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "GET /stats: {}",
+        response.status()
+    );
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(serde_json::from_slice(&body)?)
+}
+
 fn assert_adds_up(report: &Report) {
     let outcomes = report.accepted + report.rejected + report.invalid + report.errors;
     assert_eq!(outcomes, report.sent, "{report:#?}");
@@ -43,6 +63,10 @@ async fn counts_match_the_servers_stats_and_amounts_match_its_balances() {
     assert_adds_up(&report);
     assert_eq!(report.errors, 0, "{report:#?}");
     let stats = server.engine().stats();
+    assert_eq!(
+        http_stats(&server).await.unwrap()["accepted"],
+        report.accepted
+    );
     assert_eq!(report.accepted, stats.accepted);
     assert_eq!(report.rejected, stats.rejected);
     assert_eq!(report.invalid, stats.invalid);
