@@ -11,9 +11,9 @@
 #
 # Both tools POST a small JSON event to /events over HTTP/1.1 keep-alive connections. Rounds
 # alternate (floodgate load, oha, floodgate load, oha, ...) after a short warm-up, so drift on a
-# noisy machine hits both; the medians (and bests) are compared, plus each generator's own CPU
-# cost per request (user + sys from /usr/bin/time), which a noisy machine disturbs far less than
-# throughput. Throughput is all answers per second (oha cannot tell a 202 from a 503); the 2xx
+# noisy machine hits both; the medians, bests and per-round (paired) ratios are compared, plus
+# each generator's own CPU cost per request (user + sys from /usr/bin/time), which a noisy
+# machine disturbs far less than throughput. Throughput is all answers per second (oha cannot tell a 202 from a 503); the 2xx
 # share of each tool is printed beside it.
 # Needs: cargo, jq, python3, /usr/bin/time. oha is installed if missing with
 # `cargo install --locked oha --no-default-features --features native-tls` (native-tls links the
@@ -115,6 +115,9 @@ f_rps, o_rps, f_cpu, o_cpu = (statistics.median(column) for column in zip(*rows)
 best_f, best_o = max(r[0] for r in rows), max(r[1] for r in rows)
 print(f"median: floodgate load {f_rps:.0f} req/s, oha {o_rps:.0f} req/s, ratio floodgate/oha {f_rps / o_rps:.3f}")
 print(f"best:   floodgate load {best_f:.0f} req/s, oha {best_o:.0f} req/s, ratio floodgate/oha {best_f / best_o:.3f}")
+ratios = [r[0] / r[1] for r in rows]
+wins = sum(ratio >= 1.0 for ratio in ratios)
+print(f"paired: floodgate load >= oha in {wins} of {len(rows)} rounds, median per-round ratio {statistics.median(ratios):.3f}")
 print(f"generator CPU per request (median): floodgate load {f_cpu:.1f} us, oha {o_cpu:.1f} us,"
       f" ratio oha/floodgate {o_cpu / f_cpu:.3f}")
 PY
