@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! cargo run --release -p floodgate-core --example engine_throughput -- [--json PATH]
-//!     [--events N] [--repeat R] [--queue-kind mpmc|shared_receiver] [--strategy NAME]
+//!     [--events N] [--repeat R] [--queue-kind mpmc|shared_receiver|all] [--strategy NAME]
 //!     [--users N] [--workers N] [--producers N] [--trickle]
 //! ```
 //! Add `--features mimalloc` to measure with mimalloc as the global allocator.
@@ -83,7 +83,7 @@ struct Options {
     json: Option<String>,
     events: usize,
     repeat: usize,
-    queue_kind: QueueKind,
+    queue_kinds: Vec<QueueKind>,
     strategies: Vec<LedgerStrategy>,
     users: Vec<usize>,
     workers: Option<Vec<usize>>,
@@ -98,7 +98,7 @@ fn parse_options() -> Result<Options, String> {
         json: None,
         events: EVENTS_DEFAULT,
         repeat: 3,
-        queue_kind: QueueKind::Mpmc,
+        queue_kinds: vec![QueueKind::Mpmc],
         strategies: LedgerStrategy::ALL.to_vec(),
         users: vec![1, MANY_USERS],
         workers: None,
@@ -113,7 +113,12 @@ fn parse_options() -> Result<Options, String> {
             "--events" => options.events = value()?.parse().map_err(|error| format!("{error}"))?,
             "--repeat" => options.repeat = value()?.parse().map_err(|error| format!("{error}"))?,
             "--queue-kind" => {
-                options.queue_kind = value()?.parse().map_err(|error| format!("{error}"))?;
+                let text = value()?;
+                options.queue_kinds = if text == "all" {
+                    vec![QueueKind::Mpmc, QueueKind::SharedReceiver]
+                } else {
+                    vec![text.parse().map_err(|error| format!("{error}"))?]
+                };
             }
             "--strategy" => {
                 options.strategies = vec![value()?.parse().map_err(|error| format!("{error}"))?];
@@ -234,17 +239,18 @@ fn cores() -> usize {
 /// One cell of the table: a configuration and its runs.
 struct Cell {
     strategy: LedgerStrategy,
+    queue_kind: QueueKind,
     users: usize,
     workers: usize,
     runs: Vec<Run>,
 }
 
 impl Cell {
-    fn config(&self, options: &Options) -> EngineConfig {
+    fn config(&self) -> EngineConfig {
         EngineConfig {
             strategy: self.strategy,
             workers: self.workers,
-            queue_kind: options.queue_kind,
+            queue_kind: self.queue_kind,
             ..EngineConfig::production()
         }
     }
@@ -266,7 +272,7 @@ impl Cell {
             .expect("at least one run");
         Row {
             strategy: self.strategy,
-            queue_kind: options.queue_kind,
+            queue_kind: self.queue_kind,
             users: self.users,
             workers: self.workers,
             events: options.events,
@@ -294,7 +300,7 @@ fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut
                 producers: options.producers.unwrap_or(cores).max(1),
                 trickle: options.trickle,
             };
-            let run = runtime.block_on(run_once(cell.config(options), workload));
+            let run = runtime.block_on(run_once(cell.config(), workload));
             assert_eq!(run.applied, options.events as u64, "every event applied");
             eprintln!(
                 "round {round}: {:>8} users={:>6} workers={:>2}: {:.2} M events/s",
@@ -353,16 +359,19 @@ fn main() {
         .unwrap_or_else(|| vec![1, cores, 16]);
     worker_counts.dedup();
     let mut cells = Vec::new();
-    for &strategy in &options.strategies {
-        for &users in &options.users {
-            for &workers in &worker_counts {
-                let runs = Vec::with_capacity(options.repeat);
-                cells.push(Cell {
-                    strategy,
-                    users,
-                    workers,
-                    runs,
-                });
+    for &queue_kind in &options.queue_kinds {
+        for &strategy in &options.strategies {
+            for &users in &options.users {
+                for &workers in &worker_counts {
+                    let runs = Vec::with_capacity(options.repeat);
+                    cells.push(Cell {
+                        strategy,
+                        queue_kind,
+                        users,
+                        workers,
+                        runs,
+                    });
+                }
             }
         }
     }
@@ -370,11 +379,10 @@ fn main() {
     measure_all(&runtime, &options, &mut cells);
     let rows: Vec<Row> = cells.iter().map(|cell| cell.row(&options)).collect();
     println!(
-        "Engine alone (no HTTP), {} events per run, {} rounds, {cores} cores, queue {}, allocator {}, \
+        "Engine alone (no HTTP), {} events per run, {} rounds, {cores} cores, allocator {}, \
          load average {load_before} before / {} after:\n",
         options.events,
         options.repeat,
-        options.queue_kind,
         if cfg!(feature = "mimalloc") {
             "mimalloc"
         } else {
