@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -61,7 +61,7 @@ pub async fn run_until(
     let shared = Arc::new(Shared {
         config,
         target,
-        stop: std::sync::atomic::AtomicBool::new(false),
+        stop: AtomicBool::new(false),
         progress: (0..threads).map(|_| AtomicU64::new(0)).collect(),
     });
     // If the caller drops this future mid-run, the load threads still stop promptly.
