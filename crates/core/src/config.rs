@@ -235,7 +235,11 @@ impl EngineConfig {
     /// batch on one lock: the stage-7 lesson), and it is the only strategy that applies each
     /// user's events in admission order with several workers. Its costs: one user's events
     /// all go to one worker, and the queue capacity is split per worker, so a single very hot
-    /// user gets `QueueFull` sooner than with a shared queue. (Global and sharded do much
+    /// user gets `QueueFull` sooner than with a shared queue; and no worker can drain another's
+    /// lane, so when other programs deschedule one worker its lane fills: with bulk producers
+    /// under heavy outside load (load average ~4 on 2 cores) owned's median fell below global's
+    /// and sharded's (about 4.1–5.0 M against 5.3–5.7 M), while with HTTP-like producers it
+    /// still led or tied. (Global and sharded do much
     /// better on the shared-receiver queue than on async-channel, about 10.4 M: with batched
     /// receives the receiver lock is taken once per batch, and tokio's mpsc is cheaper per
     /// event; owned still led with HTTP-like producers there, 7.3 M against 6.4 M and 5.4 M.)
