@@ -162,3 +162,27 @@ async fn slow_clients_are_held_until_the_servers_header_timeout_closes_them() {
         server.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idle_slow_client_freezes_the_stage_1_blocking_server() {
+    // Proves the seed's stage-1 experiment with the generator's own slow clients: with one
+    // idle connection held, the blocking one-connection-at-a-time server answers nothing, so
+    // every load request times out (an error, never a success) and the slow client is still
+    // held at the end; without it, the same load is answered.
+    let server = floodgate_server::BlockingServerHandle::spawn().unwrap();
+    let url = format!("http://{}", server.addr());
+    let mut frozen = closed(&url, 1, 2);
+    frozen.slow_clients = 1;
+    frozen.request_timeout = Duration::from_millis(300);
+    let report = run(frozen).await.unwrap();
+    assert_eq!(
+        (report.errors, report.errors_by_kind.timeout),
+        (2, 2),
+        "{report:#?}"
+    );
+    assert_eq!(report.slow_clients_held, 1);
+    let answered = run(closed(&url, 1, 2)).await.unwrap();
+    assert_eq!(answered.errors, 0, "{answered:#?}");
+    assert_eq!(answered.sent, 2);
+    server.stop();
+}
