@@ -45,6 +45,10 @@ pub struct Shared {
     /// Finished requests (plus dropped ones) per thread, for the progress bar; each thread
     /// writes only its own counter, so there is no contention.
     pub progress: Vec<AtomicU64>,
+    /// Closed loop: requests started so far over all threads. One shared count (an uncontended
+    /// cache line most of the time, one relaxed add per request) keeps every connection busy to
+    /// the end, where a per-thread split would idle the thread that finished its share first.
+    pub requests_started: AtomicU64,
 }
 
 impl Shared {

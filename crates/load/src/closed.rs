@@ -3,36 +3,33 @@
 //! Lesson (seed stages 2, 6, 7): this is the seed's client. Its throughput is bounded by
 //! concurrency / latency, so a slow server slows the client down (coordinated omission):
 //! use it to find the maximum throughput, and the open loop to measure latency honestly.
-//! Invariant: the thread's request budget is taken before each request and never exceeded,
-//! and no request starts after the deadline or a stop request.
+//! Invariant: a request is taken from the run's budget before it starts and the budget is
+//! never exceeded, and no request starts after the deadline or a stop request.
 
-use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::client::{Connection, ThreadContext, request_once};
 use crate::events::EventSource;
 
-/// A thread's share of the run: how many requests its workers may still start, and until when.
+/// The run's limits as one thread sees them: the total request count (drawn from the count
+/// shared by all threads) and the deadline.
 #[derive(Debug)]
 pub struct Budget {
-    remaining: Cell<u64>,
+    requests: Option<u64>,
     deadline: Option<Instant>,
 }
 
 impl Budget {
-    /// `requests` (None = unlimited) until `deadline` (None = no deadline).
+    /// `requests` in all (None = unlimited) until `deadline` (None = no deadline).
     pub fn new(requests: Option<u64>, deadline: Option<Instant>) -> Self {
-        Self {
-            remaining: Cell::new(requests.unwrap_or(u64::MAX)),
-            deadline,
-        }
+        Self { requests, deadline }
     }
 
-    /// Takes one request from the budget; false when it is spent or time is up.
+    /// Takes one request from the budget; false when it is spent, time is up or the run stops.
     fn take(&self, context: &ThreadContext) -> bool {
-        let remaining = self.remaining.get();
-        if remaining == 0 || context.shared.stopping() {
+        if context.shared.stopping() {
             return false;
         }
         if self
@@ -41,8 +38,11 @@ impl Budget {
         {
             return false;
         }
-        self.remaining.set(remaining - 1);
-        true
+        // Overshoot past the total is harmless: each worker stops at its first refusal.
+        self.requests.is_none_or(|total| {
+            let started = &context.shared.requests_started;
+            started.fetch_add(1, Ordering::Relaxed) < total
+        })
     }
 }
 
