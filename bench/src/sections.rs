@@ -172,23 +172,28 @@ pub fn engine(binaries: &Binaries) -> Result<Table> {
          (`cargo run --release -p floodgate-core --example engine_throughput`).",
         &column_refs,
     );
-    let mut best = 0.0_f64;
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as u64;
+    let production = rows.iter().find(|row| is_production_row(row, cores));
     for row in rows {
         table.row(columns.iter().map(|key| cell(&row[key])).collect());
-        if row.get("users").and_then(Value::as_u64).unwrap_or(0) > 1 {
-            best = best.max(
-                row.get("events_per_second")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0),
-            );
-        }
     }
+    let median = production
+        .and_then(|row| row.get("median_events_per_second"))
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
     table.target(
-        "≥ 5,000,000 events/s with many users",
-        format!("{best:.0} events/s"),
-        best >= 5_000_000.0,
+        "production default (owned, one worker per core), many users: ≥ 5,000,000 events/s (median)",
+        format!("{median:.0} events/s"),
+        median >= 5_000_000.0,
     );
     Ok(table)
+}
+
+/// The row of the production default: the owned strategy, many users, one worker per core.
+fn is_production_row(row: &Value, cores: u64) -> bool {
+    row.get("strategy").and_then(Value::as_str) == Some("owned")
+        && row.get("users").and_then(Value::as_u64).unwrap_or(0) > 1
+        && row.get("workers").and_then(Value::as_u64) == Some(cores)
 }
 
 fn cell(value: &Value) -> String {
