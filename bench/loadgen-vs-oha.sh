@@ -7,7 +7,7 @@
 #        CONCURRENCY=64 DURATION_SECONDS=10 ROUNDS=3 TARGET=ceiling bench/loadgen-vs-oha.sh
 #
 #   TARGET=floodgate  the real server, `floodgate serve` production default (default)
-#   TARGET=ceiling    a bare hyper server (crates/load/examples/ceiling_server.rs): 202, no engine
+#   TARGET=ceiling    the bare hyper ceiling server (bench/src/bin/bare_hyper.rs): 202, no engine
 #
 # Both tools POST a small JSON event to /events over HTTP/1.1 keep-alive connections. Rounds
 # alternate (floodgate load, oha, floodgate load, oha, ...) after a short warm-up, so drift on a
@@ -28,9 +28,9 @@ TARGET="${TARGET:-floodgate}"
 BODY='{"user":"user1","amount":5}'
 
 cargo build --release --locked -p floodgate
-cargo build --release --locked -p floodgate-load --example ceiling_server
+cargo build --release --locked -p floodgate-bench --bin bare-hyper
 FLOODGATE=target/release/floodgate
-CEILING=target/release/examples/ceiling_server
+CEILING=target/release/bare-hyper
 
 OHA="$(command -v oha || true)"
 if [[ -z "$OHA" && -x "$HOME/.cargo/bin/oha" ]]; then OHA="$HOME/.cargo/bin/oha"; fi
