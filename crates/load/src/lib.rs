@@ -41,6 +41,8 @@ mod stats;
 mod target;
 #[cfg(test)]
 mod test_server;
+#[doc(hidden)]
+pub mod testing;
 mod threshold;
 
 pub use cli::{

@@ -8,25 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::test_server::{Behaviour, TestServer};
-use crate::{LoadConfig, Mode, Report, SlowKind, run};
-
-fn closed(url: &str, concurrency: usize, requests: u64) -> LoadConfig {
-    let mut config = LoadConfig::new(url);
-    config.mode = Mode::Closed {
-        concurrency,
-        requests: Some(requests),
-        duration: None,
-    };
-    config
-}
-
-fn assert_adds_up(report: &Report) {
-    assert_eq!(
-        report.accepted + report.rejected + report.invalid + report.errors,
-        report.sent,
-        "{report:?}"
-    );
-}
+use crate::testing::{assert_outcomes_add_up, closed_config, open_config, timed_config};
+use crate::{LoadConfig, SlowKind, run};
 
 #[tokio::test]
 async fn closed_loop_counts_match_what_the_server_saw() {
@@ -34,14 +17,14 @@ async fn closed_loop_counts_match_what_the_server_saw() {
     // and the accepted amount sum equal the server's own tallies (even amount → 202, odd →
     // 503, malformed → 400), with malformed bodies mixed in at --invalid-ratio.
     let server = TestServer::spawn(Behaviour::Deterministic).await;
-    let mut config = closed(&server.url(), 8, 600);
+    let mut config = closed_config(&server.url(), 8, 600);
     config.invalid_ratio = 0.2;
     config.amount_min = -40;
     config.amount_max = 40;
     let report = run(config).await.unwrap();
     let seen = &server.seen;
     assert_eq!(report.sent, 600);
-    assert_adds_up(&report);
+    assert_outcomes_add_up(&report);
     assert_eq!(report.errors, 0);
     assert_eq!(report.accepted, seen.accepted.load(Ordering::SeqCst));
     assert_eq!(report.rejected, seen.rejected.load(Ordering::SeqCst));
@@ -64,15 +47,10 @@ async fn closed_loop_by_duration_stops_after_the_deadline() {
     // Proves --duration ends the run: requests are sent, counts add up, and the run lasts at
     // least the duration (requests only stop being started once the deadline passed).
     let server = TestServer::spawn(Behaviour::Deterministic).await;
-    let mut config = LoadConfig::new(server.url());
-    config.mode = Mode::Closed {
-        concurrency: 4,
-        requests: None,
-        duration: Some(Duration::from_millis(300)),
-    };
+    let config = timed_config(&server.url(), 4, Duration::from_millis(300));
     let report = run(config).await.unwrap();
     assert!(report.sent > 0);
-    assert_adds_up(&report);
+    assert_outcomes_add_up(&report);
     assert!(
         report.duration_seconds >= 0.3,
         "{}",
@@ -87,17 +65,12 @@ async fn open_loop_sends_the_schedule_and_measures_from_the_intended_start() {
     // of schedule (the last one is due at 0.995 s), and that latency includes the server's
     // 20 ms delay (it is measured from the intended start, so it cannot be smaller).
     let server = TestServer::spawn(Behaviour::Delay(Duration::from_millis(20))).await;
-    let mut config = LoadConfig::new(server.url());
-    config.mode = Mode::Open {
-        rate_per_second: 200.0,
-        duration: Duration::from_secs(1),
-        max_in_flight: 1000,
-    };
+    let config = open_config(&server.url(), 200.0, Duration::from_secs(1), 1000);
     let report = run(config).await.unwrap();
     assert_eq!(report.scheduled, Some(200));
     assert_eq!(report.sent + report.dropped, 200);
     assert_eq!(report.dropped, 0);
-    assert_adds_up(&report);
+    assert_outcomes_add_up(&report);
     assert!(
         report.duration_seconds >= 0.995,
         "{}",
@@ -118,13 +91,8 @@ async fn precise_pacing_sends_the_same_schedule() {
     // 0.3 s = 30 requests) is sent, never ahead of it (the last is due at 0.29 s), and the
     // report says how it was paced.
     let server = TestServer::spawn(Behaviour::Deterministic).await;
-    let mut config = LoadConfig::new(server.url());
+    let mut config = open_config(&server.url(), 100.0, Duration::from_millis(300), 100);
     config.precise_pacing = true;
-    config.mode = Mode::Open {
-        rate_per_second: 100.0,
-        duration: Duration::from_millis(300),
-        max_in_flight: 100,
-    };
     let report = run(config).await.unwrap();
     assert_eq!((report.sent, report.dropped), (30, 0));
     assert!(
@@ -133,7 +101,7 @@ async fn precise_pacing_sends_the_same_schedule() {
         report.duration_seconds
     );
     assert!(report.precise_pacing);
-    assert_adds_up(&report);
+    assert_outcomes_add_up(&report);
     server.stop().await;
 }
 
@@ -143,16 +111,11 @@ async fn open_loop_drops_requests_when_the_in_flight_cap_is_reached() {
     // most ~8 of the 50 requests due in 0.5 s can be sent; the rest are dropped and counted,
     // not silently delayed.
     let server = TestServer::spawn(Behaviour::Delay(Duration::from_millis(200))).await;
-    let mut config = LoadConfig::new(server.url());
-    config.mode = Mode::Open {
-        rate_per_second: 100.0,
-        duration: Duration::from_millis(500),
-        max_in_flight: 2,
-    };
+    let config = open_config(&server.url(), 100.0, Duration::from_millis(500), 2);
     let report = run(config).await.unwrap();
     assert_eq!(report.sent + report.dropped, 50);
     assert!(report.dropped >= 30, "{report:?}");
-    assert_adds_up(&report);
+    assert_outcomes_add_up(&report);
     server.stop().await;
 }
 
@@ -164,12 +127,7 @@ async fn slow_clients_are_held_open_during_the_load() {
     // the report says all 6 were still held at the end.
     for kind in [SlowKind::Idle, SlowKind::Trickle] {
         let server = TestServer::spawn(Behaviour::Delay(Duration::from_millis(5))).await;
-        let mut config = LoadConfig::new(server.url());
-        config.mode = Mode::Closed {
-            concurrency: 2,
-            requests: None,
-            duration: Some(Duration::from_secs(3600)),
-        };
+        let mut config = timed_config(&server.url(), 2, Duration::from_secs(3600));
         config.slow_clients = 6;
         config.slow_kind = kind;
         let seen = std::sync::Arc::clone(&server.seen);
@@ -201,13 +159,13 @@ async fn slow_clients_closed_by_the_server_are_not_counted_as_held() {
             drop(stream);
         }
     });
-    let mut config = closed(&format!("http://{addr}"), 1, 3);
+    let mut config = closed_config(&format!("http://{addr}"), 1, 3);
     config.slow_clients = 4;
     config.request_timeout = Duration::from_secs(2);
     let report = run(config).await.unwrap();
     assert_eq!(report.slow_clients_held, 0);
     assert_eq!(report.errors, 3);
-    assert_adds_up(&report);
+    assert_outcomes_add_up(&report);
     closer.abort();
 }
 
@@ -216,7 +174,7 @@ async fn lost_connections_are_replaced_and_counted() {
     // Proves reconnects: a server that closes after every answer costs a new connection per
     // request, counted as reconnects, without any request counted as an error.
     let server = TestServer::spawn(Behaviour::CloseEach).await;
-    let report = run(closed(&server.url(), 2, 40)).await.unwrap();
+    let report = run(closed_config(&server.url(), 2, 40)).await.unwrap();
     assert_eq!(report.sent, 40);
     assert_eq!(report.errors, 0, "{report:?}");
     assert!(report.reconnects >= 30, "{report:?}");
@@ -231,18 +189,18 @@ async fn refused_connections_timeouts_and_5xx_are_errors_by_kind() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_url = format!("http://{}", free.local_addr().unwrap());
     drop(free);
-    let report = run(closed(&closed_url, 1, 3)).await.unwrap();
+    let report = run(closed_config(&closed_url, 1, 3)).await.unwrap();
     assert_eq!((report.errors, report.errors_by_kind.connect), (3, 3));
 
     let silent = TestServer::spawn(Behaviour::Delay(Duration::from_secs(3600))).await;
-    let mut config = closed(&silent.url(), 2, 2);
+    let mut config = closed_config(&silent.url(), 2, 2);
     config.request_timeout = Duration::from_millis(100);
     let report = run(config).await.unwrap();
     assert_eq!((report.errors, report.errors_by_kind.timeout), (2, 2));
     silent.stop().await;
 
     let failing = TestServer::spawn(Behaviour::Status(500)).await;
-    let report = run(closed(&failing.url(), 1, 5)).await.unwrap();
+    let report = run(closed_config(&failing.url(), 1, 5)).await.unwrap();
     assert_eq!((report.errors, report.errors_by_kind.status), (5, 5));
     assert_eq!(report.status_counts["500"], 5);
     failing.stop().await;
@@ -252,16 +210,11 @@ async fn refused_connections_timeouts_and_5xx_are_errors_by_kind() {
 async fn stop_ends_a_long_run_early_with_a_report() {
     // Proves run_until: a one-hour run asked to stop ends promptly, with what it did counted.
     let server = TestServer::spawn(Behaviour::Deterministic).await;
-    let mut config = LoadConfig::new(server.url());
-    config.mode = Mode::Closed {
-        concurrency: 2,
-        requests: None,
-        duration: Some(Duration::from_secs(3600)),
-    };
+    let config = timed_config(&server.url(), 2, Duration::from_secs(3600));
     let stop = tokio::time::sleep(Duration::from_millis(200));
     let report = crate::run_until(config, stop).await.unwrap();
     assert!(report.sent > 0);
-    assert_adds_up(&report);
+    assert_outcomes_add_up(&report);
     assert!(report.duration_seconds < 3600.0);
     server.stop().await;
 }
@@ -285,12 +238,7 @@ async fn open_loop_latency_from_the_intended_start_bounds_the_service_time() {
     // `latency_ms.all` is >= the same percentile of `service_latency_ms` (both histograms map
     // values to buckets monotonically); the service time includes the server's 5 ms delay.
     let server = TestServer::spawn(Behaviour::Delay(Duration::from_millis(5))).await;
-    let mut config = LoadConfig::new(server.url());
-    config.mode = Mode::Open {
-        rate_per_second: 200.0,
-        duration: Duration::from_millis(500),
-        max_in_flight: 1000,
-    };
+    let config = open_config(&server.url(), 200.0, Duration::from_millis(500), 1000);
     let report = run(config).await.unwrap();
     let (intended, service) = (&report.latency_ms.all, &report.service_latency_ms);
     assert_eq!(service.count, report.sent);
@@ -308,12 +256,7 @@ async fn dropping_a_run_stops_its_load_threads() {
     // Proves cancellation is clean: a one-hour run whose future is dropped (here by a
     // timeout) stops sending soon after; the server sees its request count stop growing.
     let server = TestServer::spawn(Behaviour::Deterministic).await;
-    let mut config = LoadConfig::new(server.url());
-    config.mode = Mode::Closed {
-        concurrency: 2,
-        requests: None,
-        duration: Some(Duration::from_secs(3600)),
-    };
+    let config = timed_config(&server.url(), 2, Duration::from_secs(3600));
     let cancelled = tokio::time::timeout(Duration::from_millis(100), run(config)).await;
     assert!(cancelled.is_err());
     let seen = || {

@@ -7,18 +7,9 @@
 
 use std::time::Duration;
 
-use floodgate_load::{LoadConfig, Mode, Report, SlowKind, run};
+use floodgate_load::testing::{assert_outcomes_add_up, closed_config, open_config, timed_config};
+use floodgate_load::{SlowKind, run};
 use floodgate_server::{ServerConfig, ServerHandle};
-
-fn closed(url: &str, concurrency: usize, requests: u64) -> LoadConfig {
-    let mut config = LoadConfig::new(url);
-    config.mode = Mode::Closed {
-        concurrency,
-        requests: Some(requests),
-        duration: None,
-    };
-    config
-}
 
 /// `GET /stats` over HTTP, as an operator would read it.
 async fn http_stats(server: &ServerHandle) -> anyhow::Result<serde_json::Value> {
@@ -40,11 +31,6 @@ async fn http_stats(server: &ServerHandle) -> anyhow::Result<serde_json::Value> 
     Ok(serde_json::from_slice(&body)?)
 }
 
-fn assert_adds_up(report: &Report) {
-    let outcomes = report.accepted + report.rejected + report.invalid + report.errors;
-    assert_eq!(outcomes, report.sent, "{report:#?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_match_the_servers_stats_and_amounts_match_its_balances() {
     // Proves, against the production server: counts add up, accepted and invalid equal the
@@ -53,14 +39,14 @@ async fn counts_match_the_servers_stats_and_amounts_match_its_balances() {
     let server = ServerHandle::spawn(ServerConfig::production())
         .await
         .unwrap();
-    let mut config = closed(&server.url(), 16, 3_000);
+    let mut config = closed_config(&server.url(), 16, 3_000);
     config.invalid_ratio = 0.1;
     config.users = 50;
     config.amount_min = -1_000;
     config.amount_max = 1_000;
     let report = run(config).await.unwrap();
     assert_eq!(report.sent, 3_000);
-    assert_adds_up(&report);
+    assert_outcomes_add_up(&report);
     assert_eq!(report.errors, 0, "{report:#?}");
     let stats = server.engine().stats();
     assert_eq!(
@@ -91,8 +77,8 @@ async fn backpressure_is_counted_as_rejected_not_accepted() {
     let mut server_config = ServerConfig::for_stage(5).unwrap();
     server_config.engine.time_scale = 0.01; // 500 ms of work becomes 5 ms
     let server = ServerHandle::spawn(server_config).await.unwrap();
-    let report = run(closed(&server.url(), 32, 2_000)).await.unwrap();
-    assert_adds_up(&report);
+    let report = run(closed_config(&server.url(), 32, 2_000)).await.unwrap();
+    assert_outcomes_add_up(&report);
     assert!(report.rejected > 0, "{report:#?}");
     assert_eq!(report.rejected, server.engine().stats().rejected);
     assert_eq!(report.status_counts.get("503"), Some(&report.rejected));
@@ -109,16 +95,11 @@ async fn the_open_loop_holds_a_modest_rate() {
     let server = ServerHandle::spawn(ServerConfig::production())
         .await
         .unwrap();
-    let mut config = LoadConfig::new(server.url());
-    config.mode = Mode::Open {
-        rate_per_second: 200.0,
-        duration: Duration::from_secs(2),
-        max_in_flight: 1_000,
-    };
+    let config = open_config(&server.url(), 200.0, Duration::from_secs(2), 1_000);
     let report = run(config).await.unwrap();
     assert_eq!(report.scheduled, Some(400));
     assert_eq!((report.sent, report.dropped), (400, 0), "{report:#?}");
-    assert_adds_up(&report);
+    assert_outcomes_add_up(&report);
     assert!(
         report.throughput_per_second <= 200.6,
         "{}",
@@ -143,12 +124,7 @@ async fn slow_clients_are_held_until_the_servers_header_timeout_closes_them() {
         server_config.front_door.header_timeout_ms = header_timeout_ms;
         let server = ServerHandle::spawn(server_config).await.unwrap();
         for kind in [SlowKind::Idle, SlowKind::Trickle] {
-            let mut config = LoadConfig::new(server.url());
-            config.mode = Mode::Closed {
-                concurrency: 2,
-                requests: None,
-                duration: Some(Duration::from_millis(500)),
-            };
+            let mut config = timed_config(&server.url(), 2, Duration::from_millis(500));
             config.slow_clients = 8;
             config.slow_kind = kind;
             let report = run(config).await.unwrap();
@@ -171,7 +147,7 @@ async fn one_idle_slow_client_freezes_the_stage_1_blocking_server() {
     // held at the end; without it, the same load is answered.
     let server = floodgate_server::BlockingServerHandle::spawn().unwrap();
     let url = format!("http://{}", server.addr());
-    let mut frozen = closed(&url, 1, 2);
+    let mut frozen = closed_config(&url, 1, 2);
     frozen.slow_clients = 1;
     frozen.request_timeout = Duration::from_millis(300);
     let report = run(frozen).await.unwrap();
@@ -181,7 +157,7 @@ async fn one_idle_slow_client_freezes_the_stage_1_blocking_server() {
         "{report:#?}"
     );
     assert_eq!(report.slow_clients_held, 1);
-    let answered = run(closed(&url, 1, 2)).await.unwrap();
+    let answered = run(closed_config(&url, 1, 2)).await.unwrap();
     assert_eq!(answered.errors, 0, "{answered:#?}");
     assert_eq!(answered.sent, 2);
     server.stop();
