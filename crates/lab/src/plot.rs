@@ -462,6 +462,17 @@ fn draw_bar_references<'a>(
 mod tests {
     use super::*;
 
+    /// Renders `spec`, asserts the SVG carries every one of `texts` and the `element` that
+    /// draws the data (`<polyline` for lines, `<rect` for bars), and returns the SVG.
+    fn assert_renders_with(spec: &PlotSpec, texts: &[&str], element: &str) -> String {
+        let svg = render_svg(spec).expect("a valid spec renders");
+        for text in texts {
+            assert!(svg.contains(text), "missing {text:?}");
+        }
+        assert!(svg.contains(element), "the data is drawn with {element:?}");
+        svg
+    }
+
     fn sweep() -> PlotSpec {
         PlotSpec {
             title: "Stage 7: one lock caps throughput".to_owned(),
@@ -486,9 +497,7 @@ mod tests {
     // the doubling tick labels of a log2 axis.
     #[test]
     fn line_chart_has_title_axes_legend_and_ticks() {
-        let svg = render_svg(&sweep()).expect("a valid spec renders");
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        for text in [
+        let texts = [
             "Stage 7: one lock caps throughput",
             "workers",
             "throughput (events/s)",
@@ -497,10 +506,9 @@ mod tests {
             "1/hold",
             "\n64\n",
             "\n16\n",
-        ] {
-            assert!(svg.contains(text), "missing {text:?}");
-        }
-        assert!(svg.contains("<polyline"), "lines are drawn");
+        ];
+        let svg = assert_renders_with(&sweep(), &texts, "<polyline");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
 
     // Proves a bar chart labels each category and prints a note in place of a value.
@@ -522,17 +530,14 @@ mod tests {
                 y: 1000.0,
             }],
         };
-        let svg = render_svg(&spec).expect("a valid spec renders");
-        for text in [
+        let texts = [
             "stage 1 blocking",
             "stage 2 async",
             "no answer",
             "2.50",
             "timeout 1000 ms",
-        ] {
-            assert!(svg.contains(text), "missing {text:?}");
-        }
-        assert!(svg.contains("<rect"), "bars are drawn");
+        ];
+        assert_renders_with(&spec, &texts, "<rect");
     }
 
     // Proves odd data (empty series, NaN, infinities, x <= 0 on a log axis) renders without
