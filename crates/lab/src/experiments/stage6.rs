@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::sustain::{self, Sustain, Sustained};
 use super::{Findings, LabError, STAGE6, finish};
 use crate::outcome::Outcome;
-use crate::plot::{PlotKind, PlotSpec, Series, XScale};
+use crate::plot::{PlotSpec, Series};
 use crate::table::Table;
 use crate::verdict::{Check, Expectation, format_figure};
 
@@ -178,28 +178,13 @@ fn plot(points: &[(EngineConfig, Sustained)]) -> PlotSpec {
     let work_ms = points.first().map_or(0.0, |(engine, _)| {
         engine.work_duration().as_secs_f64() * 1e3
     });
-    let measured = points
-        .iter()
-        .map(|(engine, point)| (engine.workers as f64, point.window.rate_per_second))
-        .collect();
-    let ideal = points.last().map_or_else(Vec::new, |(engine, _)| {
-        sustain::theory_line(engine, engine.workers)
-    });
-    PlotSpec {
-        title: format!(
-            "Stage 6: workers multiply throughput ({} ms of independent work)",
-            format_figure(work_ms)
-        ),
-        x_label: "workers".to_owned(),
-        y_label: "throughput (events/s, applied)".to_owned(),
-        kind: PlotKind::Lines {
-            x_scale: XScale::Log2,
-            series: vec![
-                Series::measured("measured", measured),
-                Series::theory("ideal: workers / work", ideal),
-            ],
-        },
-        y_max: None,
-        references: Vec::new(),
-    }
+    let title = format!(
+        "Stage 6: workers multiply throughput ({} ms of independent work)",
+        format_figure(work_ms)
+    );
+    let series = vec![
+        Series::measured("measured", sustain::measured_line(points)),
+        Series::theory("ideal: workers / work", sustain::ideal_line(points)),
+    ];
+    sustain::workers_plot(title, series, Vec::new())
 }

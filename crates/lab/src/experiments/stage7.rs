@@ -19,7 +19,7 @@ use super::servers::{start_http, stop_http};
 use super::sustain::{self, Sustained};
 use super::{Findings, LabError, STAGE7, finish};
 use crate::outcome::Outcome;
-use crate::plot::{PlotKind, PlotSpec, Reference, Series, XScale};
+use crate::plot::{PlotSpec, Reference, Series};
 use crate::table::Table;
 use crate::verdict::{Check, Expectation, format_figure};
 
@@ -328,34 +328,23 @@ fn notes(points: &[(EngineConfig, Sustained)]) -> Vec<String> {
 }
 
 fn plot(base: &EngineConfig, points: &[(EngineConfig, Sustained)]) -> PlotSpec {
-    let measured = points
-        .iter()
-        .map(|(engine, point)| (engine.workers as f64, point.window.rate_per_second))
-        .collect();
-    let ideal = points.last().map_or_else(Vec::new, |(engine, _)| {
-        sustain::theory_line(engine, engine.workers)
-    });
-    PlotSpec {
-        title: format!(
-            "Stage 7: one lock held {} ms caps throughput near 1/hold",
-            format_figure(base.hold_duration().as_secs_f64() * 1e3)
+    let title = format!(
+        "Stage 7: one lock held {} ms caps throughput near 1/hold",
+        format_figure(base.hold_duration().as_secs_f64() * 1e3)
+    );
+    let series = vec![
+        Series::measured("global lock (measured)", sustain::measured_line(points)),
+        Series::theory(
+            "no contention: workers / (work + hold)",
+            sustain::ideal_line(points),
         ),
-        x_label: "workers".to_owned(),
-        y_label: "throughput (events/s, applied)".to_owned(),
-        kind: PlotKind::Lines {
-            x_scale: XScale::Log2,
-            series: vec![
-                Series::measured("global lock (measured)", measured),
-                Series::theory("no contention: workers / (work + hold)", ideal),
-            ],
-        },
-        y_max: None,
-        references: vec![Reference {
-            label: format!(
-                "lock limit 1/hold = {} events/s",
-                format_figure(sustain::lock_limit(base))
-            ),
-            y: sustain::lock_limit(base),
-        }],
-    }
+    ];
+    let lock_limit = Reference {
+        label: format!(
+            "lock limit 1/hold = {} events/s",
+            format_figure(sustain::lock_limit(base))
+        ),
+        y: sustain::lock_limit(base),
+    };
+    sustain::workers_plot(title, series, vec![lock_limit])
 }

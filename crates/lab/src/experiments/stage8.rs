@@ -17,7 +17,7 @@ use super::stage7::{self, USERS, wait_over_hold};
 use super::sustain::{self, Sustained};
 use super::{Findings, LabError, STAGE8, finish};
 use crate::outcome::Outcome;
-use crate::plot::{PlotKind, PlotSpec, Reference, Series, XScale};
+use crate::plot::{PlotSpec, Reference, Series};
 use crate::table::Table;
 use crate::verdict::{Check, Expectation, format_figure};
 
@@ -163,37 +163,24 @@ fn findings(tested_engine: &EngineConfig, global: &Points, tested: &Points) -> F
 }
 
 fn plot(tested_engine: &EngineConfig, global: &Points, tested: &Points) -> PlotSpec {
-    let line = |points: &Points| -> Vec<(f64, f64)> {
-        points
-            .iter()
-            .map(|(engine, point)| (engine.workers as f64, point.window.rate_per_second))
-            .collect()
+    let title = "Stage 8: sharding the ledger lifts the one-lock plateau".to_owned();
+    let series = vec![
+        Series::measured("global lock (stage 7)", sustain::measured_line(global)),
+        Series::measured(
+            format!("{} ledger (stage 8)", tested_engine.strategy.as_str()),
+            sustain::measured_line(tested),
+        ),
+        Series::theory(
+            "theoretical limit: workers / (work + hold)",
+            sustain::ideal_line(tested),
+        ),
+    ];
+    let one_lock = Reference {
+        label: format!(
+            "one lock: 1/hold = {} events/s",
+            format_figure(sustain::lock_limit(tested_engine))
+        ),
+        y: sustain::lock_limit(tested_engine),
     };
-    let ideal = tested.last().map_or_else(Vec::new, |(engine, _)| {
-        sustain::theory_line(engine, engine.workers)
-    });
-    PlotSpec {
-        title: "Stage 8: sharding the ledger lifts the one-lock plateau".to_owned(),
-        x_label: "workers".to_owned(),
-        y_label: "throughput (events/s, applied)".to_owned(),
-        kind: PlotKind::Lines {
-            x_scale: XScale::Log2,
-            series: vec![
-                Series::measured("global lock (stage 7)", line(global)),
-                Series::measured(
-                    format!("{} ledger (stage 8)", tested_engine.strategy.as_str()),
-                    line(tested),
-                ),
-                Series::theory("theoretical limit: workers / (work + hold)", ideal),
-            ],
-        },
-        y_max: None,
-        references: vec![Reference {
-            label: format!(
-                "one lock: 1/hold = {} events/s",
-                format_figure(sustain::lock_limit(tested_engine))
-            ),
-            y: sustain::lock_limit(tested_engine),
-        }],
-    }
+    sustain::workers_plot(title, series, vec![one_lock])
 }

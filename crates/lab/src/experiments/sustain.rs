@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::LabError;
 use super::servers::{start_http, stop_http};
 use crate::measure::{self, Sample, Window};
+use crate::plot::{PlotKind, PlotSpec, Reference, Series, XScale};
 
 /// Offered load relative to the theoretical capacity: enough to keep the queue full.
 pub const OVERLOAD_FACTOR: f64 = 1.5;
@@ -182,6 +183,37 @@ pub fn theory_line(base: &EngineConfig, max_workers: usize) -> Vec<(f64, f64)> {
         workers *= 2;
     }
     points
+}
+
+/// A sweep's measured throughput (applied events/s) by worker count, as plot points.
+pub fn measured_line(points: &[(EngineConfig, Sustained)]) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .map(|(engine, point)| (engine.workers as f64, point.window.rate_per_second))
+        .collect()
+}
+
+/// The theory line up to the sweep's largest worker count (its last point); empty when
+/// nothing was measured.
+pub fn ideal_line(points: &[(EngineConfig, Sustained)]) -> Vec<(f64, f64)> {
+    points
+        .last()
+        .map_or_else(Vec::new, |(engine, _)| theory_line(engine, engine.workers))
+}
+
+/// The sweeps' chart (stages 6 to 8): applied throughput against workers on a doubling axis.
+pub fn workers_plot(title: String, series: Vec<Series>, references: Vec<Reference>) -> PlotSpec {
+    PlotSpec {
+        title,
+        x_label: "workers".to_owned(),
+        y_label: "throughput (events/s, applied)".to_owned(),
+        kind: PlotKind::Lines {
+            x_scale: XScale::Log2,
+            series,
+        },
+        y_max: None,
+        references,
+    }
 }
 
 #[cfg(test)]
