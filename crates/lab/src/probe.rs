@@ -135,23 +135,10 @@ pub async fn exchange_paced(
     pause: Duration,
     deadline: Duration,
 ) -> std::io::Result<Answer> {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let work = async {
-        if let Err(error) = send(&mut stream, request, pause).await {
-            // The server may answer and close before we finish sending (a 413 or a timeout):
-            // what it answered is still the answer.
-            if !is_disconnect(&error) {
-                return Err(error);
-            }
-        }
-        read_answer(&mut stream, started).await
-    };
-    match tokio::time::timeout(deadline, work).await {
-        Ok(answer) => answer,
-        Err(_elapsed) => Ok(Answer::TimedOut),
-    }
+    exchange_with(addr, deadline, async |stream| {
+        send(stream, request, pause).await
+    })
+    .await
 }
 
 /// Like [`exchange`], but sends the first `split_at` bytes, pauses for `pause` (a client that
@@ -163,17 +150,29 @@ pub async fn exchange_split(
     pause: Duration,
     deadline: Duration,
 ) -> std::io::Result<Answer> {
+    let (first, rest) = request.split_at(split_at.min(request.len()));
+    exchange_with(addr, deadline, async |stream| {
+        stream.write_all(first).await?;
+        tokio::time::sleep(pause).await;
+        stream.write_all(rest).await
+    })
+    .await
+}
+
+/// Connects, runs `sending` on the new connection, then reads the answer; sending and reading
+/// both within `deadline` (past it the answer is [`Answer::TimedOut`]).
+async fn exchange_with(
+    addr: SocketAddr,
+    deadline: Duration,
+    sending: impl AsyncFnOnce(&mut TcpStream) -> std::io::Result<()>,
+) -> std::io::Result<Answer> {
     let started = Instant::now();
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (first, rest) = request.split_at(split_at.min(request.len()));
     let work = async {
-        let sent = async {
-            stream.write_all(first).await?;
-            tokio::time::sleep(pause).await;
-            stream.write_all(rest).await
-        };
-        if let Err(error) = sent.await {
+        if let Err(error) = sending(&mut stream).await {
+            // The server may answer and close before we finish sending (a 413 or a timeout):
+            // what it answered is still the answer.
             if !is_disconnect(&error) {
                 return Err(error);
             }
