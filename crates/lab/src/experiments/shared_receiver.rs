@@ -24,7 +24,7 @@ use super::sustain::{self, Sustain};
 use super::{Findings, LabError, SHARED_RECEIVER, finish};
 use crate::measure::{self, Sample};
 use crate::outcome::Outcome;
-use crate::plot::{PlotKind, PlotSpec, Series, XScale};
+use crate::plot::{PlotSpec, Series};
 use crate::table::Table;
 use crate::verdict::{Check, Expectation, format_figure};
 
@@ -314,18 +314,9 @@ fn plot(params: &Params, short: &ShortRates) -> PlotSpec {
         .map(|workers| (*workers as f64, *workers as f64 * single))
         .collect();
     series.push(Series::theory("linear from 1 worker", linear));
-    PlotSpec {
-        title: format!(
-            "Beyond the seed: shared receiver vs multi-consumer channel, {} ms jobs",
-            params.short_work_ms
-        ),
-        x_label: "workers".to_owned(),
-        y_label: "throughput (events/s, applied)".to_owned(),
-        kind: PlotKind::Lines {
-            x_scale: XScale::Log2,
-            series,
-        },
-        y_max: None,
-        references: Vec::new(),
-    }
+    let title = format!(
+        "Beyond the seed: shared receiver vs multi-consumer channel, {} ms jobs",
+        params.short_work_ms
+    );
+    sustain::workers_plot(title, series, Vec::new())
 }

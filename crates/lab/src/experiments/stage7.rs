@@ -19,7 +19,7 @@ use super::servers::{start_http, stop_http};
 use super::sustain::{self, Sustained};
 use super::{Findings, LabError, STAGE7, finish};
 use crate::outcome::Outcome;
-use crate::plot::{PlotSpec, Reference, Series};
+use crate::plot::{PlotSpec, Series};
 use crate::table::Table;
 use crate::verdict::{Check, Expectation, format_figure};
 
@@ -339,12 +339,6 @@ fn plot(base: &EngineConfig, points: &[(EngineConfig, Sustained)]) -> PlotSpec {
             sustain::ideal_line(points),
         ),
     ];
-    let lock_limit = Reference {
-        label: format!(
-            "lock limit 1/hold = {} events/s",
-            format_figure(sustain::lock_limit(base))
-        ),
-        y: sustain::lock_limit(base),
-    };
+    let lock_limit = sustain::lock_limit_reference("lock limit", base);
     sustain::workers_plot(title, series, vec![lock_limit])
 }

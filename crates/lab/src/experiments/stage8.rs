@@ -17,7 +17,7 @@ use super::stage7::{self, USERS, wait_over_hold};
 use super::sustain::{self, Sustained};
 use super::{Findings, LabError, STAGE8, finish};
 use crate::outcome::Outcome;
-use crate::plot::{PlotSpec, Reference, Series};
+use crate::plot::{PlotSpec, Series};
 use crate::table::Table;
 use crate::verdict::{Check, Expectation, format_figure};
 
@@ -175,12 +175,6 @@ fn plot(tested_engine: &EngineConfig, global: &Points, tested: &Points) -> PlotS
             sustain::ideal_line(tested),
         ),
     ];
-    let one_lock = Reference {
-        label: format!(
-            "one lock: 1/hold = {} events/s",
-            format_figure(sustain::lock_limit(tested_engine))
-        ),
-        y: sustain::lock_limit(tested_engine),
-    };
+    let one_lock = sustain::lock_limit_reference("one lock:", tested_engine);
     sustain::workers_plot(title, series, vec![one_lock])
 }

@@ -21,6 +21,7 @@ use super::LabError;
 use super::servers::{start_http, stop_http};
 use crate::measure::{self, Sample, Window};
 use crate::plot::{PlotKind, PlotSpec, Reference, Series, XScale};
+use crate::verdict::format_figure;
 
 /// Offered load relative to the theoretical capacity: enough to keep the queue full.
 pub const OVERLOAD_FACTOR: f64 = 1.5;
@@ -201,7 +202,17 @@ pub fn ideal_line(points: &[(EngineConfig, Sustained)]) -> Vec<(f64, f64)> {
         .map_or_else(Vec::new, |(engine, _)| theory_line(engine, engine.workers))
 }
 
-/// The sweeps' chart (stages 6 to 8): applied throughput against workers on a doubling axis.
+/// The one-lock ceiling drawn across a sweep's chart: `{prefix} 1/hold = N events/s`.
+pub fn lock_limit_reference(prefix: &str, engine: &EngineConfig) -> Reference {
+    let limit = lock_limit(engine);
+    Reference {
+        label: format!("{prefix} 1/hold = {} events/s", format_figure(limit)),
+        y: limit,
+    }
+}
+
+/// The sweeps' chart (stages 6 to 8, shared receiver): applied throughput against workers on a
+/// doubling axis.
 pub fn workers_plot(title: String, series: Vec<Series>, references: Vec<Reference>) -> PlotSpec {
     PlotSpec {
         title,
