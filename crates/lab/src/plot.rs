@@ -9,6 +9,7 @@
 //! it never panics on odd data: empty series, NaN and infinite points are skipped, and the axes
 //! always have a non-empty range.
 
+use plotters::chart::MeshStyle;
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::SegmentedCoord;
 use plotters::coord::types::{RangedCoordf64, RangedCoordi32};
@@ -236,6 +237,32 @@ fn x_range(series: &[Series], scale: XScale) -> (f64, f64) {
     (low - pad, high + pad)
 }
 
+/// The frame every chart shares: the spec's title as caption, margins and axis label areas.
+fn chart_frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    spec: &PlotSpec,
+) -> ChartBuilder<'a, 'static, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(&spec.title, ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(55)
+        .y_label_area_size(80);
+    builder
+}
+
+/// The mesh style every chart shares: the spec's axis names, fonts and light grid lines.
+fn house_mesh<'m, 'a, 'b, X: Ranged, Y: Ranged, DB: DrawingBackend>(
+    mesh: &'m mut MeshStyle<'a, 'b, X, Y, DB>,
+    spec: &PlotSpec,
+) -> &'m mut MeshStyle<'a, 'b, X, Y, DB> {
+    mesh.x_desc(&spec.x_label)
+        .y_desc(&spec.y_label)
+        .axis_desc_style(("sans-serif", 17))
+        .label_style(("sans-serif", 14))
+        .light_line_style(RGBColor(235, 235, 235))
+}
+
 fn draw_lines(
     root: &DrawingArea<SVGBackend<'_>, Shift>,
     spec: &PlotSpec,
@@ -250,11 +277,7 @@ fn draw_lines(
         &spec.references,
     );
     let top = chosen_top(spec, fitted);
-    let mut chart = ChartBuilder::on(root)
-        .caption(&spec.title, ("sans-serif", 22))
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(80)
+    let mut chart = chart_frame(root, spec)
         .build_cartesian_2d(x_low..x_high, 0.0..top)
         .map_err(plot_error)?;
     let x_formatter = |value: &f64| match scale {
@@ -267,16 +290,10 @@ fn draw_lines(
         // One label per doubling: ticks land on whole powers of two.
         XScale::Log2 => ((x_high - x_low).ceil() as usize + 1).max(2),
     };
-    chart
-        .configure_mesh()
-        .x_desc(&spec.x_label)
-        .y_desc(&spec.y_label)
+    house_mesh(&mut chart.configure_mesh(), spec)
         .x_labels(x_label_count)
         .x_label_formatter(&x_formatter)
         .y_label_formatter(&y_formatter)
-        .axis_desc_style(("sans-serif", 17))
-        .label_style(("sans-serif", 14))
-        .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(plot_error)?;
     for (index, line) in series.iter().enumerate() {
@@ -360,11 +377,7 @@ fn draw_bars(
         spec,
         y_top(bars.iter().map(|bar| bar.value), &spec.references),
     );
-    let mut chart = ChartBuilder::on(root)
-        .caption(&spec.title, ("sans-serif", 22))
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(80)
+    let mut chart = chart_frame(root, spec)
         // An integer range includes its end: `0..count - 1` is exactly `count` slots.
         .build_cartesian_2d((0..count - 1).into_segmented(), 0.0..top)
         .map_err(plot_error)?;
@@ -377,17 +390,11 @@ fn draw_bars(
         _ => String::new(),
     };
     let y_formatter = |value: &f64| format_figure(*value);
-    chart
-        .configure_mesh()
+    house_mesh(&mut chart.configure_mesh(), spec)
         .disable_x_mesh()
-        .x_desc(&spec.x_label)
-        .y_desc(&spec.y_label)
         .x_labels(bars.len().max(1))
         .x_label_formatter(&x_formatter)
         .y_label_formatter(&y_formatter)
-        .axis_desc_style(("sans-serif", 17))
-        .label_style(("sans-serif", 14))
-        .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(plot_error)?;
     for (index, bar) in bars.iter().enumerate() {
