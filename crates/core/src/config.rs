@@ -31,6 +31,14 @@ pub const PRODUCTION_QUEUE_CAPACITY_EVENTS: usize = 65_536;
 pub const DEFAULT_SHARDS: usize = 64;
 /// Longest simulated duration (work or hold), in milliseconds: one minute; the seed uses 500.
 pub const SIMULATED_MS_MAX: u64 = 60_000;
+/// Production (and stage preset) limit on distinct users: 10 M users. Each user costs a
+/// 40-byte table entry (names up to 22 bytes stored inline) plus one control byte, at the
+/// hash table's 7/16..7/8 load: 47–94 bytes a user, so 10 M users is 0.5–0.9 GiB of ledger;
+/// names over 22 bytes add their own heap bytes (at most [`crate::event::USER_MAX_BYTES`]).
+pub const DEFAULT_MAX_USERS: usize = 10_000_000;
+/// Largest `max_users` accepted: 1 Gi users is 50–100 GiB of ledger, beyond any machine we run on;
+/// a ceiling so a typo cannot make the ledger unbounded in practice.
+pub const MAX_USERS_MAX: usize = 1 << 30;
 /// The seed's queue capacity for stages 5–8.
 pub const SEED_QUEUE_CAPACITY_EVENTS: usize = 100;
 
@@ -175,6 +183,9 @@ pub enum ConfigError {
         /// Its value in ms.
         value: u64,
     },
+    /// `max_users` outside 1..=[`MAX_USERS_MAX`].
+    #[error("max users must be between 1 and {MAX_USERS_MAX}, got {0}")]
+    MaxUsers(usize),
     /// `time_scale` negative, NaN or infinite.
     #[error("time scale must be a finite number >= 0, got {0}")]
     TimeScale(f64),
@@ -214,6 +225,10 @@ pub struct EngineConfig {
     pub hold_ms: u64,
     /// Multiplies every simulated duration (0.1 runs the seed ten times faster).
     pub time_scale: f64,
+    /// Most distinct users the ledger holds; an event for a new user beyond it is refused
+    /// at admission (`Rejected::LedgerFull`). Bounds the ledger's memory (47–94 bytes a
+    /// user, see [`DEFAULT_MAX_USERS`]), so random user names cannot grow it without limit.
+    pub max_users: usize,
 }
 
 impl Default for EngineConfig {
@@ -255,6 +270,7 @@ impl EngineConfig {
             work_ms: 0,
             hold_ms: 0,
             time_scale: 1.0,
+            max_users: DEFAULT_MAX_USERS,
         }
     }
 
@@ -281,6 +297,7 @@ impl EngineConfig {
             work_ms,
             hold_ms,
             time_scale: 1.0,
+            max_users: DEFAULT_MAX_USERS,
         };
         let config = match stage {
             3 => Self {
@@ -325,6 +342,9 @@ impl EngineConfig {
             if value > SIMULATED_MS_MAX {
                 return Err(ConfigError::SimulatedTooLong { name, value });
             }
+        }
+        if !(1..=MAX_USERS_MAX).contains(&self.max_users) {
+            return Err(ConfigError::MaxUsers(self.max_users));
         }
         if !self.time_scale.is_finite() || self.time_scale < 0.0 {
             return Err(ConfigError::TimeScale(self.time_scale));
@@ -438,6 +458,14 @@ mod tests {
             },
             EngineConfig {
                 hold_ms: SIMULATED_MS_MAX + 1,
+                ..base.clone()
+            },
+            EngineConfig {
+                max_users: 0,
+                ..base.clone()
+            },
+            EngineConfig {
+                max_users: MAX_USERS_MAX + 1,
                 ..base.clone()
             },
             EngineConfig {

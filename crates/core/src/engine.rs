@@ -11,6 +11,13 @@
 //!   the workers drain it and joins them; its [`Summary`] then has
 //!   `applied + overflowed == accepted`, and the ledger's total equals the sum of the amounts
 //!   of the applied events.
+//! - Bounded users, decided at admission: `users in the ledger <= users reserved <= max_users`
+//!   at every instant. Before answering, every path that can apply an event (queued, inline)
+//!   calls [`Ledger::admit`]: a known or pending user always passes (one hash-table probe
+//!   under the shard's short lock); a new user takes a slot of the user budget (one atomic) or
+//!   is refused `Rejected::LedgerFull`. So every accepted event is applied (or counted
+//!   overflowed) with no check left for the workers; an admission the queue then refuses
+//!   gives its slot back ([`Ledger::cancel`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode};
 use crate::event::Event;
-use crate::ledger::{Ledger, user_hash};
+use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
 use crate::queue::{self, Admission, Job, PushError};
 pub use crate::stats::{LockSummary, LockTimings, Stats, Summary, WorkerStats};
@@ -52,16 +59,21 @@ pub enum Rejected {
     /// Inline mode: the balance would overflow i64 (HTTP 422).
     #[error("the balance would overflow i64")]
     Overflow,
+    /// A new user while the ledger holds `max_users` users (HTTP 507): not transient, known
+    /// users are still admitted.
+    #[error("the ledger is full: no room for a new user")]
+    LedgerFull,
 }
 
 impl Rejected {
     /// Machine-readable reason, as in the HTTP body: `queue_full`, `draining`,
-    /// `balance_overflow`.
+    /// `balance_overflow`, `ledger_full`.
     pub fn reason(self) -> &'static str {
         match self {
             Self::QueueFull => "queue_full",
             Self::Draining => "draining",
             Self::Overflow => "balance_overflow",
+            Self::LedgerFull => "ledger_full",
         }
     }
 }
@@ -118,7 +130,11 @@ impl Engine {
             return Err(ConfigError::NoRuntime);
         }
         let queued = config.mode == ProcessingMode::Queued;
-        let ledger = Arc::new(Ledger::new(config.strategy, config.shard_count()));
+        let ledger = Arc::new(Ledger::with_max_users(
+            config.strategy,
+            config.shard_count(),
+            config.max_users,
+        ));
         let metrics = Arc::new(Metrics::new(if queued { config.workers } else { 1 }));
         let mut handles = Vec::new();
         let admission = queued.then(|| {
@@ -204,6 +220,9 @@ impl Engine {
             return Ok(Ingested::Validated);
         };
         let hash = user_hash(&event.user);
+        let Ok(admitted) = inner.ledger.admit(hash, &event.user) else {
+            return Err(self.refuse_ledger_full(event));
+        };
         let job = Job {
             user: event.user,
             amount: event.amount,
@@ -216,6 +235,9 @@ impl Engine {
             return Ok(Ingested::Queued);
         };
         inner.metrics.accepted.sub(1);
+        if admitted == Admit::Pending {
+            inner.ledger.cancel(hash, &job.user);
+        }
         let reason = match error {
             PushError::Full => {
                 inner.metrics.rejected_queue_full.increment();
@@ -236,6 +258,18 @@ impl Engine {
         Err(Refused { reason, event })
     }
 
+    /// Count a `LedgerFull` refusal and hand the event back.
+    fn refuse_ledger_full(&self, event: Event) -> Refused {
+        self.inner
+            .metrics
+            .rejected_ledger_full
+            .fetch_add(1, Ordering::Relaxed);
+        Refused {
+            reason: Rejected::LedgerFull,
+            event,
+        }
+    }
+
     /// Inline apply without awaiting (see [`Engine::try_ingest`]).
     fn offer_inline(&self, event: Event) -> Result<Ingested, Refused> {
         let inner = &*self.inner;
@@ -252,8 +286,18 @@ impl Engine {
         let (hash, amount) = (user_hash(&event.user), event.amount);
         let shard = inner.ledger.shard(inner.ledger.shard_for(hash));
         // Accepted first (taken back on overflow): snapshots keep applied <= accepted.
+        let mut table = shard.data.lock();
+        if table
+            .admit(hash, &event.user, inner.ledger.budget())
+            .is_err()
+        {
+            drop(table);
+            return Err(self.refuse_ledger_full(event));
+        }
         inner.metrics.accepted.increment();
-        let outcome = shard.data.lock().apply(hash, event.user, amount);
+        // A new user's first event cannot overflow, so an overflow leaves nothing pending.
+        let outcome = table.apply(hash, event.user, amount);
+        drop(table);
         match outcome {
             Ok(balance) => {
                 inner.metrics.workers[0]
@@ -292,6 +336,10 @@ impl Engine {
             return Err(Rejected::Draining);
         }
         let hash = user_hash(&event.user);
+        let admitted = inner.ledger.admit(hash, &event.user);
+        if admitted.is_err() {
+            return Err(self.refuse_ledger_full(event).reason);
+        }
         let job = Job {
             user: event.user,
             amount: event.amount,
@@ -403,6 +451,8 @@ impl Engine {
             mode: inner.config.mode,
             queue_kind: inner.config.queue_kind,
             users: inner.ledger.users(),
+            users_reserved: inner.ledger.budget().used(),
+            max_users: inner.config.max_users,
             balance_total: inner.ledger.balance_total(),
             draining: self.is_draining(),
             worker_busy_seconds: per_worker.iter().map(|worker| worker.busy_seconds).sum(),

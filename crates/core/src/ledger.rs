@@ -13,6 +13,13 @@
 //! - A user always lives in shard [`shard_index`]`(user_hash(user), shards)`: the hash is
 //!   computed once per event (at admission) and used both to pick the shard (or the owning
 //!   worker's queue) and to probe the shard's table.
+//! - Bounded users: `users in the tables + users pending <= max_users`, always. A new user is
+//!   admitted only by [`Ledger::admit`], which (under the shard's `data` lock) finds the user
+//!   known or pending, or else takes one slot of the [`UserBudget`] and records the user as
+//!   pending; applying its first event moves it from pending to the table, keeping the slot.
+//!   A pending user with no event left in flight (every one refused by the queue) gives its
+//!   slot back ([`Ledger::cancel`]). So the limit is decided at admission, never in a worker,
+//!   and two events for the same new user take one slot between them.
 //!
 //! Locks: every shard has a short `data` lock (parking_lot) around its table, taken only for
 //! the map update (once per batch on the fast path), and an async `hold` lock (tokio) that
@@ -21,6 +28,7 @@
 //! `balances`) never see a half-applied event and never wait for a simulated hold.
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
@@ -105,10 +113,83 @@ impl Entry {
     }
 }
 
+/// A user admitted but not yet applied: it holds one slot of the [`UserBudget`].
+#[derive(Debug)]
+struct Pending {
+    user: UserKey,
+    hash: u64,
+    /// Admitted events of this user not yet applied nor refused by the queue.
+    events: u64,
+}
+
+impl Pending {
+    fn is(&self, hash: u64, user: &str) -> bool {
+        self.hash == hash && self.user.as_bytes() == user.as_bytes()
+    }
+}
+
+/// How [`Ledger::admit`] let an event in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// The user is in the table: nothing to undo if the event is refused later.
+    Known,
+    /// The user is pending (new, or admitted earlier and not yet applied): if the event is
+    /// refused after all (queue full, draining), call [`Ledger::cancel`].
+    Pending,
+}
+
+/// The ledger holds `max_users` users already (known + pending): a new user is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the ledger is full: no room for a new user")]
+pub struct LedgerFull;
+
+/// Slots for distinct users: taken at admission by a new user, never by a known one.
+#[derive(Debug)]
+pub struct UserBudget {
+    max_users: usize,
+    used: AtomicUsize,
+}
+
+impl UserBudget {
+    /// A budget of `max_users` slots, none used.
+    pub fn new(max_users: usize) -> Self {
+        Self {
+            max_users,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Take one slot, unless all are used. Only new users get here (rare on the hot path).
+    pub fn try_reserve(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < self.max_users).then_some(used + 1)
+            })
+            .is_ok()
+    }
+
+    /// Give one slot back (a pending user whose every event was refused).
+    pub fn release(&self) {
+        self.used.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Slots taken: users in the tables plus users pending.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The limit.
+    pub fn max_users(&self) -> usize {
+        self.max_users
+    }
+}
+
 /// One shard's balances.
 #[derive(Default)]
 pub struct Table {
     entries: HashTable<Entry>,
+    /// Users admitted but not yet applied (see [`Ledger::admit`]); usually empty.
+    pending: HashTable<Pending>,
     total: i128,
 }
 
@@ -139,6 +220,14 @@ impl Table {
             entry.balance = balance;
             balance
         } else {
+            // Its slot, taken at admission, now counts a user in the table.
+            if !self.pending.is_empty()
+                && let Ok(pending) = self
+                    .pending
+                    .find_entry(hash, |pending| pending.is(hash, &user))
+            {
+                pending.remove();
+            }
             let entry = Entry {
                 user: UserKey::new(user),
                 hash,
@@ -149,6 +238,63 @@ impl Table {
         };
         self.total += i128::from(amount);
         Ok(balance)
+    }
+
+    /// Let an event for `user` in: known and pending users always; a new user only if
+    /// `budget` has a slot, which it keeps (pending until its first event is applied).
+    pub fn admit(
+        &mut self,
+        hash: u64,
+        user: &str,
+        budget: &UserBudget,
+    ) -> Result<Admit, LedgerFull> {
+        if self
+            .entries
+            .find(hash, |entry| entry.is(hash, user))
+            .is_some()
+        {
+            return Ok(Admit::Known);
+        }
+        if let Some(pending) = self
+            .pending
+            .find_mut(hash, |pending| pending.is(hash, user))
+        {
+            pending.events += 1;
+            return Ok(Admit::Pending);
+        }
+        if !budget.try_reserve() {
+            return Err(LedgerFull);
+        }
+        let pending = Pending {
+            user: UserKey::new(user.to_owned()),
+            hash,
+            events: 1,
+        };
+        self.pending
+            .insert_unique(hash, pending, |pending| pending.hash);
+        Ok(Admit::Pending)
+    }
+
+    /// Undo an [`Admit::Pending`] admission whose event was refused after all: the user's
+    /// last event in flight gives its slot back. A no-op once the user is in the table.
+    pub fn cancel(&mut self, hash: u64, user: &str, budget: &UserBudget) {
+        let Ok(mut pending) = self
+            .pending
+            .find_entry(hash, |pending| pending.is(hash, user))
+        else {
+            return;
+        };
+        let entry = pending.get_mut();
+        entry.events -= 1;
+        if entry.events == 0 {
+            pending.remove();
+            budget.release();
+        }
+    }
+
+    /// Users admitted but not yet applied.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
     }
 
     /// Balance of `user`, if seen.
@@ -188,6 +334,7 @@ pub struct Shard {
 pub struct Ledger {
     strategy: LedgerStrategy,
     shards: Box<[Shard]>,
+    budget: UserBudget,
 }
 
 impl Ledger {
@@ -196,9 +343,45 @@ impl Ledger {
     /// # Panics
     /// When `shard_count` is 0 (a programmer error: `EngineConfig::validate` refuses it).
     pub fn new(strategy: LedgerStrategy, shard_count: usize) -> Self {
+        Self::with_max_users(strategy, shard_count, usize::MAX)
+    }
+
+    /// A ledger that admits at most `max_users` distinct users (see [`Ledger::admit`]).
+    ///
+    /// # Panics
+    /// When `shard_count` is 0 (a programmer error: `EngineConfig::validate` refuses it).
+    pub fn with_max_users(strategy: LedgerStrategy, shard_count: usize, max_users: usize) -> Self {
         assert!(shard_count > 0, "a ledger needs at least one shard");
         let shards = (0..shard_count).map(|_| Shard::default()).collect();
-        Self { strategy, shards }
+        let budget = UserBudget::new(max_users);
+        Self {
+            strategy,
+            shards,
+            budget,
+        }
+    }
+
+    /// The user budget (slots used: users in the tables + users pending).
+    pub fn budget(&self) -> &UserBudget {
+        &self.budget
+    }
+
+    /// Admit an event for `user` (`hash` = `user_hash(user)`) against the user budget, under
+    /// its shard's `data` lock: see [`Table::admit`]. Every event that is then applied must
+    /// have been admitted here, or the budget does not count its user.
+    pub fn admit(&self, hash: u64, user: &str) -> Result<Admit, LedgerFull> {
+        self.shards[self.shard_for(hash)]
+            .data
+            .lock()
+            .admit(hash, user, &self.budget)
+    }
+
+    /// Undo an [`Admit::Pending`] admission whose event was refused: see [`Table::cancel`].
+    pub fn cancel(&self, hash: u64, user: &str) {
+        self.shards[self.shard_for(hash)]
+            .data
+            .lock()
+            .cancel(hash, user, &self.budget);
     }
 
     /// The strategy this ledger was built for.
@@ -410,5 +593,37 @@ mod tests {
             }
             assert!(hits.iter().all(|&count| count > 0), "{shards}: {hits:?}");
         }
+    }
+
+    #[test]
+    fn admit_reserves_one_slot_per_new_user_and_cancel_gives_it_back() {
+        // Proves the budget: a new user takes one slot, a pending or known user none, a full
+        // budget refuses only new users, applying keeps the slot, and cancelling the last
+        // in-flight event of a pending user frees it (an earlier cancel does not).
+        let ledger = Ledger::with_max_users(LedgerStrategy::Sharded, 4, 2);
+        let hash = |user: &str| user_hash(user);
+        assert_eq!(ledger.admit(hash("a"), "a"), Ok(Admit::Pending));
+        assert_eq!(ledger.admit(hash("a"), "a"), Ok(Admit::Pending));
+        assert_eq!(ledger.admit(hash("b"), "b"), Ok(Admit::Pending));
+        assert_eq!(ledger.budget().used(), 2);
+        assert_eq!(ledger.admit(hash("c"), "c"), Err(LedgerFull));
+        assert_eq!(ledger.apply("a".into(), 1), Ok(1));
+        assert_eq!(ledger.admit(hash("a"), "a"), Ok(Admit::Known));
+        assert_eq!((ledger.users(), ledger.budget().used()), (1, 2));
+        ledger.cancel(hash("a"), "a");
+        assert_eq!(
+            ledger.budget().used(),
+            2,
+            "a is in the table: its slot stays"
+        );
+        ledger.cancel(hash("b"), "b");
+        assert_eq!(ledger.budget().used(), 1);
+        assert_eq!(ledger.admit(hash("c"), "c"), Ok(Admit::Pending));
+        assert_eq!(ledger.admit(hash("d"), "d"), Err(LedgerFull));
+        assert_eq!(ledger.apply("c".into(), 2), Ok(2));
+        let pending: usize = (0..4)
+            .map(|index| ledger.shard(index).data.lock().pending_len())
+            .sum();
+        assert_eq!((ledger.users(), ledger.budget().used(), pending), (2, 2, 0));
     }
 }

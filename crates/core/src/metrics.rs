@@ -136,6 +136,8 @@ pub struct Metrics {
     pub rejected_draining: AtomicU64,
     /// Inline events refused because the balance would overflow.
     pub rejected_overflow: AtomicU64,
+    /// New users refused because the ledger holds `max_users` users.
+    pub rejected_ledger_full: AtomicU64,
     /// Invalid inputs reported by the front door.
     pub invalid: AtomicU64,
     invalid_by_reason: parking_lot::Mutex<BTreeMap<&'static str, u64>>,
@@ -152,6 +154,7 @@ impl Metrics {
             rejected_queue_full: StripedCounter::default(),
             rejected_draining: AtomicU64::new(0),
             rejected_overflow: AtomicU64::new(0),
+            rejected_ledger_full: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             invalid_by_reason: parking_lot::Mutex::new(BTreeMap::new()),
             workers: (0..worker_slots.max(1))
@@ -176,7 +179,7 @@ impl Metrics {
             .collect()
     }
 
-    /// Rejections by reason (`queue_full`, `draining`, `balance_overflow`).
+    /// Rejections by reason (`queue_full`, `draining`, `balance_overflow`, `ledger_full`).
     pub fn rejected_by_reason(&self) -> BTreeMap<String, u64> {
         [
             ("queue_full", self.rejected_queue_full.get()),
@@ -184,6 +187,10 @@ impl Metrics {
             (
                 "balance_overflow",
                 self.rejected_overflow.load(Ordering::Relaxed),
+            ),
+            (
+                "ledger_full",
+                self.rejected_ledger_full.load(Ordering::Relaxed),
             ),
         ]
         .into_iter()
@@ -196,6 +203,7 @@ impl Metrics {
         self.rejected_queue_full.get()
             + self.rejected_draining.load(Ordering::Relaxed)
             + self.rejected_overflow.load(Ordering::Relaxed)
+            + self.rejected_ledger_full.load(Ordering::Relaxed)
     }
 
     /// Sum of one per-worker counter (acquire loads: see the module invariants).

@@ -67,9 +67,9 @@ pub struct WorkerStats {
 pub struct Stats {
     /// Events admitted (queued, or applied/overflowed inline).
     pub accepted: u64,
-    /// Events refused (queue full, draining, inline overflow).
+    /// Events refused (queue full, draining, inline overflow, ledger full).
     pub rejected: u64,
-    /// Refusals by reason: `queue_full`, `draining`, `balance_overflow`.
+    /// Refusals by reason: `queue_full`, `draining`, `balance_overflow`, `ledger_full`.
     pub rejected_by_reason: BTreeMap<String, u64>,
     /// Invalid inputs reported by the front door.
     pub invalid: u64,
@@ -95,8 +95,12 @@ pub struct Stats {
     pub mode: ProcessingMode,
     /// How workers share the queue.
     pub queue_kind: QueueKind,
-    /// Users seen.
+    /// Users in the ledger (applied at least once).
     pub users: usize,
+    /// User slots taken: users in the ledger plus new users admitted, not yet applied.
+    pub users_reserved: usize,
+    /// Most distinct users the ledger admits (`EngineConfig::max_users`).
+    pub max_users: usize,
     /// Sum of every balance (i128: many i64 balances can exceed i64).
     pub balance_total: i128,
     /// `true` once shutdown began.

@@ -1,7 +1,8 @@
 //! Integration tests of the engine through its public API: conservation under concurrency,
-//! overload and shutdown for every ledger strategy and queue kind; the seed's stages in
+//! overload and shutdown for every ledger strategy and queue kind; the user limit; the seed's stages in
 //! simulated (paused) time.
 
 mod api;
 mod conservation;
 mod stages;
+mod user_limit;
