@@ -49,6 +49,10 @@ pub enum ApiError {
     /// The server is shutting down (503 `draining`).
     #[error("draining")]
     Draining,
+    /// A new user while the ledger holds `max_users` users (507 `ledger_full`, no
+    /// `Retry-After`: not transient; known users are still accepted).
+    #[error("ledger full: no room for a new user")]
+    LedgerFull,
     /// Applying the event would overflow the balance (422 `balance_overflow`, not applied).
     #[error("balance would overflow")]
     BalanceOverflow,
@@ -85,6 +89,7 @@ impl From<Rejected> for ApiError {
             Rejected::QueueFull => Self::QueueFull,
             Rejected::Draining => Self::Draining,
             Rejected::Overflow => Self::BalanceOverflow,
+            Rejected::LedgerFull => Self::LedgerFull,
         }
     }
 }
@@ -101,6 +106,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::QueueFull | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LedgerFull => StatusCode::INSUFFICIENT_STORAGE,
             Self::UnknownUser | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -117,6 +123,7 @@ impl ApiError {
             Self::BodyRead(_) => "invalid_body",
             Self::QueueFull => "queue_full",
             Self::Draining => "draining",
+            Self::LedgerFull => "ledger_full",
             Self::BalanceOverflow => "balance_overflow",
             Self::UnknownUser => "unknown_user",
             Self::InvalidQuery(_) => "invalid_query",
@@ -129,7 +136,7 @@ impl ApiError {
     /// client's input), or `error` (the transfer itself failed).
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::QueueFull | Self::Draining => "rejected",
+            Self::QueueFull | Self::Draining | Self::LedgerFull => "rejected",
             Self::BodyTimeout | Self::BodyRead(_) => "error",
             Self::BalanceOverflow => "overflowed",
             _ => "invalid",
@@ -150,7 +157,7 @@ impl ApiError {
     }
 
     fn body(&self) -> serde_json::Value {
-        let status = if matches!(self, Self::QueueFull | Self::Draining) {
+        let status = if matches!(self, Self::QueueFull | Self::Draining | Self::LedgerFull) {
             "rejected"
         } else {
             "error"
@@ -212,6 +219,7 @@ mod tests {
                 "unsupported_media_type",
             ),
             (ApiError::Draining, 503, "draining"),
+            (ApiError::LedgerFull, 507, "ledger_full"),
             (ApiError::BalanceOverflow, 422, "balance_overflow"),
             (ApiError::UnknownUser, 404, "unknown_user"),
             (ApiError::BodyTimeout, 408, "body_timeout"),
@@ -238,6 +246,7 @@ mod tests {
             ApiError::BodyRead(String::new()),
             ApiError::QueueFull,
             ApiError::Draining,
+            ApiError::LedgerFull,
             ApiError::BalanceOverflow,
             ApiError::UnknownUser,
             ApiError::InvalidQuery(String::new()),

@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Bound of the event queue; a full queue answers 503 at once [default: 65536].
     #[arg(long, env = "FLOODGATE_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
+    /// Most distinct users the ledger holds; an event for a new user beyond it answers 507
+    /// `ledger_full` (known users are still accepted) [default: 10000000, ~0.5-0.9 GiB].
+    #[arg(long, env = "FLOODGATE_MAX_USERS")]
+    pub max_users: Option<usize>,
     /// How balances are stored and locked [default: owned, the fastest in core's benchmark].
     #[arg(long, env = "FLOODGATE_STATE", value_enum)]
     pub state: Option<StateArg>,
@@ -194,6 +198,7 @@ impl ServeArgs {
             stage: self.stage.or(lower.stage),
             workers: self.workers.or(lower.workers),
             queue_capacity: self.queue_capacity.or(lower.queue_capacity),
+            max_users: self.max_users.or(lower.max_users),
             state: self.state.or(lower.state),
             shards: self.shards.or(lower.shards),
             inline: self.inline || lower.inline,
@@ -271,6 +276,7 @@ impl ServeArgs {
         }
         set(&mut engine.workers, self.workers);
         set(&mut engine.queue_capacity_events, self.queue_capacity);
+        set(&mut engine.max_users, self.max_users);
         set(&mut engine.strategy, self.state.map(Into::into));
         set(&mut engine.shards, self.shards);
         set(&mut engine.work_ms, self.work_ms);
@@ -329,12 +335,21 @@ mod tests {
     // Proves the precedence chain: flag > config file > stage preset > production default.
     #[test]
     fn flag_beats_file_beats_preset_beats_default() {
-        let file: ServeArgs =
-            toml::from_str("stage = 7\nworkers = 3\nhold-ms = 20\nidle-timeout-ms = 777\n")
-                .expect("file parses");
+        let file: ServeArgs = toml::from_str(
+            "stage = 7\nworkers = 3\nhold-ms = 20\nidle-timeout-ms = 777\nmax-users = 9\n",
+        )
+        .expect("file parses");
         let flags = parse(&["--workers", "5"]);
         let config = http_config(flags.overlay(&file).plan().expect("valid"));
         assert_eq!(config.engine.workers, 5, "flag beats file");
+        assert_eq!(config.engine.max_users, 9, "max-users from the file");
+        let flags = parse(&["--max-users", "3"]);
+        let limited = http_config(flags.overlay(&file).plan().expect("valid"));
+        assert_eq!(limited.engine.max_users, 3, "--max-users beats the file");
+        assert!(
+            parse(&["--max-users", "0"]).resolve().is_err(),
+            "max users 0 refused"
+        );
         assert_eq!(config.engine.hold_ms, 20, "file beats preset");
         assert_eq!(config.engine.work_ms, 100, "preset (stage 7) beats default");
         assert_eq!(config.front_door.idle_timeout_ms, 777);

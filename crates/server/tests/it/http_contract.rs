@@ -353,3 +353,56 @@ async fn stats_health_and_unknown_route() {
     assert_eq!(reply["reason"], "method_not_allowed");
     server.stop().await.expect("stop");
 }
+
+// Proves the ledger-full row: with max_users = 3, a fourth distinct user is answered 507
+// `{"status":"rejected","reason":"ledger_full"}` without Retry-After, known users are still
+// accepted, /stats shows users and max_users, the refusal is counted by reason in /stats and
+// /metrics, and every accepted event is applied.
+#[tokio::test]
+async fn full_ledger_is_507_ledger_full() {
+    let mut config = test_config();
+    config.engine.max_users = 3;
+    let server = ServerHandle::spawn(config).await.expect("spawn");
+    for user in ["u1", "u2", "u3"] {
+        let (status, _) = post(&server, event_json(user, 1)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{user}");
+    }
+    let response = client()
+        .post(format!("{}/events", server.url()))
+        .body(event_json("u4", 1))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert!(response.headers().get("retry-after").is_none());
+    let reply: Value = response.json().await.expect("json");
+    assert_eq!(
+        reply,
+        json!({"status": "rejected", "reason": "ledger_full"})
+    );
+    let (status, _) = post(&server, event_json("u1", 5)).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "a known user is still accepted"
+    );
+    let snapshot: Value = client()
+        .get(format!("{}/stats", server.url()))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(snapshot["max_users"], 3);
+    assert_eq!(snapshot["users_reserved"], 3);
+    assert!(snapshot["users"].as_u64().is_some_and(|users| users <= 3));
+    assert_eq!(snapshot["rejected_by_reason"]["ledger_full"], 1);
+    let rejected =
+        crate::support::counters(&server, "floodgate_events_rejected_total", "reason").await;
+    assert_eq!(rejected.get("ledger_full"), Some(&1), "{rejected:?}");
+    let engine = server.engine().clone();
+    let summary = server.stop().await.expect("stop");
+    assert_eq!((summary.accepted, summary.applied), (4, 4));
+    assert_eq!((engine.stats().users, engine.balance("u1")), (3, Some(6)));
+}
