@@ -61,7 +61,7 @@ impl LatencySummary {
 pub struct LatencyBreakdown {
     /// 2xx answers.
     pub accepted: LatencySummary,
-    /// 503 / 429 answers.
+    /// 503 / 429 / 507 answers.
     pub rejected: LatencySummary,
     /// Other 4xx answers.
     pub invalid: LatencySummary,
@@ -101,7 +101,7 @@ pub struct Report {
     pub sent: u64,
     /// 2xx answers (the server's 202).
     pub accepted: u64,
-    /// 503 / 429 answers (backpressure).
+    /// 503 / 429 / 507 answers.(backpressure).
     pub rejected: u64,
     /// Other 4xx answers (validation).
     pub invalid: u64,

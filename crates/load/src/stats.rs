@@ -23,7 +23,7 @@ pub const STATUS_CODE_LIMIT: usize = 600;
 pub enum Outcome {
     /// 2xx (the server's 202): the event was taken.
     Accepted,
-    /// 503 or 429: backpressure, the event was refused on purpose.
+    /// 503, 429 or 507: the event was refused on purpose (backpressure, draining, ledger full).
     Rejected,
     /// Any other 4xx: the server judged the request malformed.
     Invalid,
@@ -40,7 +40,7 @@ pub enum ErrorKind {
     Timeout,
     /// The connection broke while sending or receiving.
     Transport,
-    /// An answer that is neither 2xx, 4xx nor 503 (5xx, or 1xx/3xx).
+    /// An answer that is neither 2xx, 4xx, 503 nor 507 (other 5xx, or 1xx/3xx).
     Status,
 }
 
@@ -49,7 +49,7 @@ impl Outcome {
     pub fn from_status(status: u16) -> Self {
         match status {
             200..=299 => Self::Accepted,
-            429 | 503 => Self::Rejected,
+            429 | 503 | 507 => Self::Rejected,
             400..=499 => Self::Invalid,
             _ => Self::Error(ErrorKind::Status),
         }
@@ -199,6 +199,7 @@ mod tests {
         assert_eq!(Outcome::from_status(202), Outcome::Accepted);
         assert_eq!(Outcome::from_status(503), Outcome::Rejected);
         assert_eq!(Outcome::from_status(429), Outcome::Rejected);
+        assert_eq!(Outcome::from_status(507), Outcome::Rejected);
         for status in [400, 413, 415, 422] {
             assert_eq!(Outcome::from_status(status), Outcome::Invalid);
         }
