@@ -204,11 +204,7 @@ impl Engine {
     /// retrying producer) can offer it again without cloning. Refusals are counted as usual.
     pub fn offer(&self, event: Event) -> Result<Ingested, Refused> {
         let inner = &*self.inner;
-        if inner.draining.load(Ordering::Acquire) {
-            inner
-                .metrics
-                .rejected_draining
-                .fetch_add(1, Ordering::Relaxed);
+        if self.refuses_as_draining(Ordering::Acquire) {
             let reason = Rejected::Draining;
             return Err(Refused { reason, event });
         }
@@ -270,16 +266,25 @@ impl Engine {
         }
     }
 
+    /// True (and the refusal counted) once a stop has begun: admission is closed. `ordering`
+    /// is `SeqCst` on the inline paths, which must pair with shutdown's in-flight count.
+    fn refuses_as_draining(&self, ordering: Ordering) -> bool {
+        let draining = self.inner.draining.load(ordering);
+        if draining {
+            self.inner
+                .metrics
+                .rejected_draining
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        draining
+    }
+
     /// Inline apply without awaiting (see [`Engine::try_ingest`]).
     fn offer_inline(&self, event: Event) -> Result<Ingested, Refused> {
         let inner = &*self.inner;
         inner.inline_in_flight.fetch_add(1, Ordering::SeqCst);
         let _leave = InlineGuard(inner);
-        if inner.draining.load(Ordering::SeqCst) {
-            inner
-                .metrics
-                .rejected_draining
-                .fetch_add(1, Ordering::Relaxed);
+        if self.refuses_as_draining(Ordering::SeqCst) {
             let reason = Rejected::Draining;
             return Err(Refused { reason, event });
         }
@@ -328,11 +333,7 @@ impl Engine {
         // Enter before checking `draining`, so shutdown either sees us in flight or we see it.
         inner.inline_in_flight.fetch_add(1, Ordering::SeqCst);
         let _leave = InlineGuard(inner);
-        if inner.draining.load(Ordering::SeqCst) {
-            inner
-                .metrics
-                .rejected_draining
-                .fetch_add(1, Ordering::Relaxed);
+        if self.refuses_as_draining(Ordering::SeqCst) {
             return Err(Rejected::Draining);
         }
         let hash = user_hash(&event.user);
