@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc as the global allocator: a request allocates and frees small buffers on whichever
+/// runtime thread runs it, which the system allocator serves more slowly (bench/run.sh).
+#[global_allocator]
+static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Floodgate: an HTTP service that ingests JSON events and keeps per-user balances, its load
 /// generator, and the lab that measures every lesson of its design story.
 #[derive(Debug, Parser)]
