@@ -172,20 +172,6 @@ pub async fn sweep(
     Ok(points)
 }
 
-/// `workers / (work + hold)` at every power of two from 1 to `max_workers`, as plot points:
-/// the theory drawn as a smooth curve on a doubling axis, not only at the measured counts.
-pub fn theory_line(base: &EngineConfig, max_workers: usize) -> Vec<(f64, f64)> {
-    let mut engine = base.clone();
-    let mut points = Vec::new();
-    let mut workers = 1;
-    while workers <= max_workers.max(1) {
-        engine.workers = workers;
-        points.push((workers as f64, theoretical_rate(&engine)));
-        workers *= 2;
-    }
-    points
-}
-
 /// A sweep's measured throughput (applied events/s) by worker count, as plot points.
 pub fn measured_line(points: &[(EngineConfig, Sustained)]) -> Vec<(f64, f64)> {
     points
@@ -194,12 +180,15 @@ pub fn measured_line(points: &[(EngineConfig, Sustained)]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The theory line up to the sweep's largest worker count (its last point); empty when
-/// nothing was measured.
+/// `workers / (work + hold)` at each worker count the sweep measured, as plot points. Drawn
+/// at the same counts as the measured lines, so each segment of theory and measurement joins
+/// the same two counts and the lines compare point for point (a curve sampled elsewhere would
+/// cross a straight measured segment between two distant counts and mislead the eye).
 pub fn ideal_line(points: &[(EngineConfig, Sustained)]) -> Vec<(f64, f64)> {
     points
-        .last()
-        .map_or_else(Vec::new, |(engine, _)| theory_line(engine, engine.workers))
+        .iter()
+        .map(|(engine, _)| (engine.workers as f64, theoretical_rate(engine)))
+        .collect()
 }
 
 /// The one-lock ceiling drawn across a sweep's chart: `{prefix} 1/hold = N events/s`.
@@ -269,13 +258,13 @@ mod tests {
         assert!((offered_rate(&free) - MAX_OFFERED_RATE_PER_SECOND).abs() < f64::EPSILON);
     }
 
-    // Proves the theory curve has one point per doubling, each workers / (work + hold).
+    // Proves the sweep queue grows with workers from a floor of 16 events, and the theory
+    // rate is workers / (work + hold).
     #[test]
-    fn theory_line_doubles_up_to_the_largest_count() {
-        let line = theory_line(&stage7(), 64);
-        let workers: Vec<f64> = line.iter().map(|(x, _)| *x).collect();
-        assert_eq!(workers, vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
-        assert!((line[6].1 - 64.0 / 0.110).abs() < 1e-6);
+    fn sweep_queue_and_theory_rate() {
+        let mut engine = stage7();
+        engine.workers = 64;
+        assert!((theoretical_rate(&engine) - 64.0 / 0.110).abs() < 1e-6);
         assert_eq!(sweep_queue_capacity_events(1), 16);
         assert_eq!(sweep_queue_capacity_events(64), 256);
     }
