@@ -18,7 +18,8 @@ pub use report::{Report, Table};
 pub struct SuiteOptions {
     /// Length of each closed-loop ingest measurement, in seconds.
     pub seconds: u64,
-    /// Runs per ingest cell (alternating the two servers); the median is kept.
+    /// Pairs of runs per ingest cell (one run of each server back to back, alternating which
+    /// goes first); the median of the per-pair ratios is kept.
     pub repeat: usize,
     /// Length of the sustained overload window, in seconds (issue 6 asks for 30).
     pub overload_seconds: u64,
@@ -34,7 +35,7 @@ impl Default for SuiteOptions {
     fn default() -> Self {
         Self {
             seconds: 5,
-            repeat: 3,
+            repeat: 5,
             overload_seconds: 30,
             out: PathBuf::from("bench/results"),
             only: None,

@@ -13,17 +13,22 @@
 //! Invariant: while a request is in flight the connection has no deadline of its own (slow
 //! processing, e.g. stage 4's lock, is not the client's fault); otherwise exactly one deadline
 //! is armed, and it closes the connection when it passes.
+//!
+//! Cost: a keep-alive connection changes phase twice per request, so the deadline is kept as
+//! a plain `Instant` and the one timer behind it is lazy: it is moved only when a deadline
+//! would otherwise come before it, and re-armed when it fires early. It is always due at or
+//! before the armed deadline, so no deadline is missed, and a busy connection pays two clock
+//! reads per request instead of two timer-wheel updates (a lock and a wheel slot each).
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -33,10 +38,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::config::FrontDoorConfig;
 use crate::metrics::ServerMetrics;
+use crate::routes::Routes;
 
 /// Listen backlog: connections the kernel completes before we accept them. std and mio use
 /// 128, which a burst of a few hundred connects overflows (the kernel then drops SYNs and the
@@ -67,11 +72,11 @@ const HYPER_MIN_BUFFER_BYTES: usize = 8 * 1024;
 /// What the accept loop needs, shared by every connection.
 #[derive(Debug, Clone)]
 pub(crate) struct Acceptor {
-    pub router: Router,
+    pub routes: Arc<Routes>,
     pub front_door: FrontDoorConfig,
     pub metrics: Arc<ServerMetrics>,
-    /// Cancelled when a graceful stop starts: stop accepting, finish in-flight requests.
-    pub graceful: CancellationToken,
+    /// Raised when a graceful stop starts: stop accepting, finish in-flight requests.
+    pub graceful: StopSignal,
     /// Cancelled when the graceful stop has waited long enough: drop every connection.
     pub hard_stop: CancellationToken,
     pub tracker: TaskTracker,
@@ -84,7 +89,7 @@ impl Acceptor {
         loop {
             let accepted = tokio::select! {
                 biased;
-                () = self.graceful.cancelled() => break,
+                () = self.graceful.raised() => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
@@ -131,22 +136,19 @@ impl Acceptor {
             &activity,
             &self.metrics,
         );
-        let router = self.router.clone();
+        let routes = Arc::clone(&self.routes);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = InFlight::enter(&activity);
-            let router = router.clone();
+            let routes = Arc::clone(&routes);
             async move {
-                let response = router.oneshot(request.map(Body::new)).await;
+                let response = routes.handle(request).await;
                 drop(in_flight);
-                response
+                Ok::<_, Infallible>(response)
             }
         });
         let connection = self.http1().serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => Some(result),
-            () = self.graceful.cancelled() => None,
-        };
+        let result = self.graceful.or_connection(connection.as_mut()).await;
         if result.is_none() {
             connection.as_mut().graceful_shutdown();
             tokio::select! {
@@ -178,7 +180,7 @@ impl Acceptor {
                     }
                 }
             }
-            () = self.graceful.cancelled() => false,
+            () = self.graceful.raised() => false,
         }
     }
 
@@ -194,6 +196,50 @@ impl Acceptor {
                     .max(HYPER_MIN_BUFFER_BYTES),
             );
         builder
+    }
+}
+
+/// The graceful stop as connections see it: a token that wakes every waiter, and a flag
+/// raised just before it. A connection polls the token once (to be woken) and then checks
+/// only the flag on each wake-up: one atomic load, where polling the token again would take
+/// its lock, shared by every connection, twice per request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopSignal {
+    raised: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl StopSignal {
+    /// Starts the stop: every waiter wakes. Idempotent.
+    pub fn raise(&self) {
+        self.raised.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    /// Completes once the stop is raised.
+    pub async fn raised(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Drives `connection` until it ends (`Some`) or the stop is raised first (`None`).
+    async fn or_connection<F: Future + Unpin>(&self, mut connection: F) -> Option<F::Output> {
+        let stop = self.token.cancelled();
+        tokio::pin!(stop);
+        let mut waiting_for_stop = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = Pin::new(&mut connection).poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            // The first poll registers this task with the token; it stays registered.
+            if !waiting_for_stop || self.raised.load(Ordering::SeqCst) {
+                waiting_for_stop = true;
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -286,8 +332,11 @@ struct DeadlineIo {
     header_timeout: Duration,
     idle_timeout: Duration,
     phase: Phase,
+    /// When the current phase's deadline passes (meaningless while in flight).
+    deadline: Instant,
     seen_started: u64,
-    sleep: Pin<Box<Sleep>>,
+    /// Due at or before `deadline` whenever a deadline is armed.
+    timer: Pin<Box<Sleep>>,
 }
 
 impl DeadlineIo {
@@ -306,8 +355,9 @@ impl DeadlineIo {
             header_timeout: front_door.header_timeout(),
             idle_timeout: front_door.idle_timeout(),
             phase: Phase::Fresh,
+            deadline: header_deadline,
             seen_started: 0,
-            sleep: Box::pin(tokio::time::sleep_until(header_deadline)),
+            timer: Box::pin(tokio::time::sleep_until(header_deadline)),
         }
     }
 
@@ -330,26 +380,43 @@ impl DeadlineIo {
         }
     }
 
+    /// Enters `phase` with a deadline `timeout` from now. The timer moves only when it would
+    /// be due after the new deadline (in steady keep-alive traffic it is not: it stays at an
+    /// earlier deadline, fires there once, and is re-armed by [`Self::check_deadline`]).
     fn arm(&mut self, phase: Phase, timeout: Duration) {
         self.phase = phase;
-        self.sleep.as_mut().reset(Instant::now() + timeout);
+        self.deadline = Instant::now() + timeout;
+        if self.timer.deadline() > self.deadline {
+            self.timer.as_mut().reset(self.deadline);
+        }
     }
 
     /// `Err(TimedOut)` once the armed deadline has passed (never while a request is in flight).
+    /// A timer that fired early is re-armed: to the deadline, or while in flight (no deadline)
+    /// to one idle timeout ahead, which [`Self::arm`] pulls in if a shorter deadline comes.
     fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if self.phase == Phase::InFlight || self.sleep.as_mut().poll(cx).is_pending() {
-            return Ok(());
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let next = if self.phase == Phase::InFlight {
+                now + self.idle_timeout
+            } else if now >= self.deadline {
+                return Err(self.deadline_passed());
+            } else {
+                self.deadline
+            };
+            self.timer.as_mut().reset(next);
         }
+        Ok(())
+    }
+
+    fn deadline_passed(&self) -> io::Error {
         let phase = if self.phase == Phase::Idle {
             "idle"
         } else {
             "header"
         };
         self.metrics.record_timeout(phase);
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("{phase} timeout passed"),
-        ))
+        io::Error::new(io::ErrorKind::TimedOut, format!("{phase} timeout passed"))
     }
 }
 

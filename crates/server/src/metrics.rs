@@ -7,7 +7,11 @@
 //! truth, never double-counted); the front door's own series (connections, request latency)
 //! live here. Every label has a bounded set of values (outcomes, reasons, phases).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use floodgate_core::engine::Engine;
+use floodgate_core::metrics::StripedHistogram;
 use hdrhistogram::Histogram as HdrHistogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -15,15 +19,14 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 /// Request-latency buckets: 100 µs doubling 18 times (to about 13 s): covers a loopback 202
 /// and stage 4's seconds-long inline waits.
-const LATENCY_BUCKET_START_SECONDS: f64 = 0.000_1;
-const LATENCY_BUCKET_COUNT: u16 = 18;
+const LATENCY_BUCKET_START_NANOS: u64 = 100_000;
+const LATENCY_BUCKET_COUNT: u32 = 18;
 /// Lock wait/hold bucket bounds, seconds: 10 µs (uncontended) to 10 s (the seed's hot lock).
 const LOCK_BUCKETS_SECONDS: [f64; 16] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -44,8 +47,9 @@ pub struct ServerMetrics {
     connection_timeouts: Family<Labels, Counter>,
     connection_errors: Family<Labels, Counter>,
     /// One latency histogram per outcome, created up front (every series exists from the
-    /// start, and recording takes no lock or allocation).
-    request_duration: Vec<(&'static str, Histogram)>,
+    /// start). Striped, not prometheus-client's `Histogram`, which takes a mutex per
+    /// observation shared by every connection: recording takes no lock or allocation.
+    request_duration: RequestDurations,
 }
 
 /// Outcomes of `POST /events`, the values of the latency histogram's `outcome` label.
@@ -88,25 +92,8 @@ impl ServerMetrics {
              deadline, io); `deadline` also counts the timeouts above",
             connection_errors.clone(),
         );
-        let request_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(
-                LATENCY_BUCKET_START_SECONDS,
-                2.0,
-                LATENCY_BUCKET_COUNT,
-            ))
-        });
-        registry.register(
-            "http_request_duration_seconds",
-            "POST /events latency from handler start to answer, by outcome",
-            request_duration.clone(),
-        );
-        let request_duration = OUTCOMES
-            .iter()
-            .map(|outcome| {
-                let histogram = request_duration.get_or_create(&vec![("outcome", *outcome)]);
-                (*outcome, histogram.clone())
-            })
-            .collect();
+        let request_duration = RequestDurations::new();
+        registry.register_collector(Box::new(request_duration.clone()));
         registry.register_collector(Box::new(EngineCollector(engine)));
         Self {
             registry,
@@ -118,17 +105,9 @@ impl ServerMetrics {
         }
     }
 
-    /// Records one `POST /events` answer (`outcome`: accepted, rejected, invalid,
-    /// overflowed, error).
-    pub fn observe_request(&self, outcome: &'static str, seconds: f64) {
-        let found = self
-            .request_duration
-            .iter()
-            .find(|(name, _)| *name == outcome);
-        debug_assert!(found.is_some(), "unknown outcome {outcome}");
-        if let Some((_, histogram)) = found {
-            histogram.observe(seconds);
-        }
+    /// Records one `POST /events` answer (`outcome`: one of [`OUTCOMES`]).
+    pub fn observe_request(&self, outcome: &'static str, elapsed: Duration) {
+        self.request_duration.record(outcome, elapsed);
     }
 
     /// Counts a connection closed by its deadline (`phase`: header or idle).
@@ -150,6 +129,66 @@ impl ServerMetrics {
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// `floodgate_http_request_duration_seconds`: one striped histogram per outcome.
+/// Cloned into the registry as its collector: both clones share the histograms.
+#[derive(Debug, Clone)]
+struct RequestDurations(Arc<[(&'static str, StripedHistogram)]>);
+
+impl RequestDurations {
+    fn new() -> Self {
+        let bounds: Vec<u64> = (0..LATENCY_BUCKET_COUNT)
+            .map(|doublings| LATENCY_BUCKET_START_NANOS << doublings)
+            .collect();
+        Self(
+            OUTCOMES
+                .iter()
+                .map(|&outcome| (outcome, StripedHistogram::new(&bounds)))
+                .collect(),
+        )
+    }
+
+    fn record(&self, outcome: &'static str, elapsed: Duration) {
+        let found = self.0.iter().find(|(name, _)| *name == outcome);
+        debug_assert!(found.is_some(), "unknown outcome {outcome}");
+        if let Some((_, histogram)) = found {
+            histogram.record(elapsed);
+        }
+    }
+}
+
+impl Collector for RequestDurations {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "http_request_duration_seconds",
+            "POST /events latency from handler start to answer, by outcome",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (outcome, histogram) in self.0.iter() {
+            let snapshot = histogram.snapshot();
+            // Per-bucket counts in seconds; prometheus-client accumulates them, and a bound of
+            // `f64::MAX` is its `+Inf`.
+            let buckets: Vec<(f64, u64)> = snapshot
+                .bounds_nanos
+                .iter()
+                .map(|&nanos| nanos as f64 / 1e9)
+                .chain([f64::MAX])
+                .zip(snapshot.counts.iter().copied())
+                .collect();
+            let labels = vec![("outcome", *outcome)];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    snapshot.sum_nanos as f64 / 1e9,
+                    snapshot.count(),
+                    &buckets,
+                    None,
+                )?;
+        }
+        Ok(())
     }
 }
 

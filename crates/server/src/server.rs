@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
-use crate::conn::Acceptor;
+use crate::conn::{Acceptor, StopSignal};
 use crate::metrics::ServerMetrics;
-use crate::routes::{self, AppState};
+use crate::routes::{AppState, Routes};
 
 /// Serves HTTP on `listener` until `shutdown` completes, then stops gracefully and returns the
 /// engine's final summary. Starts the engine itself (call inside a tokio runtime).
@@ -54,11 +54,11 @@ async fn serve(
         metrics: Arc::clone(&metrics),
         draining: AtomicBool::new(false),
     });
-    let graceful = CancellationToken::new();
+    let graceful = StopSignal::default();
     let hard_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let acceptor = Acceptor {
-        router: routes::router(Arc::clone(&app)),
+        routes: Arc::new(Routes::new(Arc::clone(&app))),
         front_door: app.config.front_door.clone(),
         metrics,
         graceful: graceful.clone(),
@@ -69,7 +69,7 @@ async fn serve(
     shutdown.await;
     tracing::info!("stopping: no new connections, finishing in-flight requests");
     app.draining.store(true, Ordering::SeqCst);
-    graceful.cancel();
+    graceful.raise();
     let _ = accept_loop.await;
     tracker.close();
     if tokio::time::timeout(shutdown_timeout, tracker.wait())

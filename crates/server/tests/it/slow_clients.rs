@@ -92,6 +92,44 @@ async fn idle_keep_alive_connection_is_closed() {
     server.stop().await.expect("stop");
 }
 
+// Proves the header deadline applies to every head of a kept-alive connection, with the
+// connection timer moved lazily: requests spread over longer than the header timeout are all
+// answered (a timer that fires early is re-armed, not obeyed), then a head that stalls is
+// closed by the header deadline although the idle timeout is far longer.
+#[tokio::test]
+async fn each_head_on_a_kept_alive_connection_has_the_header_deadline() {
+    let server = ServerHandle::spawn(short_deadlines(300, 60_000, 60_000))
+        .await
+        .expect("spawn");
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+    let mut pending = Vec::new();
+    for _ in 0..8 {
+        stream
+            .write_all(&post_event_raw("Content-Length", &event_json("a", 1)))
+            .await
+            .expect("write");
+        let response = read_response(&mut stream, &mut pending)
+            .await
+            .expect("an answer on a connection busy for longer than the header timeout");
+        assert_eq!(response.status, 202);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stream
+        .write_all(b"POST /events HTTP/1.1\r\nHost: stalled\r\n")
+        .await
+        .expect("write the start of a head");
+    assert!(
+        closed_by_server(&mut stream, &mut pending).await,
+        "stalled head kept open"
+    );
+    let timeouts =
+        crate::support::counters(&server, "floodgate_http_connection_timeouts_total", "phase")
+            .await;
+    assert_eq!(timeouts.get("header"), Some(&1), "{timeouts:?}");
+    assert_eq!(timeouts.get("idle"), None, "{timeouts:?}");
+    server.stop().await.expect("stop");
+}
+
 // Proves a connection in the middle of a slow request is not cut by the idle or header
 // deadline: stage-4 style processing longer than both still gets its answer.
 #[tokio::test]
