@@ -169,13 +169,13 @@ impl Collector for RequestDurations {
         )?;
         for (outcome, histogram) in self.0.iter() {
             let snapshot = histogram.snapshot();
-            // Per-bucket counts in seconds; prometheus-client accumulates them, and a bound of
-            // `f64::MAX` is its `+Inf`.
+            // Per-bucket counts, bounds in seconds; prometheus-client accumulates them, and
+            // a bound of infinity is its `+Inf`.
             let buckets: Vec<(f64, u64)> = snapshot
                 .bounds_nanos
                 .iter()
                 .map(|&nanos| nanos as f64 / 1e9)
-                .chain([f64::MAX])
+                .chain([f64::INFINITY])
                 .zip(snapshot.counts.iter().copied())
                 .collect();
             let labels = vec![("outcome", *outcome)];
