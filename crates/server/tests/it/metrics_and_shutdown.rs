@@ -109,6 +109,21 @@ fn check_histograms(scrape: &Scrape) {
         Some(3.0),
         "{buckets:?}"
     );
+    // Finite bounds up to ~13 s, then exactly one +Inf bucket (not a huge finite bound).
+    assert_eq!(
+        buckets
+            .iter()
+            .filter(|bucket| bucket.less_than.is_infinite())
+            .count(),
+        1,
+        "{buckets:?}"
+    );
+    assert!(
+        buckets
+            .iter()
+            .all(|bucket| bucket.less_than.is_infinite() || bucket.less_than < 14.0),
+        "{buckets:?}"
+    );
     assert_eq!(
         scalar(
             scrape,
