@@ -14,5 +14,6 @@ if ! command -v wrk >/dev/null 2>&1; then
     (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || echo "no wrk: pass --skip-wrk" >&2
 fi
 cargo build --release --locked -p floodgate -p floodgate-bench --bins
-cargo build --release --locked -p floodgate-core --example engine_throughput
+# The engine runs with mimalloc, the allocator of the `floodgate` binary it stands for.
+cargo build --release --locked -p floodgate-core --example engine_throughput --features mimalloc
 exec target/release/bench-suite "$@"

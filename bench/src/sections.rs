@@ -208,7 +208,8 @@ pub fn engine(binaries: &Binaries) -> Result<Table> {
     let mut table = Table::new(
         "The engine without HTTP",
         "Events pre-generated, then pushed through queue + workers + ledger \
-         (`cargo run --release -p floodgate-core --example engine_throughput`).",
+         (`cargo run --release -p floodgate-core --example engine_throughput --features mimalloc`: \
+         mimalloc, as in the `floodgate` binary).",
         &column_refs,
     );
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as u64;
