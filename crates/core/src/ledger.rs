@@ -86,6 +86,12 @@ impl UserKey {
         }
     }
 
+    /// Whether this stored name, of hash `key_hash`, is `user` (of hash `hash`): the hashes
+    /// first, so a probe rarely compares bytes.
+    fn is(&self, key_hash: u64, hash: u64, user: &str) -> bool {
+        key_hash == hash && self.as_bytes() == user.as_bytes()
+    }
+
     fn as_bytes(&self) -> &[u8] {
         match self {
             Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
@@ -109,7 +115,7 @@ struct Entry {
 
 impl Entry {
     fn is(&self, hash: u64, user: &str) -> bool {
-        self.hash == hash && self.user.as_bytes() == user.as_bytes()
+        self.user.is(self.hash, hash, user)
     }
 }
 
@@ -124,7 +130,7 @@ struct Pending {
 
 impl Pending {
     fn is(&self, hash: u64, user: &str) -> bool {
-        self.hash == hash && self.user.as_bytes() == user.as_bytes()
+        self.user.is(self.hash, hash, user)
     }
 }
 

@@ -92,11 +92,14 @@ impl StripedCounter {
 /// Most bucket bounds a [`StripedHistogram`] takes (its stripes have a fixed size).
 pub const STRIPED_HISTOGRAM_BOUNDS_MAX: usize = 30;
 
+/// The cell of a [`HistogramStripe`] that holds the sum of recorded nanoseconds.
+const SUM_CELL: usize = STRIPED_HISTOGRAM_BOUNDS_MAX + 1;
+
 /// One thread's cells of a [`StripedHistogram`]: a count per bound, then the overflow count
-/// (above the last bound); the last cell holds the sum of recorded nanoseconds.
+/// (above the last bound); [`SUM_CELL`] holds the sum of recorded nanoseconds.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct HistogramStripe([AtomicU64; STRIPED_HISTOGRAM_BOUNDS_MAX + 2]);
+struct HistogramStripe([AtomicU64; SUM_CELL + 1]);
 
 /// A histogram of durations over fixed bucket bounds, recorded without a lock: each thread adds
 /// to its own cache-line-aligned stripe (as [`StripedCounter`] does), and a reader sums them.
@@ -158,7 +161,7 @@ impl StripedHistogram {
             .unwrap_or(self.bounds_nanos.len());
         let stripe = &self.stripes[STRIPE.with(|stripe| *stripe)].0;
         stripe[bucket].fetch_add(1, Ordering::Relaxed);
-        stripe[STRIPED_HISTOGRAM_BOUNDS_MAX + 1].fetch_add(nanos, Ordering::Relaxed);
+        stripe[SUM_CELL].fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// The counts and sum so far, summed over the stripes.
@@ -170,8 +173,7 @@ impl StripedHistogram {
             for (count, cell) in counts.iter_mut().zip(&stripe.0[..buckets]) {
                 *count += cell.load(Ordering::Relaxed);
             }
-            sum_nanos = sum_nanos
-                .wrapping_add(stripe.0[STRIPED_HISTOGRAM_BOUNDS_MAX + 1].load(Ordering::Relaxed));
+            sum_nanos = sum_nanos.wrapping_add(stripe.0[SUM_CELL].load(Ordering::Relaxed));
         }
         HistogramSnapshot {
             bounds_nanos: self.bounds_nanos.to_vec(),

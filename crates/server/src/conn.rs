@@ -220,6 +220,11 @@ impl StopSignal {
         self.token.cancel();
     }
 
+    /// Whether the stop has been raised.
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::SeqCst)
+    }
+
     /// Completes once the stop is raised.
     pub async fn raised(&self) {
         self.token.cancelled().await;
@@ -235,7 +240,7 @@ impl StopSignal {
                 return Poll::Ready(Some(output));
             }
             // The first poll registers this task with the token; it stays registered.
-            if !waiting_for_stop || self.raised.load(Ordering::SeqCst) {
+            if !waiting_for_stop || self.is_raised() {
                 waiting_for_stop = true;
                 if stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(None);

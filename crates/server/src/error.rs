@@ -157,7 +157,7 @@ impl ApiError {
     }
 
     fn body(&self) -> serde_json::Value {
-        let status = if matches!(self, Self::QueueFull | Self::Draining | Self::LedgerFull) {
+        let status = if self.outcome() == "rejected" {
             "rejected"
         } else {
             "error"

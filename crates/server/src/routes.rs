@@ -7,7 +7,6 @@
 //! every failure goes through [`ApiError`], the one place that maps errors to responses.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -30,6 +29,7 @@ use serde_json::json;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
+use crate::conn::StopSignal;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
 
@@ -47,8 +47,9 @@ pub struct AppState {
     pub config: ServerConfig,
     /// Front-door metrics (the engine's own are read from it at scrape time).
     pub metrics: Arc<ServerMetrics>,
-    /// Set when a graceful stop starts: `/readyz` turns 503 before the engine drains.
-    pub draining: AtomicBool,
+    /// Raised when a graceful stop starts: `/readyz` turns 503 before the engine drains, and
+    /// connections stop accepting requests.
+    pub(crate) stop: StopSignal,
 }
 
 /// The front door's request handler: `POST /events` straight to its handler, every other
@@ -325,7 +326,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     };
-    if app.draining.load(Ordering::SeqCst) || app.engine.is_draining() {
+    if app.stop.is_raised() || app.engine.is_draining() {
         return not_ready("draining");
     }
     let engine = &app.config.engine;

@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use floodgate_core::engine::{Engine, Summary};
@@ -52,24 +51,22 @@ async fn serve(
         engine: engine.clone(),
         config,
         metrics: Arc::clone(&metrics),
-        draining: AtomicBool::new(false),
+        stop: StopSignal::default(),
     });
-    let graceful = StopSignal::default();
     let hard_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let acceptor = Acceptor {
         routes: Arc::new(Routes::new(Arc::clone(&app))),
         front_door: app.config.front_door.clone(),
         metrics,
-        graceful: graceful.clone(),
+        graceful: app.stop.clone(),
         hard_stop: hard_stop.clone(),
         tracker: tracker.clone(),
     };
     let accept_loop = tokio::spawn(acceptor.run(listener));
     shutdown.await;
     tracing::info!("stopping: no new connections, finishing in-flight requests");
-    app.draining.store(true, Ordering::SeqCst);
-    graceful.raise();
+    app.stop.raise();
     let _ = accept_loop.await;
     tracker.close();
     if tokio::time::timeout(shutdown_timeout, tracker.wait())

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use floodgate_core::{
-    Engine, EngineConfig, Event, Ingested, LedgerStrategy, QueueKind, Rejected, Summary,
-};
+use floodgate_core::{Engine, EngineConfig, Event, Ingested, LedgerStrategy, Rejected, Summary};
+
+use crate::support;
 
 /// Submitter tasks per test (the brief asks for at least 64).
 const SUBMITTERS: u64 = 64;
@@ -20,7 +20,7 @@ fn amount(seed: u64) -> i64 {
     i64::try_from(x % 2001).unwrap_or(0) - 1000
 }
 
-/// What the submitters saw: accepted count and the accepted amount per user.
+/// What the submitters saw: accepted count, queue-full refusals, accepted amount per user.
 #[derive(Default)]
 struct Expected {
     accepted: u64,
@@ -29,39 +29,18 @@ struct Expected {
 }
 
 async fn submit_concurrently(engine: &Engine, events_each: u64) -> Expected {
-    let mut tasks = Vec::new();
-    for submitter in 0..SUBMITTERS {
-        let engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut seen = Expected::default();
-            for index in 0..events_each {
-                let user = format!("user{}", (submitter * 7 + index) % USERS);
-                let amount = amount(submitter * 1_000_003 + index);
-                match engine.ingest(Event::new(user.clone(), amount)).await {
-                    Ok(Ingested::Queued) => {
-                        seen.accepted += 1;
-                        *seen.per_user.entry(user).or_insert(0) += amount;
-                    }
-                    Err(Rejected::QueueFull) => seen.rejected += 1,
-                    other => panic!("unexpected answer {other:?}"),
-                }
-                if index % 16 == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            seen
-        }));
+    let tally =
+        support::submit_concurrently(engine, SUBMITTERS, events_each, 16, |submitter, index| {
+            let user = format!("user{}", (submitter * 7 + index) % USERS);
+            (user, amount(submitter * 1_000_003 + index))
+        })
+        .await;
+    assert!(tally.refused_users.is_empty(), "no user limit here");
+    Expected {
+        accepted: tally.accepted,
+        rejected: tally.queue_full,
+        per_user: tally.per_user,
     }
-    let mut total = Expected::default();
-    for task in tasks {
-        let seen = task.await.expect("submitter panicked");
-        total.accepted += seen.accepted;
-        total.rejected += seen.rejected;
-        for (user, sum) in seen.per_user {
-            *total.per_user.entry(user).or_insert(0) += sum;
-        }
-    }
-    total
 }
 
 fn check_conserved(engine: &Engine, summary: Summary, expected: &Expected, label: &str) {
@@ -73,17 +52,8 @@ fn check_conserved(engine: &Engine, summary: Summary, expected: &Expected, label
     );
     assert_eq!(summary.overflowed, 0, "{label}: amounts are small");
     assert_eq!(summary.rejected, expected.rejected, "{label}: rejected");
-    let mut total = 0_i128;
-    for (user, sum) in &expected.per_user {
-        assert_eq!(
-            engine.balance(user),
-            Some(*sum),
-            "{label}: balance of {user}"
-        );
-        total += i128::from(*sum);
-    }
+    support::check_balances(engine, &expected.per_user, label);
     let stats = engine.stats();
-    assert_eq!(stats.balance_total, total, "{label}: total");
     assert_eq!(stats.users, expected.per_user.len(), "{label}: users");
     assert_eq!(
         (stats.applied, stats.queue_depth),
@@ -111,20 +81,11 @@ fn spawn_monitor(engine: Engine) -> tokio::task::JoinHandle<u64> {
 }
 
 fn configs() -> Vec<(String, EngineConfig)> {
-    let mut configs = Vec::new();
-    for strategy in LedgerStrategy::ALL {
-        for queue_kind in [QueueKind::Mpmc, QueueKind::SharedReceiver] {
-            let config = EngineConfig {
-                strategy,
-                queue_kind,
-                workers: 4,
-                shards: 8,
-                ..EngineConfig::production()
-            };
-            configs.push((format!("{strategy}/{queue_kind}"), config));
-        }
-    }
-    configs
+    support::queued_configs(&EngineConfig {
+        workers: 4,
+        shards: 8,
+        ..EngineConfig::production()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,4 +5,5 @@
 mod api;
 mod conservation;
 mod stages;
+mod support;
 mod user_limit;

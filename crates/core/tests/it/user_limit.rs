@@ -1,30 +1,21 @@
 //! The user limit: `users in the ledger <= max_users` always, decided at admission, and every
 //! admitted event is still applied (conservation), for every strategy, queue kind and mode.
 
-use std::collections::{HashMap, HashSet};
-
 use floodgate_core::{
-    Engine, EngineConfig, Event, Ingested, LedgerStrategy, ProcessingMode, QueueKind, Rejected,
+    Engine, EngineConfig, Event, Ingested, LedgerStrategy, ProcessingMode, Rejected,
 };
+
+use crate::support::{self, Tally};
 
 /// Every queued configuration (strategy x queue kind), with `max_users` and a queue capacity.
 fn queued_configs(max_users: usize, queue_capacity_events: usize) -> Vec<(String, EngineConfig)> {
-    let mut configs = Vec::new();
-    for strategy in LedgerStrategy::ALL {
-        for queue_kind in [QueueKind::Mpmc, QueueKind::SharedReceiver] {
-            let config = EngineConfig {
-                strategy,
-                queue_kind,
-                workers: 2,
-                shards: 8,
-                queue_capacity_events,
-                max_users,
-                ..EngineConfig::production()
-            };
-            configs.push((format!("{strategy}/{queue_kind}"), config));
-        }
-    }
-    configs
+    support::queued_configs(&EngineConfig {
+        workers: 2,
+        shards: 8,
+        queue_capacity_events,
+        max_users,
+        ..EngineConfig::production()
+    })
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -120,65 +111,19 @@ async fn inline_mode_checks_the_limit_before_applying() {
     assert_eq!((engine.stats().users, engine.balance("bob")), (1, None));
 }
 
-/// What one submitter saw.
-#[derive(Default)]
-struct Seen {
-    accepted: u64,
-    per_user: HashMap<String, i64>,
-    refused_users: HashSet<String>,
-    queue_full: u64,
-}
-
-async fn submit_many_new_users(
-    engine: &Engine,
-    submitters: u64,
-    events_each: u64,
-    names: u64,
-) -> Seen {
-    let mut tasks = Vec::new();
-    for submitter in 0..submitters {
-        let engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut seen = Seen::default();
-            for index in 0..events_each {
-                // Submitters walk the name space at different strides: the same new user is
-                // often offered by two submitters at once.
-                let user = format!("user{}", (submitter * 13 + index * (submitter + 1)) % names);
-                let amount = i64::try_from(index % 7).unwrap_or(0) - 3;
-                match engine.ingest(Event::new(user.clone(), amount)).await {
-                    Ok(Ingested::Queued) => {
-                        seen.accepted += 1;
-                        *seen.per_user.entry(user).or_insert(0) += amount;
-                    }
-                    Err(Rejected::LedgerFull) => {
-                        seen.refused_users.insert(user);
-                    }
-                    Err(Rejected::QueueFull) => seen.queue_full += 1,
-                    other => panic!("unexpected answer {other:?}"),
-                }
-                if index % 8 == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            seen
-        }));
-    }
-    let mut total = Seen::default();
-    for task in tasks {
-        let seen = task.await.expect("submitter panicked");
-        total.accepted += seen.accepted;
-        total.queue_full += seen.queue_full;
-        total.refused_users.extend(seen.refused_users);
-        for (user, sum) in seen.per_user {
-            *total.per_user.entry(user).or_insert(0) += sum;
-        }
-    }
-    total
+/// 16 submitters offering 400 events each over `names` user names. They walk the name space
+/// at different strides: the same new user is often offered by two submitters at once.
+async fn submit_many_new_users(engine: &Engine, names: u64) -> Tally {
+    support::submit_concurrently(engine, 16, 400, 8, move |submitter, index| {
+        let user = format!("user{}", (submitter * 13 + index * (submitter + 1)) % names);
+        (user, i64::try_from(index % 7).unwrap_or(0) - 3)
+    })
+    .await
 }
 
 /// Run submitters against `config` while a monitor checks `users <= users_reserved <=
 /// max_users` in every snapshot; then check conservation and that no slot leaked.
-async fn check_limit_under_concurrency(label: &str, config: EngineConfig, names: u64) -> Seen {
+async fn check_limit_under_concurrency(label: &str, config: EngineConfig, names: u64) -> Tally {
     let max_users = config.max_users;
     let engine = Engine::start(config).expect("start");
     let monitor = {
@@ -192,7 +137,7 @@ async fn check_limit_under_concurrency(label: &str, config: EngineConfig, names:
             }
         })
     };
-    let seen = submit_many_new_users(&engine, 16, 400, names).await;
+    let seen = submit_many_new_users(&engine, names).await;
     let summary = engine.shutdown().await;
     monitor.await.expect("monitor saw the limit broken");
     assert_eq!(summary.accepted, seen.accepted, "{label}");
@@ -204,12 +149,7 @@ async fn check_limit_under_concurrency(label: &str, config: EngineConfig, names:
     assert_eq!(stats.users, seen.per_user.len(), "{label}");
     assert!(stats.users <= max_users, "{label}: {} users", stats.users);
     assert_eq!(stats.users_reserved, stats.users, "{label}: no slot leaked");
-    let mut total = 0_i128;
-    for (user, sum) in &seen.per_user {
-        assert_eq!(engine.balance(user), Some(*sum), "{label}: {user}");
-        total += i128::from(*sum);
-    }
-    assert_eq!(stats.balance_total, total, "{label}");
+    support::check_balances(&engine, &seen.per_user, label);
     seen
 }
 

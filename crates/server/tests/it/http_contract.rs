@@ -386,14 +386,7 @@ async fn full_ledger_is_507_ledger_full() {
         StatusCode::ACCEPTED,
         "a known user is still accepted"
     );
-    let snapshot: Value = client()
-        .get(format!("{}/stats", server.url()))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let (_, snapshot) = get(&server, "/stats").await;
     assert_eq!(snapshot["max_users"], 3);
     assert_eq!(snapshot["users_reserved"], 3);
     assert!(snapshot["users"].as_u64().is_some_and(|users| users <= 3));
