@@ -2,6 +2,7 @@
 //! the library crate that owns them (`floodgate-server`, `floodgate-load`, `floodgate-lab`), so
 //! tests and the lab drive the same code in-process.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -40,7 +41,8 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Not `eprintln!`: it panics when stderr's reader is gone.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             ExitCode::FAILURE
         }
     }

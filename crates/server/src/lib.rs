@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod metrics;
+pub mod output;
 pub mod raw;
 pub mod routes;
 pub mod serve;

@@ -95,6 +95,7 @@ impl ServerMetrics {
         let request_duration = RequestDurations::new();
         registry.register_collector(Box::new(request_duration.clone()));
         registry.register_collector(Box::new(EngineCollector(engine)));
+        registry.register_collector(Box::new(OutputCollector));
         Self {
             registry,
             open_connections,
@@ -189,6 +190,22 @@ impl Collector for RequestDurations {
                 )?;
         }
         Ok(())
+    }
+}
+
+/// Reads the count of dropped log and summary writes at scrape time.
+#[derive(Debug)]
+struct OutputCollector;
+
+impl Collector for OutputCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        counter(
+            &mut encoder,
+            "log_write_errors",
+            "Writes to stderr (the log) or stdout that failed and were dropped (e.g. the log \
+             reader went away); the server keeps serving",
+            crate::output::write_errors_total(),
+        )
     }
 }
 

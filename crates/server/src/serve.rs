@@ -41,7 +41,8 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(crate::output::LogWriter)
+        .log_internal_errors(false) // a failed write is counted by the writer, never printed
         .try_init();
 }
 
@@ -90,10 +91,10 @@ async fn serve_http(
 
 /// Prints the final summary on stdout (one `key=value` line) and logs it.
 fn print_summary(summary: &Summary) {
-    println!(
+    crate::output::print_line(format_args!(
         "final summary: accepted={} applied={} rejected={} invalid={} overflowed={}",
         summary.accepted, summary.applied, summary.rejected, summary.invalid, summary.overflowed
-    );
+    ));
     tracing::info!(
         accepted = summary.accepted,
         applied = summary.applied,
@@ -147,7 +148,9 @@ impl Signals {
         tracing::info!("signal received: stopping gracefully (a second signal exits at once)");
         tokio::spawn(async move {
             self.recv().await;
-            eprintln!("second signal: exiting at once without draining");
+            crate::output::eprint_line(format_args!(
+                "second signal: exiting at once without draining"
+            ));
             std::process::exit(i32::from(EXIT_CODE_FORCED));
         });
     }
