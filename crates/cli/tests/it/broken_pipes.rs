@@ -2,7 +2,7 @@
 //! failed log or summary write is never allowed to panic the writer.
 
 use crate::support::{
-    balance, client, collect_log, launch, post_events, signal, summary_field, wait_exit,
+    client, collect_log, launch, post_events, settled_balance, signal, summary_field, wait_exit,
     wait_with_stdout,
 };
 
@@ -49,7 +49,10 @@ async fn closed_stdout_does_not_crash_the_summary() {
     drop(launched.child.stdout.take()); // the summary's reader goes away
     let log = collect_log(launched.log);
     assert_eq!(post_events(&launched.addr, "broken-out", 5, 2).await, 5);
-    assert_eq!(balance(&launched.addr, "broken-out").await, Some(10));
+    assert_eq!(
+        settled_balance(&launched.addr, "broken-out", 10).await,
+        Some(10)
+    );
     signal(&launched.child, "TERM");
     let status = wait_exit(&mut launched.child).await;
     let log = log.await.expect("log reader").join("\n");

@@ -157,3 +157,16 @@ pub async fn balance(addr: &str, user: &str) -> Option<i64> {
     let body: serde_json::Value = response.json().await.expect("json");
     body["balance"].as_i64()
 }
+
+/// Polls `user`'s balance until it equals `expected` (events are applied after their 202) or
+/// [`ANSWER_WAIT`] passes; the last balance seen.
+pub async fn settled_balance(addr: &str, user: &str, expected: i64) -> Option<i64> {
+    let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+    loop {
+        let seen = balance(addr, user).await;
+        if seen == Some(expected) || tokio::time::Instant::now() >= deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
