@@ -198,9 +198,6 @@ pub enum ConfigError {
     /// `Engine::start` was called outside a tokio runtime (it spawns the workers there).
     #[error("the engine must be started inside a tokio runtime")]
     NoRuntime,
-    /// `for_stage` with a stage outside 3..=8.
-    #[error("no engine preset for stage {0} (stages 3 to 8 have one)")]
-    UnknownStage(u8),
 }
 
 /// Every knob of the engine. Missing fields deserialize to [`EngineConfig::production`]'s.
@@ -371,11 +368,6 @@ impl EngineConfig {
             // Global, and owned without workers (inline mode: the caller is the only owner).
             LedgerStrategy::Global | LedgerStrategy::Owned => 1,
         }
-    }
-
-    /// `true` when any simulated work is configured (workers then take one event at a time).
-    pub fn is_simulated(&self) -> bool {
-        !self.work_duration().is_zero() || !self.hold_duration().is_zero()
     }
 }
 

@@ -141,24 +141,6 @@ pub async fn exchange_paced(
     .await
 }
 
-/// Like [`exchange`], but sends the first `split_at` bytes, pauses for `pause` (a client that
-/// stops mid-request to think), then sends the rest.
-pub async fn exchange_split(
-    addr: SocketAddr,
-    request: &[u8],
-    split_at: usize,
-    pause: Duration,
-    deadline: Duration,
-) -> std::io::Result<Answer> {
-    let (first, rest) = request.split_at(split_at.min(request.len()));
-    exchange_with(addr, deadline, async |stream| {
-        stream.write_all(first).await?;
-        tokio::time::sleep(pause).await;
-        stream.write_all(rest).await
-    })
-    .await
-}
-
 /// Connects, runs `sending` on the new connection, then reads the answer; sending and reading
 /// both within `deadline` (past it the answer is [`Answer::TimedOut`]).
 async fn exchange_with(

@@ -25,7 +25,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::FrontDoorConfig;
 use crate::metrics::ServerMetrics;
 use crate::routes::Routes;
+use crate::shutdown::StopSignal;
 
 /// Listen backlog: connections the kernel completes before we accept them. std and mio use
 /// 128, which a burst of a few hundred connects overflows (the kernel then drops SYNs and the
@@ -112,22 +113,22 @@ impl Acceptor {
         let _ = stream.set_nodelay(true);
         let acceptor = self.clone();
         self.tracker
-            .spawn(async move { acceptor.serve(stream, permit).await });
+            .spawn(async move { acceptor.handle_connection(stream, permit).await });
     }
 
     /// Serves one connection until it closes, a deadline passes, or the server stops.
-    async fn serve(self, stream: TcpStream, permit: OwnedSemaphorePermit) {
+    async fn handle_connection(self, stream: TcpStream, permit: OwnedSemaphorePermit) {
         let _open = OpenConnection::new(&self.metrics, permit);
         let header_deadline = Instant::now() + self.front_door.header_timeout();
         if !self.first_bytes(&stream, header_deadline).await {
             return;
         }
         // Boxed: the HTTP state machine is large; a task still waiting above stays small.
-        Box::pin(self.serve_http(stream, header_deadline)).await;
+        Box::pin(self.run_hyper(stream, header_deadline)).await;
     }
 
     /// Runs hyper on a connection whose first bytes have arrived.
-    async fn serve_http(&self, stream: TcpStream, header_deadline: Instant) {
+    async fn run_hyper(&self, stream: TcpStream, header_deadline: Instant) {
         let activity = Arc::new(Activity::default());
         let io = DeadlineIo::new(
             stream,
@@ -200,55 +201,6 @@ impl Acceptor {
                     .max(HYPER_MIN_BUFFER_BYTES),
             );
         builder
-    }
-}
-
-/// The graceful stop as connections see it: a token that wakes every waiter, and a flag
-/// raised just before it. A connection polls the token once (to be woken) and then checks
-/// only the flag on each wake-up: one atomic load, where polling the token again would take
-/// its lock, shared by every connection, twice per request.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct StopSignal {
-    raised: Arc<AtomicBool>,
-    token: CancellationToken,
-}
-
-impl StopSignal {
-    /// Starts the stop: every waiter wakes. Idempotent.
-    pub fn raise(&self) {
-        self.raised.store(true, Ordering::SeqCst);
-        self.token.cancel();
-    }
-
-    /// Whether the stop has been raised.
-    pub fn is_raised(&self) -> bool {
-        self.raised.load(Ordering::SeqCst)
-    }
-
-    /// Completes once the stop is raised.
-    pub async fn raised(&self) {
-        self.token.cancelled().await;
-    }
-
-    /// Drives `connection` until it ends (`Some`) or the stop is raised first (`None`).
-    async fn or_connection<F: Future + Unpin>(&self, mut connection: F) -> Option<F::Output> {
-        let stop = self.token.cancelled();
-        tokio::pin!(stop);
-        let mut waiting_for_stop = false;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(output) = Pin::new(&mut connection).poll(cx) {
-                return Poll::Ready(Some(output));
-            }
-            // The first poll registers this task with the token; it stays registered.
-            if !waiting_for_stop || self.is_raised() {
-                waiting_for_stop = true;
-                if stop.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-            }
-            Poll::Pending
-        })
-        .await
     }
 }
 
@@ -477,25 +429,5 @@ impl AsyncWrite for DeadlineIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.refresh();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Pending => match this.check_deadline(cx) {
-                Ok(()) => Poll::Pending,
-                Err(error) => Poll::Ready(Err(error)),
-            },
-            ready @ Poll::Ready(_) => ready,
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
     }
 }

@@ -5,10 +5,12 @@
 //! 0.8 and hyper 1 with our own accept loop ([`conn`]), the engine (`floodgate-core`) behind.
 //! A request travels: [`conn`] (connection cap, deadlines) → [`routes`] (bounded body read,
 //! parse, admit) → the engine; failures become responses in [`error`] only; [`metrics`]
-//! exposes it all; [`server`] starts and stops it; [`settings`] and [`serve`] are the CLI.
+//! exposes it all; [`server`] starts and stops it; [`shutdown`] is the stop signal they
+//! all observe; [`settings`] and [`cli`] are `floodgate serve`.
 //! Invariant: the front door never waits for room in the queue, bounds every read (time and
 //! size), and an event answered 202 is applied before a graceful stop returns its summary.
 
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -16,14 +18,14 @@ pub mod metrics;
 pub mod output;
 pub mod raw;
 pub mod routes;
-pub mod serve;
 pub mod server;
 pub mod settings;
+pub mod shutdown;
 
+pub use cli::serve_main;
 pub use config::{FrontDoorConfig, ServerConfig};
 pub use error::ApiError;
 pub use raw::blocking::BlockingServerHandle;
 pub use raw::echo::EchoServerHandle;
-pub use serve::serve_main;
 pub use server::{ServerHandle, run};
 pub use settings::ServeArgs;

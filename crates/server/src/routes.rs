@@ -29,9 +29,9 @@ use serde_json::json;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
-use crate::conn::StopSignal;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
+use crate::shutdown::StopSignal;
 
 /// Largest page of `GET /balances` (the contract's `limit ≤ 1000`): bounds one response.
 pub const BALANCES_PAGE_MAX: usize = 1000;
@@ -87,7 +87,7 @@ impl Routes {
 }
 
 /// The router of the HTTP contract.
-pub fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/events",

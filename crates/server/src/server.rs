@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
-use crate::conn::{Acceptor, StopSignal};
+use crate::conn::Acceptor;
 use crate::metrics::ServerMetrics;
 use crate::routes::{AppState, Routes};
+use crate::shutdown::StopSignal;
 
 /// Serves HTTP on `listener` until `shutdown` completes, then stops gracefully and returns the
 /// engine's final summary. Starts the engine itself (call inside a tokio runtime).
@@ -32,11 +33,11 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     config.front_door.validate()?;
     let engine = Engine::start(config.engine.clone()).context("engine refused to start")?;
-    Ok(serve(listener, engine, config, shutdown).await)
+    Ok(run_with_engine(listener, engine, config, shutdown).await)
 }
 
 /// Serves with an already started engine; see [`run`].
-async fn serve(
+async fn run_with_engine(
     listener: TcpListener,
     engine: Engine,
     config: ServerConfig,
@@ -125,7 +126,7 @@ impl ServerHandle {
             // A dropped handle counts as a stop request too.
             let _ = stopped.await;
         };
-        let task = tokio::spawn(serve(listener, engine.clone(), config, shutdown));
+        let task = tokio::spawn(run_with_engine(listener, engine.clone(), config, shutdown));
         Ok(ServerHandle {
             addr,
             engine,

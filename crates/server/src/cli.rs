@@ -66,11 +66,11 @@ async fn run_plan(plan: ServePlan) -> anyhow::Result<ExitCode> {
             server.stop().await;
             Ok(ExitCode::SUCCESS)
         }
-        ServePlan::Http { addr, config } => serve_http(addr, *config, signals).await,
+        ServePlan::Http { addr, config } => run_front_door(addr, *config, signals).await,
     }
 }
 
-async fn serve_http(
+async fn run_front_door(
     addr: SocketAddr,
     config: ServerConfig,
     signals: Signals,
