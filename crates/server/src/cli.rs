@@ -1,8 +1,8 @@
 //! `floodgate serve`: logging, settings, signals, and the final summary.
 //!
 //! Lesson: issue 5's operations: one info line with the effective configuration at start, no
-//! line per request at the default level, SIGTERM/Ctrl-C drain everything accepted before the
-//! process exits 0, and a second signal exits at once.
+//! line per request at the default level, SIGTERM/Ctrl-C/SIGQUIT drain everything accepted
+//! before the process exits 0, and a second signal exits at once.
 //! Invariant: the summary printed at exit is the engine's own `Summary` after the drain, so
 //! `applied` there equals the number of 202 answers clients received.
 
@@ -48,6 +48,7 @@ fn init_tracing() {
 
 async fn run_plan(plan: ServePlan) -> anyhow::Result<ExitCode> {
     let signals = Signals::register()?;
+    crate::signals::handle_non_stopping()?;
     match plan {
         ServePlan::Blocking { addr } => {
             let server = BlockingServerHandle::bind(addr)
@@ -105,13 +106,15 @@ fn print_summary(summary: &Summary) {
     );
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), registered as soon as this is built, so a signal that arrives
-/// while the server starts is not lost to the default action.
+/// SIGTERM, SIGINT (Ctrl-C) and SIGQUIT, the stops that drain, registered as soon as this is
+/// built, so a signal that arrives while the server starts is not lost to the default action.
 struct Signals {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    quit: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -121,6 +124,7 @@ impl Signals {
         Ok(Self {
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            quit: signal(SignalKind::quit()).context("cannot handle SIGQUIT")?,
         })
     }
 
@@ -134,6 +138,7 @@ impl Signals {
         tokio::select! {
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
+            _ = self.quit.recv() => {}
         }
     }
 

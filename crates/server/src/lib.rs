@@ -6,7 +6,8 @@
 //! A request travels: [`conn`] (connection cap, deadlines) → [`routes`] (bounded body read,
 //! parse, admit) → the engine; failures become responses in [`error`] only; [`metrics`]
 //! exposes it all; [`server`] starts and stops it; [`shutdown`] is the stop signal they
-//! all observe; [`settings`] and [`cli`] are `floodgate serve`.
+//! all observe; [`settings`] and [`cli`] are `floodgate serve`, [`signals`] the signals that
+//! do not stop it, [`output`] the writes to stderr and stdout that cannot fail.
 //! Invariant: the front door never waits for room in the queue, bounds every read (time and
 //! size), and an event answered 202 is applied before a graceful stop returns its summary.
 
@@ -21,6 +22,7 @@ pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod shutdown;
+pub mod signals;
 
 pub use cli::serve_main;
 pub use config::{FrontDoorConfig, ServerConfig};

@@ -4,4 +4,5 @@
 
 mod broken_pipes;
 mod shutdown;
+mod signals;
 mod support;
