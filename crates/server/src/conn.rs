@@ -9,7 +9,9 @@
 //! for the idle timeout, and a request head started on an idle connection must complete within
 //! the header timeout. The body timeout is enforced by the handler (it answers 408). A new
 //! connection gets hyper's buffers only once its first bytes arrive, so a silent client costs
-//! its socket and one small task, not a read buffer.
+//! its socket and one small task, not a read buffer. A connection that may still have unread
+//! input when it ends is closed lingering ([`crate::linger`]), so answers already written reach
+//! the client instead of being destroyed by a reset.
 //! Invariant: while a request is in flight the connection has no deadline of its own (slow
 //! processing, e.g. stage 4's lock, is not the client's fault); otherwise exactly one deadline
 //! is armed, and it closes the connection when it passes.
@@ -25,7 +27,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -127,10 +129,11 @@ impl Acceptor {
         Box::pin(self.run_hyper(stream, header_deadline)).await;
     }
 
-    /// Runs hyper on a connection whose first bytes have arrived.
+    /// Runs hyper on a connection whose first bytes have arrived, then closes it lingering
+    /// (see [`crate::linger`]) unless a deadline or the hard stop ended it.
     async fn run_hyper(&self, stream: TcpStream, header_deadline: Instant) {
         let activity = Arc::new(Activity::default());
-        let io = DeadlineIo::new(
+        let mut io = DeadlineIo::new(
             stream,
             &self.front_door,
             header_deadline,
@@ -143,23 +146,51 @@ impl Acceptor {
             let routes = Arc::clone(&routes);
             async move {
                 let response = routes.handle(request).await;
+                in_flight.0.note_answer(&response);
                 drop(in_flight);
                 Ok::<_, Infallible>(response)
             }
         });
-        let connection = self.http1().serve_connection(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        let result = self.graceful.or_connection(connection.as_mut()).await;
-        if result.is_none() {
-            connection.as_mut().graceful_shutdown();
+        // hyper borrows the stream, so it is still ours once hyper is done with it.
+        let connection = self
+            .http1()
+            .serve_connection(TokioIo::new(&mut io), service);
+        if self.drive(connection).await.lingers(&io) {
             tokio::select! {
-                _ = connection.as_mut() => {}
+                () = crate::linger::close_lingering(&mut io.stream) => {}
                 () = self.hard_stop.cancelled() => {}
             }
-        } else if let Some(Err(error)) = result {
-            tracing::debug!(%error, "connection ended with an error");
-            self.metrics
-                .record_connection_error(connection_error_kind(&error));
+        }
+    }
+
+    /// Drives hyper until the connection ends, finishing gracefully when the server stops;
+    /// says how the close should go.
+    async fn drive<F>(&self, connection: F) -> Ending
+    where
+        F: Future<Output = hyper::Result<()>> + GracefulConnection,
+    {
+        tokio::pin!(connection);
+        match self.graceful.or_connection(connection.as_mut()).await {
+            None => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = connection.as_mut() => Ending::Close,
+                    () = self.hard_stop.cancelled() => Ending::Abort,
+                }
+            }
+            Some(Ok(())) => Ending::Close,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "connection ended with an error");
+                let kind = connection_error_kind(&error);
+                self.metrics.record_connection_error(kind);
+                // A malformed or oversized head may have more input behind it; a deadline or
+                // a broken socket has nothing worth protecting.
+                if matches!(kind, "malformed" | "head_too_large") {
+                    Ending::Linger
+                } else {
+                    Ending::Abort
+                }
+            }
         }
     }
 
@@ -201,6 +232,56 @@ impl Acceptor {
                     .max(HYPER_MIN_BUFFER_BYTES),
             );
         builder
+    }
+}
+
+/// How a connection's close goes once hyper is done with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// hyper refused the input: shut the write side and drain the rest ([`crate::linger`]).
+    Linger,
+    /// An orderly end: linger only if input may still be unread (an answer closed the
+    /// connection before its body was read, or bytes are waiting), else close at once, so an
+    /// idle keep-alive client does not hold up a graceful stop.
+    Close,
+    /// Close at once (deadline passed, socket broken, hard stop).
+    Abort,
+}
+
+impl Ending {
+    /// Whether the close should linger, given what happened on the connection.
+    fn lingers(self, io: &DeadlineIo) -> bool {
+        match self {
+            Self::Linger => true,
+            Self::Close => {
+                io.activity.closed_before_body.load(Ordering::Relaxed) || input_pending(&io.stream)
+            }
+            Self::Abort => false,
+        }
+    }
+}
+
+/// Whether the client has sent bytes nobody read (one byte is taken: it would be discarded).
+fn input_pending(stream: &TcpStream) -> bool {
+    let mut probe = [0_u8; 1];
+    matches!(stream.try_read(&mut probe), Ok(read) if read > 0)
+}
+
+/// hyper's HTTP/1 connection, as far as [`Acceptor::drive`] needs it.
+trait GracefulConnection {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConnection for http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self);
     }
 }
 
@@ -253,6 +334,25 @@ impl Drop for OpenConnection {
 struct Activity {
     started: AtomicU64,
     in_flight: AtomicU64,
+    /// An answer closed the connection before its request body was read (413, 408, 400
+    /// `invalid_body`): the rest of that body may still be arriving.
+    closed_before_body: AtomicBool,
+}
+
+impl Activity {
+    /// Notes an answer that closes the connection (error answers only, so a 202 pays one
+    /// comparison).
+    fn note_answer(&self, response: &axum::response::Response) {
+        let closes = || {
+            response
+                .headers()
+                .get(hyper::header::CONNECTION)
+                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
+        };
+        if !response.status().is_success() && closes() {
+            self.closed_before_body.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Marks one request in flight from the moment hyper hands it over until its handler ends.

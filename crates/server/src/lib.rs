@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod linger;
 pub mod metrics;
 pub mod output;
 pub mod raw;

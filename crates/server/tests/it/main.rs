@@ -3,6 +3,7 @@
 //! Each module covers one part of the front door; `support` holds the raw-TCP helpers.
 
 mod http_contract;
+mod lingering_close;
 mod metrics_and_shutdown;
 mod raw_http;
 mod raw_servers;

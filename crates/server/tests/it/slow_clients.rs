@@ -167,6 +167,7 @@ async fn slow_body_gets_408_and_close() {
     assert_eq!(response.json()["reason"], "body_timeout");
     assert_eq!(response.header("connection"), Some("close"));
     assert!(closed_by_server(&mut stream, &mut Vec::new()).await);
+    drop(stream); // the server lingers until the client closes too
     let summary = server.stop().await.expect("stop");
     assert_eq!(summary.invalid, 1);
 }
