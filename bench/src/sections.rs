@@ -281,7 +281,7 @@ pub fn overload(binaries: &Binaries, options: &SuiteOptions) -> Result<Table> {
         &workers,
         "--work-ms",
         &work,
-        "--queue-capacity",
+        "--queue-capacity-events",
         &queue,
     ];
     let server = start_floodgate(binaries, &flags)?;

@@ -117,6 +117,19 @@ impl fmt::Display for ProcessingMode {
     }
 }
 
+impl FromStr for ProcessingMode {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_lowercase().replace('-', "_").as_str() {
+            "validate_only" => Ok(Self::ValidateOnly),
+            "inline" => Ok(Self::Inline),
+            "queued" => Ok(Self::Queued),
+            _ => Err(ConfigError::UnknownMode(text.to_owned())),
+        }
+    }
+}
+
 /// How workers share the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,6 +137,7 @@ pub enum QueueKind {
     /// A true multi-consumer channel (async-channel): every worker receives directly.
     Mpmc,
     /// The seed's `Arc<Mutex<Receiver>>`: workers take turns holding the receiver.
+    #[serde(alias = "shared-receiver")]
     SharedReceiver,
 }
 
@@ -159,13 +173,15 @@ impl FromStr for QueueKind {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// `workers` outside 1..=[`WORKERS_MAX`] (queued mode).
-    #[error("workers must be between 1 and {WORKERS_MAX}, got {0}")]
+    #[error("`workers` must be between 1 and {WORKERS_MAX}, got {0}")]
     Workers(usize),
     /// `queue_capacity_events` outside 1..=[`QUEUE_CAPACITY_EVENTS_MAX`] (queued mode).
-    #[error("queue capacity must be between 1 and {QUEUE_CAPACITY_EVENTS_MAX} events, got {0}")]
+    #[error("`queue_capacity_events` must be between 1 and {QUEUE_CAPACITY_EVENTS_MAX}, got {0}")]
     QueueCapacity(usize),
     /// With the owned strategy each worker gets its own queue of at least one slot.
-    #[error("owned strategy needs queue capacity ({capacity}) >= workers ({workers})")]
+    #[error(
+        "the owned strategy needs `queue_capacity_events` ({capacity}) >= `workers` ({workers})"
+    )]
     OwnedQueueTooSmall {
         /// Configured queue capacity.
         capacity: usize,
@@ -173,10 +189,10 @@ pub enum ConfigError {
         workers: usize,
     },
     /// `shards` outside 1..=[`SHARDS_MAX`].
-    #[error("shards must be between 1 and {SHARDS_MAX}, got {0}")]
+    #[error("`shards` must be between 1 and {SHARDS_MAX}, got {0}")]
     Shards(usize),
     /// A simulated duration above [`SIMULATED_MS_MAX`].
-    #[error("{name} must be at most {SIMULATED_MS_MAX} ms, got {value}")]
+    #[error("`{name}` must be at most {SIMULATED_MS_MAX} ms, got {value}")]
     SimulatedTooLong {
         /// Which knob.
         name: &'static str,
@@ -184,14 +200,17 @@ pub enum ConfigError {
         value: u64,
     },
     /// `max_users` outside 1..=[`MAX_USERS_MAX`].
-    #[error("max users must be between 1 and {MAX_USERS_MAX}, got {0}")]
+    #[error("`max_users` must be between 1 and {MAX_USERS_MAX}, got {0}")]
     MaxUsers(usize),
     /// `time_scale` negative, NaN or infinite.
-    #[error("time scale must be a finite number >= 0, got {0}")]
+    #[error("`time_scale` must be a finite number >= 0, got {0}")]
     TimeScale(f64),
-    /// Unknown `--state` name.
+    /// Unknown `strategy` name.
     #[error("unknown ledger strategy `{0}` (expected global, sharded or owned)")]
     UnknownStrategy(String),
+    /// Unknown `mode` name.
+    #[error("unknown processing mode `{0}` (expected queued, inline or validate_only)")]
+    UnknownMode(String),
     /// Unknown queue kind name.
     #[error("unknown queue kind `{0}` (expected mpmc or shared_receiver)")]
     UnknownQueueKind(String),

@@ -7,17 +7,15 @@
 //! `applied` there equals the number of 202 answers clients received.
 
 use std::io::IsTerminal as _;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use floodgate_core::engine::Summary;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::ServerConfig;
 use crate::raw::blocking::BlockingServerHandle;
 use crate::raw::echo::EchoServerHandle;
-use crate::settings::{ServeArgs, ServePlan};
+use crate::settings::{ServeArgs, ServePlan, ServeSettings};
 
 /// Exit code after a second signal cut the graceful stop short.
 pub const EXIT_CODE_FORCED: u8 = 130;
@@ -67,24 +65,22 @@ async fn run_plan(plan: ServePlan) -> anyhow::Result<ExitCode> {
             server.stop().await;
             Ok(ExitCode::SUCCESS)
         }
-        ServePlan::Http { addr, config } => run_front_door(addr, *config, signals).await,
+        ServePlan::Http { settings } => run_front_door(*settings, signals).await,
     }
 }
 
-async fn run_front_door(
-    addr: SocketAddr,
-    config: ServerConfig,
-    signals: Signals,
-) -> anyhow::Result<ExitCode> {
+async fn run_front_door(settings: ServeSettings, signals: Signals) -> anyhow::Result<ExitCode> {
+    let addr = settings.addr;
     let listener =
         crate::conn::bind_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
-    warn_if_fd_limit_low(config.front_door.max_connections);
+    warn_if_fd_limit_low(settings.config.front_door.max_connections);
     tracing::info!(
         addr = %bound,
-        config = %serde_json::to_string(&config).unwrap_or_default(),
+        settings = %settings.describe(),
         "listening"
     );
+    let config = settings.config;
     let summary = crate::server::run(listener, config, signals.first_then_arm_second()).await?;
     print_summary(&summary);
     Ok(ExitCode::SUCCESS)

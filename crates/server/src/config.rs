@@ -4,7 +4,8 @@
 //! timeouts"; issue 5 adds that async alone does not finish the job. Every way a client can
 //! hold a resource (a connection, a header buffer, a body buffer, time) has a limit here.
 //! Invariant: every limit is a named field with a documented default and reason, and
-//! [`FrontDoorConfig::validate`] refuses values that would disable a limit or break hyper.
+//! [`ServerConfig::validate`] refuses values that would disable a limit or break hyper (the
+//! bounds are declared with each setting in [`crate::settings`]).
 
 use std::time::Duration;
 
@@ -47,12 +48,14 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 pub const MAX_BODY_LIMIT_BYTES: usize = 64 * 1024 * 1024;
 /// Hard upper bound for the head size (hyper's read buffer must hold a whole head).
 pub const MAX_HEADER_BYTES_CEILING: usize = 1024 * 1024;
+/// Smallest allowed head size: a request line and a few headers must fit.
+pub const MIN_HEADER_BYTES: usize = 1024;
 /// Hard upper bound for the header count.
 pub const MAX_HEADERS_CEILING: usize = 1024;
 /// Hard upper bound for the connection cap.
 pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
 
-/// Limits of the HTTP front door (issue 5): timeouts, sizes and the connection cap.
+/// Limits of the HTTP front door: timeouts, sizes and the connection cap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FrontDoorConfig {
@@ -94,82 +97,7 @@ impl Default for FrontDoorConfig {
     }
 }
 
-/// A front-door setting that is out of range; the message names the setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value {value} for `{setting}`: must be between {min} and {max}")]
-pub struct FrontDoorError {
-    /// The setting's name as a flag would spell it (without `--`).
-    pub setting: &'static str,
-    /// The value refused.
-    pub value: u64,
-    /// Smallest allowed value.
-    pub min: u64,
-    /// Largest allowed value.
-    pub max: u64,
-}
-
-fn check(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), FrontDoorError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(FrontDoorError {
-            setting,
-            value,
-            min,
-            max,
-        })
-    }
-}
-
 impl FrontDoorConfig {
-    /// Refuses values that would disable a limit (zero timeouts or caps) or exceed a ceiling.
-    pub fn validate(&self) -> Result<(), FrontDoorError> {
-        check(
-            "header-timeout-ms",
-            self.header_timeout_ms,
-            1,
-            MAX_TIMEOUT_MS,
-        )?;
-        check("body-timeout-ms", self.body_timeout_ms, 1, MAX_TIMEOUT_MS)?;
-        check("idle-timeout-ms", self.idle_timeout_ms, 1, MAX_TIMEOUT_MS)?;
-        check(
-            "shutdown-timeout-ms",
-            self.shutdown_timeout_ms,
-            0,
-            MAX_TIMEOUT_MS,
-        )?;
-        check(
-            "max-connections",
-            self.max_connections as u64,
-            1,
-            MAX_CONNECTIONS_CEILING as u64,
-        )?;
-        check(
-            "body-limit-bytes",
-            self.body_limit_bytes as u64,
-            1,
-            MAX_BODY_LIMIT_BYTES as u64,
-        )?;
-        check(
-            "max-header-bytes",
-            self.max_header_bytes as u64,
-            1024,
-            MAX_HEADER_BYTES_CEILING as u64,
-        )?;
-        check(
-            "max-headers",
-            self.max_headers as u64,
-            1,
-            MAX_HEADERS_CEILING as u64,
-        )?;
-        check(
-            "ready-high-water-percent",
-            u64::from(self.ready_high_water_percent),
-            1,
-            100,
-        )
-    }
-
     /// [`Self::header_timeout_ms`] as a duration.
     pub fn header_timeout(&self) -> Duration {
         Duration::from_millis(self.header_timeout_ms)
@@ -209,6 +137,14 @@ impl ServerConfig {
         }
     }
 
+    /// Refuses a configuration the server must not start with: a setting out of its declared
+    /// bounds (the error names it), or an engine the engine itself refuses.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        crate::settings::check_bounds(self).map_err(InvalidConfig::Setting)?;
+        self.engine.validate()?;
+        Ok(())
+    }
+
     /// The seed's stage `stage` (3..=8) with the default front-door limits.
     pub fn for_stage(stage: u8) -> Option<Self> {
         EngineConfig::for_stage(stage).map(|engine| Self {
@@ -219,6 +155,18 @@ impl ServerConfig {
     }
 }
 
+/// Why [`ServerConfig::validate`] refused a configuration.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidConfig {
+    /// A setting outside its declared bounds; the message names it.
+    #[error("{0}")]
+    Setting(String),
+    /// The engine refuses its part (e.g. the owned strategy with fewer queue slots than
+    /// workers).
+    #[error("invalid engine setting: {0}")]
+    Engine(#[from] floodgate_core::config::ConfigError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,17 +174,21 @@ mod tests {
     // Proves the defaults are valid and that disabling a limit is refused with its name.
     #[test]
     fn defaults_validate_and_zero_limits_are_refused() {
-        assert_eq!(FrontDoorConfig::default().validate(), Ok(()));
-        let zero_timeout = FrontDoorConfig {
+        assert_eq!(ServerConfig::production().validate(), Ok(()));
+        let with = |front_door| ServerConfig {
+            front_door,
+            ..ServerConfig::production()
+        };
+        let zero_timeout = with(FrontDoorConfig {
             header_timeout_ms: 0,
             ..FrontDoorConfig::default()
-        };
+        });
         let error = zero_timeout.validate().expect_err("zero header timeout");
-        assert_eq!(error.setting, "header-timeout-ms");
-        let zero_cap = FrontDoorConfig {
+        assert!(error.to_string().contains("`header-timeout-ms`"), "{error}");
+        let zero_cap = with(FrontDoorConfig {
             max_connections: 0,
             ..FrontDoorConfig::default()
-        };
+        });
         assert!(
             zero_cap
                 .validate()

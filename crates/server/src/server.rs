@@ -31,7 +31,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Summary> {
-    config.front_door.validate()?;
+    config.validate()?;
     let engine = Engine::start(config.engine.clone()).context("engine refused to start")?;
     Ok(run_with_engine(listener, engine, config, shutdown).await)
 }
@@ -116,7 +116,7 @@ impl ServerHandle {
     /// Binds `addr`, starts the engine and serves on the current tokio runtime.
     #[allow(clippy::unused_async)] // async by contract: it needs the caller's tokio runtime
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> anyhow::Result<ServerHandle> {
-        config.front_door.validate()?;
+        config.validate()?;
         let listener =
             crate::conn::bind_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;

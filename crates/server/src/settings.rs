@@ -1,147 +1,406 @@
-//! `floodgate serve` settings: flags, environment, config file, stage preset, defaults.
+//! `floodgate serve` settings: each one declared once, layered in one place.
 //!
-//! Lesson: every knob of the seed's stages (and of the production front door) can be set
-//! alone, so the lab can sweep them; issue 5: one documented source of truth per setting.
-//! Invariant: precedence is flag > env (`FLOODGATE_<FLAG>`, read by clap) > config file
-//! (`--config floodgate.toml`, keys spelled like the flags) > stage preset > production
-//! default, and an invalid value is refused before anything starts, with a message naming it.
+//! Lesson: every knob of the design story's stages (docs/stages.md) and of the production
+//! front door can be set alone, so the lab can sweep them, and one line in [`SETTINGS`] is
+//! all a new setting costs.
+//! Invariant: a setting has one name, the field of [`ServerConfig`] it sets and its key in
+//! `/stats` and the start-up log; its flag and config-file key are that name in kebab-case,
+//! its env var `FLOODGATE_` and the name in capitals. Precedence is flag > env > config file
+//! (`--config`) > stage preset > production default, applied by [`ServeArgs::resolve`] only;
+//! a value from any layer is parsed and bounds-checked before anything starts, and an error
+//! names the setting, the value and where it came from.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::Context as _;
-use floodgate_core::config::{LedgerStrategy, ProcessingMode, QueueKind};
-use serde::Deserialize;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use floodgate_core::config::{
+    LedgerStrategy, MAX_USERS_MAX, ProcessingMode, QUEUE_CAPACITY_EVENTS_MAX, QueueKind,
+    SHARDS_MAX, SIMULATED_MS_MAX, WORKERS_MAX,
+};
 
-use crate::config::ServerConfig;
+use crate::config::{
+    MAX_BODY_LIMIT_BYTES, MAX_CONNECTIONS_CEILING, MAX_HEADER_BYTES_CEILING, MAX_HEADERS_CEILING,
+    MAX_TIMEOUT_MS, MIN_HEADER_BYTES, ServerConfig,
+};
 
 /// Address the seed's server listened on.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// Largest config file read: a settings file is a few hundred bytes.
 pub const CONFIG_FILE_MAX_BYTES: u64 = 64 * 1024;
+/// Prefix of every setting's environment variable.
+pub const ENV_PREFIX: &str = "FLOODGATE_";
 
-/// Ledger strategy names for `--state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StateArg {
-    /// One lock around every balance (stages 4-7).
-    Global,
-    /// Balances split over `--shards` locks by hash(user) (stage 8).
-    Sharded,
-    /// Each worker owns a shard and its own queue: no lock contention.
-    Owned,
+/// What the settings set: the address and the server's whole configuration.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The engine, the front door, and the stage preset they started from.
+    pub config: ServerConfig,
 }
 
-impl From<StateArg> for LedgerStrategy {
-    fn from(state: StateArg) -> Self {
-        match state {
-            StateArg::Global => Self::Global,
-            StateArg::Sharded => Self::Sharded,
-            StateArg::Owned => Self::Owned,
+/// One setting: its name, help, bounds, and how to read and write it.
+#[derive(Debug)]
+pub struct Setting {
+    /// The one name (snake_case): config field, `/stats` and start-up log key.
+    pub name: &'static str,
+    /// Help lines for `--help`.
+    pub help: &'static [&'static str],
+    /// Older spellings still accepted as flag, env var and file key (a warning is logged).
+    pub aliases: &'static [&'static str],
+    /// What `--help` shows as the default, where the production value is machine-dependent.
+    pub default_note: Option<&'static str>,
+    /// `--name` alone means this value (switches); `None`: the flag needs a value.
+    pub implied: Option<&'static str>,
+    /// The allowed range as shown in `--help`, if bounded.
+    pub bounds: Option<fn() -> String>,
+    set: fn(&mut ServeSettings, &str) -> Result<(), String>,
+    get: fn(&ServeSettings) -> String,
+    check: fn(&ServerConfig) -> Result<(), String>,
+}
+
+/// Declares [`SETTINGS`]: per setting its help (doc comment), name, type, the place it sets
+/// (a field path of [`ServeSettings`]) and optionally bounds, older names, a default note and
+/// the value a bare flag means.
+macro_rules! settings {
+    ($(
+        $(#[doc = $help:literal])+
+        $name:ident: $type:ty => $($field:ident).+
+            $(, bounds $bounds:expr)?
+            $(, alias $alias:literal)*
+            $(, default_note $note:literal)?
+            $(, implied $implied:literal)?
+            ;
+    )+) => {
+        /// Every setting of `floodgate serve`, in the order `--help` lists them.
+        pub static SETTINGS: &[Setting] = &[$(
+            Setting {
+                name: stringify!($name),
+                help: &[$($help),+],
+                aliases: &[$($alias),*],
+                default_note: settings!(@option $($note)?),
+                implied: settings!(@option $($implied)?),
+                bounds: settings!(@option $(|| show_bounds(&$bounds))?),
+                set: |target, text| {
+                    let value: $type = parse(text)?;
+                    $(within(&value, &$bounds)?;)?
+                    target.$($field).+ = value.into();
+                    Ok(())
+                },
+                get: |target| target.$($field).+.show(),
+                check: settings!(@check [$($field).+] $($bounds)?),
+            },
+        )+];
+    };
+    (@check [$($field:ident).+]) => { |_| Ok(()) };
+    (@check [config.$($field:ident).+] $bounds:expr) => {
+        |config| match config.$($field).+.current() {
+            Some(value) => within(value, &$bounds),
+            None => Ok(()),
         }
-    }
+    };
+    (@option) => { None };
+    (@option $value:expr) => { Some($value) };
 }
 
-/// Queue kinds for `--queue-kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QueueKindArg {
-    /// A true multi-consumer channel.
-    Mpmc,
-    /// The seed's `Arc<Mutex<Receiver>>` (stage 6).
-    SharedReceiver,
-}
-
-impl From<QueueKindArg> for QueueKind {
-    fn from(kind: QueueKindArg) -> Self {
-        match kind {
-            QueueKindArg::Mpmc => Self::Mpmc,
-            QueueKindArg::SharedReceiver => Self::SharedReceiver,
-        }
-    }
-}
-
-/// Flags of `floodgate serve`. Each can also come from the env var shown, or from the config
-/// file (same name without `--`); a flag beats its env var, which beats the file, which beats
-/// the `--stage` preset, which beats the production default.
-#[derive(Debug, Clone, Default, PartialEq, clap::Args, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:8080]. Port 0 picks a free port; the address
-    /// actually bound is logged.
-    #[arg(long, env = "FLOODGATE_ADDR")]
-    pub addr: Option<SocketAddr>,
-    /// Run a seed stage: 1 blocking echo, 2 async echo, 3 validate only, 4 inline under one
-    /// lock, 5 queue 100 + 1 worker, 6 four workers, 7 sixteen workers on one lock, 8 sharded.
-    /// Without it: the production default. Explicit flags override the preset.
-    #[arg(long, env = "FLOODGATE_STAGE", value_parser = clap::value_parser!(u8).range(1..=8))]
-    pub stage: Option<u8>,
-    /// Worker tasks applying queued events [default: available cores].
-    #[arg(long, env = "FLOODGATE_WORKERS")]
-    pub workers: Option<usize>,
-    /// Bound of the event queue; a full queue answers 503 at once [default: 65536].
-    #[arg(long, env = "FLOODGATE_QUEUE_CAPACITY")]
-    pub queue_capacity: Option<usize>,
+settings! {
+    /// Address to listen on. Port 0 picks a free port; the address actually bound is logged.
+    addr: SocketAddr => addr;
+    /// Run a stage of the design story: 1 blocking echo, 2 async echo, 3 validate only, 4
+    /// inline under one lock, 5 queue 100 + 1 worker, 6 four workers, 7 sixteen workers on
+    /// one lock, 8 sharded. Unset: the production default. Other settings override the preset.
+    stage: u8 => config.stage, bounds 1..=8, default_note "none (production)";
+    /// Where events are applied: `queued` (a bounded queue, workers apply), `inline` (in the
+    /// request handler under the ledger lock, stage 4) or `validate_only` (stage 3).
+    mode: ProcessingMode => config.engine.mode;
+    /// Worker tasks applying queued events.
+    workers: usize => config.engine.workers, bounds 1..=WORKERS_MAX,
+        default_note "available cores";
+    /// Bound of the event queue; a full queue answers 503 at once.
+    queue_capacity_events: usize => config.engine.queue_capacity_events,
+        bounds 1..=QUEUE_CAPACITY_EVENTS_MAX, alias "queue_capacity";
     /// Most distinct users the ledger holds; an event for a new user beyond it answers 507
-    /// `ledger_full` (known users are still accepted) [default: 10000000, ~0.5-0.9 GiB].
-    #[arg(long, env = "FLOODGATE_MAX_USERS")]
-    pub max_users: Option<usize>,
-    /// How balances are stored and locked [default: owned, the fastest in core's benchmark].
-    #[arg(long, env = "FLOODGATE_STATE", value_enum)]
-    pub state: Option<StateArg>,
-    /// Number of shards for `--state sharded` [default: 64].
-    #[arg(long, env = "FLOODGATE_SHARDS")]
-    pub shards: Option<usize>,
-    /// Apply each event in the request handler under the ledger lock (stage 4) instead of
-    /// queueing it.
-    #[arg(long, env = "FLOODGATE_INLINE", value_parser = clap::builder::BoolishValueParser::new())]
-    pub inline: bool,
-    /// Simulated async work per event before taking the ledger lock, in ms [default: 0].
-    #[arg(long, env = "FLOODGATE_WORK_MS")]
-    pub work_ms: Option<u64>,
-    /// Simulated work per event while holding the ledger lock, in ms [default: 0].
-    #[arg(long, env = "FLOODGATE_HOLD_MS")]
-    pub hold_ms: Option<u64>,
-    /// Multiplies every simulated duration (0.1 runs the seed ten times faster) [default: 1.0].
-    #[arg(long, env = "FLOODGATE_TIME_SCALE")]
-    pub time_scale: Option<f64>,
-    /// How workers share the queue [default: mpmc].
-    #[arg(long, env = "FLOODGATE_QUEUE_KIND", value_enum)]
-    pub queue_kind: Option<QueueKindArg>,
+    /// `ledger_full` (known users are still accepted). 10 M users take 0.5-0.9 GiB.
+    max_users: usize => config.engine.max_users, bounds 1..=MAX_USERS_MAX;
+    /// How balances are stored and locked: `global` (one lock), `sharded` (`shards` locks by
+    /// hash(user)) or `owned` (each worker owns a shard and its own queue).
+    strategy: LedgerStrategy => config.engine.strategy, alias "state";
+    /// Number of shards for the sharded strategy.
+    shards: usize => config.engine.shards, bounds 1..=SHARDS_MAX;
+    /// How workers share the queue: `mpmc` or the seed's `shared_receiver`.
+    queue_kind: QueueKind => config.engine.queue_kind;
+    /// Simulated async work per event before taking the ledger lock, in ms.
+    work_ms: u64 => config.engine.work_ms, bounds 0..=SIMULATED_MS_MAX;
+    /// Simulated work per event while holding the ledger lock, in ms.
+    hold_ms: u64 => config.engine.hold_ms, bounds 0..=SIMULATED_MS_MAX;
+    /// Multiplies every simulated duration (0.1 runs the seed ten times faster).
+    /// Must be finite and >= 0.
+    time_scale: f64 => config.engine.time_scale;
     /// A request head must be complete this long after accept (or after its first byte on a
-    /// kept-alive connection), else the connection is closed [default: 10000].
-    #[arg(long, env = "FLOODGATE_HEADER_TIMEOUT_MS")]
-    pub header_timeout_ms: Option<u64>,
-    /// A request body must be complete this long after its head, else 408 [default: 10000].
-    #[arg(long, env = "FLOODGATE_BODY_TIMEOUT_MS")]
-    pub body_timeout_ms: Option<u64>,
-    /// A kept-alive connection idle this long between requests is closed [default: 30000].
-    #[arg(long, env = "FLOODGATE_IDLE_TIMEOUT_MS")]
-    pub idle_timeout_ms: Option<u64>,
-    /// Most open connections; new ones over the cap are closed at once [default: 10000].
-    #[arg(long, env = "FLOODGATE_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// Largest request body; larger gets 413 [default: 65536].
-    #[arg(long, env = "FLOODGATE_BODY_LIMIT_BYTES")]
-    pub body_limit_bytes: Option<usize>,
-    /// Largest request head (request line + headers); larger gets 431 [default: 16384].
-    #[arg(long, env = "FLOODGATE_MAX_HEADER_BYTES")]
-    pub max_header_bytes: Option<usize>,
-    /// Most headers per request; more gets 431 [default: 64].
-    #[arg(long, env = "FLOODGATE_MAX_HEADERS")]
-    pub max_headers: Option<usize>,
+    /// kept-alive connection), else the connection is closed.
+    header_timeout_ms: u64 => config.front_door.header_timeout_ms, bounds 1..=MAX_TIMEOUT_MS;
+    /// A request body must be complete this long after its head, else 408.
+    body_timeout_ms: u64 => config.front_door.body_timeout_ms, bounds 1..=MAX_TIMEOUT_MS;
+    /// A kept-alive connection idle this long between requests is closed.
+    idle_timeout_ms: u64 => config.front_door.idle_timeout_ms, bounds 1..=MAX_TIMEOUT_MS;
+    /// Most open connections; new ones over the cap are closed at once.
+    max_connections: usize => config.front_door.max_connections,
+        bounds 1..=MAX_CONNECTIONS_CEILING;
+    /// Largest request body; larger gets 413.
+    body_limit_bytes: usize => config.front_door.body_limit_bytes,
+        bounds 1..=MAX_BODY_LIMIT_BYTES;
+    /// Largest request head (request line + headers); larger gets 431.
+    max_header_bytes: usize => config.front_door.max_header_bytes,
+        bounds MIN_HEADER_BYTES..=MAX_HEADER_BYTES_CEILING;
+    /// Most headers per request; more gets 431.
+    max_headers: usize => config.front_door.max_headers, bounds 1..=MAX_HEADERS_CEILING;
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish before their
-    /// connections are closed; the queue is drained after [default: 10000].
-    #[arg(long, env = "FLOODGATE_SHUTDOWN_TIMEOUT_MS")]
-    pub shutdown_timeout_ms: Option<u64>,
-    /// `/readyz` answers 503 above this queue fill, in percent of capacity [default: 90].
-    #[arg(long, env = "FLOODGATE_READY_HIGH_WATER_PERCENT")]
-    pub ready_high_water_percent: Option<u8>,
-    /// A TOML file with any of these settings (keys spelled like the flags, e.g.
-    /// `header-timeout-ms = 5000`); flags and env vars win over it.
-    #[arg(long, env = "FLOODGATE_CONFIG")]
-    #[serde(skip)]
+    /// connections are closed; the queue is drained after.
+    shutdown_timeout_ms: u64 => config.front_door.shutdown_timeout_ms,
+        bounds 0..=MAX_TIMEOUT_MS;
+    /// `/readyz` answers 503 above this queue fill, in percent of capacity.
+    ready_high_water_percent: u8 => config.front_door.ready_high_water_percent, bounds 1..=100;
+}
+
+/// The older switch `--inline`: `true` is `mode = inline`, `false` is `mode = queued`.
+const INLINE_SWITCH: &str = "inline";
+/// The env var of [`INLINE_SWITCH`].
+const INLINE_ENV: &str = "FLOODGATE_INLINE";
+
+impl Setting {
+    /// Flag and config-file key: the name in kebab-case.
+    pub fn flag(&self) -> String {
+        kebab(self.name)
+    }
+
+    /// Environment variable: `FLOODGATE_` and the name in capitals.
+    pub fn env(&self) -> String {
+        env_name(self.name)
+    }
+
+    /// The value this setting has in `settings`, as the start-up log shows it.
+    pub fn value(&self, settings: &ServeSettings) -> String {
+        (self.get)(settings)
+    }
+
+    fn arg(&self) -> Arg {
+        let default = self
+            .default_note
+            .map_or_else(|| self.value(&ServeSettings::production()), str::to_owned);
+        let bounds = self
+            .bounds
+            .map(|show| format!(" [{}]", show()))
+            .unwrap_or_default();
+        let mut arg = Arg::new(self.name)
+            .long(self.flag())
+            .env(self.env())
+            .value_name(self.name.to_ascii_uppercase())
+            .help(format!("{}{bounds} [default: {default}]", self.help_text()))
+            .aliases(self.aliases.iter().map(|alias| kebab(alias)))
+            .action(ArgAction::Set);
+        if let Some(implied) = self.implied {
+            arg = arg.num_args(0..=1).default_missing_value(implied);
+        }
+        arg
+    }
+
+    /// The doc lines as one paragraph.
+    pub fn help_text(&self) -> String {
+        let lines: Vec<&str> = self.help.iter().map(|line| line.trim()).collect();
+        lines.join(" ")
+    }
+
+    fn named(name: &str) -> Option<&'static Setting> {
+        let name = name.replace('-', "_");
+        SETTINGS
+            .iter()
+            .find(|setting| setting.name == name || setting.aliases.contains(&name.as_str()))
+    }
+}
+
+impl ServeSettings {
+    /// The production default (no stage), on [`DEFAULT_ADDR`].
+    pub fn production() -> Self {
+        Self::from_config(ServerConfig::production())
+    }
+
+    fn from_config(config: ServerConfig) -> Self {
+        let addr = DEFAULT_ADDR
+            .parse()
+            .unwrap_or_else(|_| unreachable!("a valid literal"));
+        Self { addr, config }
+    }
+
+    /// Every setting as `name=value`, in [`SETTINGS`] order (the start-up log line).
+    pub fn describe(&self) -> String {
+        SETTINGS
+            .iter()
+            .map(|setting| format!("{}={}", setting.name, setting.value(self)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Checks every declared bound of `config`; the message names the setting.
+pub fn check_bounds(config: &ServerConfig) -> Result<(), String> {
+    SETTINGS.iter().try_for_each(|setting| {
+        (setting.check)(config).map_err(|error| format!("invalid `{}`: {error}", setting.flag()))
+    })
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag.
+    Flag,
+    /// An environment variable.
+    Env(String),
+    /// A key of the config file.
+    File(PathBuf),
+}
+
+impl Display for Source {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Flag => formatter.write_str("from a flag"),
+            Self::Env(var) => write!(formatter, "from env {var}"),
+            Self::File(path) => write!(formatter, "from config file {}", path.display()),
+        }
+    }
+}
+
+/// One value of one layer.
+#[derive(Debug, Clone)]
+struct Given {
+    setting: &'static Setting,
+    value: String,
+    source: Source,
+}
+
+/// `floodgate serve`'s flags and env vars as parsed (built from [`SETTINGS`]), plus
+/// `--config`. [`ServeArgs::resolve`] layers them over the file, the preset and the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Flag and env values, lowest precedence first.
+    given: Vec<Given>,
+    /// `--config`: a TOML file with any of the settings.
     pub config: Option<PathBuf>,
+}
+
+impl clap::Args for ServeArgs {
+    fn augment_args(command: Command) -> Command {
+        let command = SETTINGS
+            .iter()
+            .fold(command, |command, setting| command.arg(setting.arg()));
+        command
+            .arg(
+                Arg::new(INLINE_SWITCH)
+                    .long(INLINE_SWITCH)
+                    .env(INLINE_ENV)
+                    .num_args(0..=1)
+                    .default_missing_value("true")
+                    .conflicts_with("mode")
+                    .help("Shorthand: `--inline` is `--mode inline`, `--inline=false` is `--mode queued`"),
+            )
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .env(env_name("config"))
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("A TOML file with any of these settings (keys spelled like the flags, e.g. `header-timeout-ms = 5000`); flags and env vars win over it"),
+            )
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        Self::augment_args(command)
+    }
+}
+
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = ServeArgs {
+            given: Vec::new(),
+            config: matches.get_one::<PathBuf>("config").cloned(),
+        };
+        let inline = Setting::named("mode").map(|mode| (INLINE_SWITCH, mode));
+        let all = SETTINGS.iter().map(|setting| (setting.name, setting));
+        for (id, setting) in all.chain(inline) {
+            let (Some(value), Some(source)) =
+                (matches.get_one::<String>(id), matches.value_source(id))
+            else {
+                args.push_legacy_env(setting);
+                continue;
+            };
+            let value = if id == INLINE_SWITCH {
+                inline_as_mode(value)
+            } else {
+                value.clone()
+            };
+            let source = match source {
+                ValueSource::EnvVariable => Source::Env(env_name(id)),
+                _ => Source::Flag,
+            };
+            args.given.push(Given {
+                setting,
+                value,
+                source,
+            });
+        }
+        // Env values first, flags after: the later layer wins.
+        args.given
+            .sort_by_key(|given| matches!(given.source, Source::Flag));
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl ServeArgs {
+    /// Reads an older env var spelling (`FLOODGATE_QUEUE_CAPACITY`) when the current one is
+    /// not set ([`ServeArgs::resolve`] logs that it was renamed).
+    fn push_legacy_env(&mut self, setting: &'static Setting) {
+        for alias in setting.aliases {
+            let var = env_name(alias);
+            if let Ok(value) = std::env::var(&var) {
+                self.given.push(Given {
+                    setting,
+                    value,
+                    source: Source::Env(var),
+                });
+            }
+        }
+    }
+
+    /// Layers flags and env over the config file, the stage preset and the production
+    /// default; checks every value; says what to run.
+    pub fn resolve(self) -> anyhow::Result<ServePlan> {
+        for given in &self.given {
+            if let Source::Env(var) = &given.source
+                && *var != given.setting.env()
+                && var != INLINE_ENV
+            {
+                tracing::warn!(
+                    "{var} is renamed {}: please use the new name",
+                    given.setting.env()
+                );
+            }
+        }
+        let mut layers = match &self.config {
+            Some(path) => read_config_file(path)?,
+            None => Vec::new(),
+        };
+        layers.extend(self.given);
+        plan(&layers)
+    }
 }
 
 /// What `serve` will run, fully resolved.
@@ -159,15 +418,66 @@ pub enum ServePlan {
     },
     /// Stages 3..8 and the default: the HTTP front door and the engine.
     Http {
-        /// Where to listen.
-        addr: SocketAddr,
-        /// The validated configuration.
-        config: Box<ServerConfig>,
+        /// Where to listen and the validated configuration.
+        settings: Box<ServeSettings>,
     },
 }
 
-/// Reads and parses the config file named by `--config` (bounded in size).
-pub fn read_config_file(path: &Path) -> anyhow::Result<ServeArgs> {
+/// Applies `layers` (lowest precedence first) over the stage preset they name, or the
+/// production default.
+fn plan(layers: &[Given]) -> anyhow::Result<ServePlan> {
+    let stage_setting = Setting::named("stage").context("the stage setting")?;
+    let mut settings = ServeSettings::production();
+    for given in layers.iter().filter(|given| given.setting.name == "stage") {
+        apply(&mut settings, given)?;
+    }
+    let stage = settings.config.stage;
+    if let Some(stage @ 3..=8) = stage {
+        let preset = ServerConfig::for_stage(stage).context("every stage 3..=8 has a preset")?;
+        settings.config = preset;
+    }
+    let http_settings = layers
+        .iter()
+        .any(|given| !["addr", stage_setting.name].contains(&given.setting.name));
+    for given in layers {
+        apply(&mut settings, given)?;
+    }
+    match stage {
+        Some(1 | 2) if http_settings => tracing::warn!(
+            "stages 1 and 2 are the raw echo servers: engine and front-door settings are ignored"
+        ),
+        _ => {}
+    }
+    match stage {
+        Some(1) => Ok(ServePlan::Blocking {
+            addr: settings.addr,
+        }),
+        Some(2) => Ok(ServePlan::Echo {
+            addr: settings.addr,
+        }),
+        _ => {
+            settings.config.validate()?;
+            Ok(ServePlan::Http {
+                settings: Box::new(settings),
+            })
+        }
+    }
+}
+
+fn apply(settings: &mut ServeSettings, given: &Given) -> anyhow::Result<()> {
+    (given.setting.set)(settings, &given.value).map_err(|error| {
+        anyhow::anyhow!(
+            "invalid value `{}` for `{}` ({}): {error}",
+            given.value,
+            given.setting.flag(),
+            given.source
+        )
+    })
+}
+
+/// Reads the config file named by `--config` (bounded in size): its keys, checked against
+/// [`SETTINGS`], as the lowest layer above the preset.
+fn read_config_file(path: &Path) -> anyhow::Result<Vec<Given>> {
     let metadata = std::fs::metadata(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     anyhow::ensure!(
@@ -177,142 +487,123 @@ pub fn read_config_file(path: &Path) -> anyhow::Result<ServeArgs> {
     );
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    parse_config_text(&text, path)
 }
 
-impl ServeArgs {
-    /// Resolves flags (and env, already merged by clap) over the config file, the stage
-    /// preset and the defaults; validates everything.
-    pub fn resolve(self) -> anyhow::Result<ServePlan> {
-        let file = match &self.config {
-            Some(path) => read_config_file(path)?,
-            None => ServeArgs::default(),
+/// Parses config-file text; an unknown key is refused by name.
+fn parse_config_text(text: &str, path: &Path) -> anyhow::Result<Vec<Given>> {
+    let table: toml::Table =
+        toml::from_str(text).with_context(|| format!("invalid config file {}", path.display()))?;
+    let mut given = Vec::new();
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::String(text) => text,
+            other => other.to_string(),
         };
-        self.overlay(&file).plan()
-    }
-
-    /// `self`'s values where set, `lower`'s otherwise.
-    fn overlay(&self, lower: &ServeArgs) -> ServeArgs {
-        ServeArgs {
-            addr: self.addr.or(lower.addr),
-            stage: self.stage.or(lower.stage),
-            workers: self.workers.or(lower.workers),
-            queue_capacity: self.queue_capacity.or(lower.queue_capacity),
-            max_users: self.max_users.or(lower.max_users),
-            state: self.state.or(lower.state),
-            shards: self.shards.or(lower.shards),
-            inline: self.inline || lower.inline,
-            work_ms: self.work_ms.or(lower.work_ms),
-            hold_ms: self.hold_ms.or(lower.hold_ms),
-            time_scale: self.time_scale.or(lower.time_scale),
-            queue_kind: self.queue_kind.or(lower.queue_kind),
-            header_timeout_ms: self.header_timeout_ms.or(lower.header_timeout_ms),
-            body_timeout_ms: self.body_timeout_ms.or(lower.body_timeout_ms),
-            idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
-            max_connections: self.max_connections.or(lower.max_connections),
-            body_limit_bytes: self.body_limit_bytes.or(lower.body_limit_bytes),
-            max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
-            max_headers: self.max_headers.or(lower.max_headers),
-            shutdown_timeout_ms: self.shutdown_timeout_ms.or(lower.shutdown_timeout_ms),
-            ready_high_water_percent: self
-                .ready_high_water_percent
-                .or(lower.ready_high_water_percent),
-            config: self.config.clone(),
-        }
-    }
-
-    /// Turns fully merged settings into a plan.
-    fn plan(&self) -> anyhow::Result<ServePlan> {
-        let addr = match self.addr {
-            Some(addr) => addr,
-            None => DEFAULT_ADDR.parse()?,
+        let (setting, value) = if key == INLINE_SWITCH {
+            (Setting::named("mode"), inline_as_mode(&value))
+        } else {
+            (Setting::named(&key), value)
         };
-        if matches!(self.stage, Some(1 | 2)) && self.has_http_settings() {
-            tracing::warn!(
-                "stages 1 and 2 are the raw echo servers: engine and front-door settings are ignored"
-            );
-        }
-        match self.stage {
-            Some(1) => Ok(ServePlan::Blocking { addr }),
-            Some(2) => Ok(ServePlan::Echo { addr }),
-            Some(stage) => {
-                let base = ServerConfig::for_stage(stage)
-                    .with_context(|| format!("invalid value {stage} for `stage`: 1 to 8"))?;
-                self.build(addr, base)
+        let setting = setting.with_context(|| {
+            format!(
+                "unknown setting `{key}` in config file {} (see `floodgate serve --help`)",
+                path.display()
+            )
+        })?;
+        given.push(Given {
+            setting,
+            value,
+            source: Source::File(path.to_owned()),
+        });
+    }
+    Ok(given)
+}
+
+/// The older `inline` switch as a `mode` value; anything but a false value means inline.
+fn inline_as_mode(value: &str) -> String {
+    let off = ["false", "0", "no", "off"].contains(&value.to_ascii_lowercase().as_str());
+    if off { "queued" } else { "inline" }.to_owned()
+}
+
+fn parse<T: FromStr<Err: Display>>(text: &str) -> Result<T, String> {
+    text.trim()
+        .parse()
+        .map_err(|error: T::Err| error.to_string())
+}
+
+fn within<T: PartialOrd + Display>(value: &T, bounds: &RangeInclusive<T>) -> Result<(), String> {
+    if bounds.contains(value) {
+        Ok(())
+    } else {
+        Err(format!("{value} is outside {}", show_bounds(bounds)))
+    }
+}
+
+fn show_bounds<T: Display>(bounds: &RangeInclusive<T>) -> String {
+    format!("{}..={}", bounds.start(), bounds.end())
+}
+
+/// A setting's value as stored: shown in the log, and checked against bounds when present.
+trait Stored {
+    type Value: Display;
+    fn current(&self) -> Option<&Self::Value>;
+    fn show(&self) -> String;
+}
+
+macro_rules! stored_as_is {
+    ($($type:ty),+) => {$(
+        impl Stored for $type {
+            type Value = Self;
+            fn current(&self) -> Option<&Self> {
+                Some(self)
             }
-            None => self.build(addr, ServerConfig::production()),
+            fn show(&self) -> String {
+                self.to_string()
+            }
         }
-    }
+    )+};
+}
 
-    /// Whether any engine or front-door setting was given (meaningless for stages 1 and 2).
-    fn has_http_settings(&self) -> bool {
-        let defaults = ServeArgs {
-            addr: self.addr,
-            stage: self.stage,
-            config: self.config.clone(),
-            ..ServeArgs::default()
-        };
-        *self != defaults
-    }
+stored_as_is!(
+    SocketAddr,
+    u8,
+    u64,
+    usize,
+    f64,
+    ProcessingMode,
+    LedgerStrategy,
+    QueueKind
+);
 
-    fn build(&self, addr: SocketAddr, mut config: ServerConfig) -> anyhow::Result<ServePlan> {
-        self.apply_engine(&mut config);
-        self.apply_front_door(&mut config);
-        config
-            .engine
-            .validate()
-            .context("invalid engine setting (see `floodgate serve --help`)")?;
-        config.front_door.validate()?;
-        Ok(ServePlan::Http {
-            addr,
-            config: Box::new(config),
-        })
+impl Stored for Option<u8> {
+    type Value = u8;
+    fn current(&self) -> Option<&u8> {
+        self.as_ref()
     }
-
-    fn apply_engine(&self, config: &mut ServerConfig) {
-        let engine = &mut config.engine;
-        if self.inline {
-            engine.mode = ProcessingMode::Inline;
-        }
-        set(&mut engine.workers, self.workers);
-        set(&mut engine.queue_capacity_events, self.queue_capacity);
-        set(&mut engine.max_users, self.max_users);
-        set(&mut engine.strategy, self.state.map(Into::into));
-        set(&mut engine.shards, self.shards);
-        set(&mut engine.work_ms, self.work_ms);
-        set(&mut engine.hold_ms, self.hold_ms);
-        set(&mut engine.time_scale, self.time_scale);
-        set(&mut engine.queue_kind, self.queue_kind.map(Into::into));
-    }
-
-    fn apply_front_door(&self, config: &mut ServerConfig) {
-        let limits = &mut config.front_door;
-        set(&mut limits.header_timeout_ms, self.header_timeout_ms);
-        set(&mut limits.body_timeout_ms, self.body_timeout_ms);
-        set(&mut limits.idle_timeout_ms, self.idle_timeout_ms);
-        set(&mut limits.max_connections, self.max_connections);
-        set(&mut limits.body_limit_bytes, self.body_limit_bytes);
-        set(&mut limits.max_header_bytes, self.max_header_bytes);
-        set(&mut limits.max_headers, self.max_headers);
-        set(&mut limits.shutdown_timeout_ms, self.shutdown_timeout_ms);
-        set(
-            &mut limits.ready_high_water_percent,
-            self.ready_high_water_percent,
-        );
+    fn show(&self) -> String {
+        self.map_or_else(|| "none".to_owned(), |value| value.to_string())
     }
 }
 
-fn set<T>(target: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *target = value;
-    }
+fn kebab(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+fn env_name(name: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use floodgate_core::config::DEFAULT_SHARDS;
 
     use super::*;
+    use crate::config::DEFAULT_HEADER_TIMEOUT_MS;
 
     #[derive(Debug, Parser)]
     struct Cli {
@@ -325,42 +616,114 @@ mod tests {
         Cli::try_parse_from(argv).expect("flags parse").args
     }
 
-    fn http_config(plan: ServePlan) -> ServerConfig {
-        match plan {
-            ServePlan::Http { config, .. } => *config,
+    fn file(text: &str) -> Vec<Given> {
+        parse_config_text(text, Path::new("test.toml")).expect("file parses")
+    }
+
+    /// An env layer as clap would read it: `(setting, value)` pairs.
+    fn env(pairs: &[(&str, &str)]) -> Vec<Given> {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                let setting = Setting::named(name).expect("a setting");
+                Given {
+                    setting,
+                    value: (*value).to_owned(),
+                    source: Source::Env(setting.env()),
+                }
+            })
+            .collect()
+    }
+
+    /// Layers lowest first: file, env, flags (the order `resolve` uses).
+    fn layered(file: Vec<Given>, env: Vec<Given>, flags: &ServeArgs) -> anyhow::Result<ServePlan> {
+        let mut layers = file;
+        layers.extend(env);
+        layers.extend(flags.given.iter().cloned());
+        plan(&layers)
+    }
+
+    fn http(plan: anyhow::Result<ServePlan>) -> ServerConfig {
+        match plan.expect("valid settings") {
+            ServePlan::Http { settings } => settings.config,
             other => panic!("expected the HTTP server, got {other:?}"),
         }
     }
 
-    // Proves the precedence chain: flag > config file > stage preset > production default.
+    // Proves the precedence chain on representative settings, one layer at a time:
+    // flag > env > config file > stage preset > production default.
     #[test]
-    fn flag_beats_file_beats_preset_beats_default() {
-        let file: ServeArgs = toml::from_str(
-            "stage = 7\nworkers = 3\nhold-ms = 20\nidle-timeout-ms = 777\nmax-users = 9\n",
-        )
-        .expect("file parses");
-        let flags = parse(&["--workers", "5"]);
-        let config = http_config(flags.overlay(&file).plan().expect("valid"));
-        assert_eq!(config.engine.workers, 5, "flag beats file");
-        assert_eq!(config.engine.max_users, 9, "max-users from the file");
-        let flags = parse(&["--max-users", "3"]);
-        let limited = http_config(flags.overlay(&file).plan().expect("valid"));
-        assert_eq!(limited.engine.max_users, 3, "--max-users beats the file");
+    fn flag_beats_env_beats_file_beats_preset_beats_default() {
+        let file = || file("stage = 7\nworkers = 3\nhold-ms = 20\nmax-users = 9\nshards = 5\n");
+        let env = || {
+            env(&[
+                ("workers", "4"),
+                ("shards", "6"),
+                ("idle_timeout_ms", "777"),
+            ])
+        };
+        let config = http(layered(file(), env(), &parse(&["--workers", "5"])));
+        assert_eq!(config.engine.workers, 5, "flag beats env");
+        assert_eq!(config.engine.shards, 6, "env beats file");
+        assert_eq!(config.front_door.idle_timeout_ms, 777, "env beats default");
+        assert_eq!(config.engine.max_users, 9, "file beats default");
+        assert_eq!(config.engine.hold_ms, 20, "file beats preset");
+        assert_eq!(config.engine.work_ms, 100, "preset (stage 7) beats default");
+        assert_eq!(config.engine.queue_capacity_events, 100, "preset");
+        assert_eq!(
+            config.front_door.header_timeout_ms,
+            DEFAULT_HEADER_TIMEOUT_MS
+        );
+        assert_eq!(config.stage, Some(7));
+        let config = http(layered(file(), Vec::new(), &parse(&[])));
+        assert_eq!(config.engine.workers, 3, "file beats preset");
+        let config = http(layered(file(), env(), &parse(&["--stage", "8"])));
+        assert_eq!(config.stage, Some(8), "a flag picks another preset");
+        assert_eq!(config.engine.strategy, LedgerStrategy::Sharded);
+        assert_eq!(config.engine.workers, 4, "env still beats the preset");
+        let config = http(layered(Vec::new(), Vec::new(), &parse(&[])));
+        assert_eq!(config.engine.shards, DEFAULT_SHARDS, "production default");
         assert!(
             parse(&["--max-users", "0"]).resolve().is_err(),
             "max users 0 refused"
         );
-        assert_eq!(config.engine.hold_ms, 20, "file beats preset");
-        assert_eq!(config.engine.work_ms, 100, "preset (stage 7) beats default");
-        assert_eq!(config.front_door.idle_timeout_ms, 777);
-        assert_eq!(
-            config.front_door.header_timeout_ms,
-            crate::config::DEFAULT_HEADER_TIMEOUT_MS
-        );
-        assert_eq!(config.stage, Some(7));
     }
 
-    // Proves a stage preset plus an explicit flag: the flag wins, the rest is the preset's.
+    // Proves a switch set by a lower layer is turned off by a higher one: the file's inline
+    // mode by env, env's inline by a flag, and the older `--inline=false` spelling.
+    #[test]
+    fn a_higher_layer_turns_a_switch_off() {
+        let inline_file = || file("mode = \"inline\"\n");
+        let mode = |plan| http(plan).engine.mode;
+        assert_eq!(
+            mode(layered(inline_file(), Vec::new(), &parse(&[]))),
+            ProcessingMode::Inline
+        );
+        let queued_env = env(&[("mode", "queued")]);
+        assert_eq!(
+            mode(layered(inline_file(), queued_env, &parse(&[]))),
+            ProcessingMode::Queued
+        );
+        let inline_env = env(&[("mode", "inline")]);
+        let flags = parse(&["--mode", "queued"]);
+        assert_eq!(
+            mode(layered(Vec::new(), inline_env, &flags)),
+            ProcessingMode::Queued
+        );
+        let old_file = file("inline = true\n");
+        let flags = parse(&["--inline=false"]);
+        assert_eq!(
+            mode(layered(old_file, Vec::new(), &flags)),
+            ProcessingMode::Queued
+        );
+        assert_eq!(
+            mode(layered(Vec::new(), Vec::new(), &parse(&["--inline"]))),
+            ProcessingMode::Inline
+        );
+    }
+
+    // Proves a stage preset plus explicit flags (older spellings included): the flags win,
+    // the rest is the preset's.
     #[test]
     fn stage_preset_with_explicit_flags() {
         let flags = parse(&[
@@ -371,12 +734,19 @@ mod tests {
             "--time-scale",
             "0.1",
             "--inline",
+            "--queue-capacity",
+            "50",
         ]);
-        let config = http_config(flags.resolve().expect("valid"));
+        let config = http(flags.resolve());
         assert_eq!(config.engine.strategy, LedgerStrategy::Global);
         assert_eq!(config.engine.mode, ProcessingMode::Inline);
         assert_eq!(config.engine.workers, 16);
+        assert_eq!(config.engine.queue_capacity_events, 50);
         assert!((config.engine.time_scale - 0.1).abs() < f64::EPSILON);
+        let old_file = file("state = \"sharded\"\nqueue-kind = \"shared-receiver\"\n");
+        let config = http(layered(old_file, Vec::new(), &parse(&[])));
+        assert_eq!(config.engine.strategy, LedgerStrategy::Sharded);
+        assert_eq!(config.engine.queue_kind, QueueKind::SharedReceiver);
     }
 
     // Proves stages 1 and 2 select the raw servers and the default address is the seed's.
@@ -393,7 +763,7 @@ mod tests {
     }
 
     // Proves invalid values are refused at start with a message naming the setting, from a
-    // flag, from the config file, and for an unknown config key.
+    // flag, from env, from the config file, and for an unknown config key.
     #[test]
     fn invalid_values_are_refused_by_name() {
         let error = parse(&["--max-connections", "0"])
@@ -402,16 +772,55 @@ mod tests {
         assert!(error.to_string().contains("max-connections"), "{error}");
         let error = parse(&["--workers", "0"]).resolve().expect_err("refused");
         assert!(format!("{error:#}").contains("workers"), "{error:#}");
-        assert!(Cli::try_parse_from(["serve", "--stage", "9"]).is_err());
-        let unknown: Result<ServeArgs, _> = toml::from_str("workerz = 3");
-        assert!(
-            unknown
-                .expect_err("refused")
-                .to_string()
-                .contains("workerz")
-        );
-        let file: ServeArgs = toml::from_str("body-timeout-ms = 0").expect("parses");
-        let error = parse(&[]).overlay(&file).plan().expect_err("refused");
+        assert!(parse(&["--stage", "9"]).resolve().is_err());
+        let error = parse_config_text("workerz = 3", Path::new("x.toml")).expect_err("refused");
+        assert!(error.to_string().contains("`workerz`"), "{error}");
+        let error =
+            layered(file("body-timeout-ms = 0"), Vec::new(), &parse(&[])).expect_err("refused");
         assert!(error.to_string().contains("body-timeout-ms"), "{error}");
+        let error =
+            layered(Vec::new(), env(&[("workers", "many")]), &parse(&[])).expect_err("refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("`workers`") && message.contains("FLOODGATE_WORKERS"),
+            "{message}"
+        );
+        let error = layered(Vec::new(), env(&[("strategy", "lockless")]), &parse(&[]))
+            .expect_err("refused");
+        assert!(error.to_string().contains("`strategy`"), "{error}");
+    }
+
+    // Proves the naming rule every setting follows: flag and file key are the name in
+    // kebab-case, the env var is FLOODGATE_ and the name in capitals, names are unique, and
+    // the start-up line shows every setting by that name.
+    #[test]
+    fn every_setting_follows_the_naming_rule() {
+        let command = Cli::command_for_test();
+        for setting in SETTINGS {
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_id() == setting.name)
+                .expect("an arg per setting");
+            assert_eq!(arg.get_long(), Some(setting.flag().as_str()));
+            let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
+            assert_eq!(
+                env.as_deref(),
+                Some(format!("FLOODGATE_{}", setting.name.to_uppercase()).as_str())
+            );
+            let named = SETTINGS.iter().filter(|other| other.name == setting.name);
+            assert_eq!(named.count(), 1, "{} declared once", setting.name);
+        }
+        let line = ServeSettings::production().describe();
+        assert!(line.contains("queue_capacity_events=65536"), "{line}");
+        assert!(
+            line.contains("strategy=owned") && line.contains("mode=queued"),
+            "{line}"
+        );
+    }
+
+    impl Cli {
+        fn command_for_test() -> Command {
+            <Self as clap::CommandFactory>::command()
+        }
     }
 }
