@@ -84,13 +84,32 @@ pub struct ErrorsByKind {
     pub status: u64,
 }
 
+/// Which loop a run used, as the report names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoopKind {
+    /// A fixed number of connections, each with one request in flight.
+    Closed,
+    /// Requests on a fixed schedule, latency from the intended start.
+    Open,
+}
+
+impl std::fmt::Display for LoopKind {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+        })
+    }
+}
+
 /// Everything a run measured. Serialized as the `--json` document (see SCHEMA.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
     /// `"closed"` or `"open"`.
-    pub mode: String,
+    pub mode: LoopKind,
     /// The target URL.
     pub url: String,
     /// Closed loop: connections. Open loop: the in-flight cap.
@@ -169,13 +188,13 @@ impl Report {
     /// Builds the report from the merged tallies.
     pub fn new(config: &LoadConfig, stats: &ThreadStats, facts: RunFacts) -> Self {
         let (mode, concurrency, offered, scheduled) = match &config.mode {
-            Mode::Closed { concurrency, .. } => ("closed", *concurrency, None, None),
+            Mode::Closed { concurrency, .. } => (LoopKind::Closed, *concurrency, None, None),
             Mode::Open {
                 rate_per_second,
                 duration,
                 max_in_flight,
             } => (
-                "open",
+                LoopKind::Open,
                 *max_in_flight,
                 Some(*rate_per_second),
                 Some(crate::open::Schedule::total_for(
@@ -195,7 +214,7 @@ impl Report {
         };
         Self {
             schema_version: SCHEMA_VERSION,
-            mode: mode.to_owned(),
+            mode,
             url: config.url.clone(),
             concurrency,
             threads: facts.threads,
@@ -276,7 +295,7 @@ impl Report {
     fn write_summary(&self, out: &mut String) -> std::fmt::Result {
         writeln!(out, "=== Results ({} loop, {}) ===", self.mode, self.url)?;
         writeln!(out, "Total requests: {}", self.sent)?;
-        let label = if self.mode == "open" {
+        let label = if self.mode == LoopKind::Open {
             "Max in flight:"
         } else {
             "Concurrency:"
@@ -340,7 +359,7 @@ impl Report {
     }
 
     fn write_latency(&self, out: &mut String) -> std::fmt::Result {
-        let origin = if self.mode == "open" {
+        let origin = if self.mode == LoopKind::Open {
             "from intended start"
         } else {
             "from send"
@@ -358,7 +377,7 @@ impl Report {
             ("errors", &self.latency_ms.errors),
             ("all", &self.latency_ms.all),
         ];
-        if self.mode == "open" {
+        if self.mode == LoopKind::Open {
             // The same requests timed from their actual send: the number a tool with
             // coordinated omission would print.
             rows.push(("all/send", &self.service_latency_ms));

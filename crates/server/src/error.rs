@@ -13,6 +13,48 @@ use floodgate_core::engine::Rejected;
 use floodgate_core::event::EventError;
 use serde_json::json;
 
+/// What became of a `POST /events`: the `outcome` label of the latency histogram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Answered 202: admitted (queued, or applied inline).
+    Accepted,
+    /// Refused on purpose: queue full, draining, ledger full (503, 507).
+    Rejected,
+    /// Bad input: not JSON, not a valid event, too large, wrong content type (4xx).
+    Invalid,
+    /// Applying the event would overflow the balance (422 `balance_overflow`).
+    Overflowed,
+    /// The transfer itself failed: the body timed out or could not be read.
+    Error,
+}
+
+impl Outcome {
+    /// Every outcome, in the order the metrics list them.
+    pub const ALL: [Self; 5] = [
+        Self::Accepted,
+        Self::Rejected,
+        Self::Invalid,
+        Self::Overflowed,
+        Self::Error,
+    ];
+
+    /// The label value in `/metrics`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Invalid => "invalid",
+            Self::Overflowed => "overflowed",
+            Self::Error => "error",
+        }
+    }
+
+    /// Position in [`Outcome::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Seconds a client is told to wait (`Retry-After`) after `queue_full`: the queue drains in
 /// well under a second at production rates, and one second is the smallest whole value.
 pub const RETRY_AFTER_SECONDS: u32 = 1;
@@ -132,14 +174,15 @@ impl ApiError {
         }
     }
 
-    /// The request's outcome label for metrics: `rejected` (backpressure), `invalid` (the
-    /// client's input), or `error` (the transfer itself failed).
-    pub fn outcome(&self) -> &'static str {
+    /// The request's outcome (never [`Outcome::Accepted`]): `rejected` (backpressure),
+    /// `overflowed` (the balance would overflow), `invalid` (the client's input), or `error`
+    /// (the transfer itself failed).
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Self::QueueFull | Self::Draining | Self::LedgerFull => "rejected",
-            Self::BodyTimeout | Self::BodyRead(_) => "error",
-            Self::BalanceOverflow => "overflowed",
-            _ => "invalid",
+            Self::QueueFull | Self::Draining | Self::LedgerFull => Outcome::Rejected,
+            Self::BodyTimeout | Self::BodyRead(_) => Outcome::Error,
+            Self::BalanceOverflow => Outcome::Overflowed,
+            _ => Outcome::Invalid,
         }
     }
 
@@ -157,7 +200,7 @@ impl ApiError {
     }
 
     fn body(&self) -> serde_json::Value {
-        let status = if self.outcome() == "rejected" {
+        let status = if self.outcome() == Outcome::Rejected {
             "rejected"
         } else {
             "error"
@@ -255,7 +298,7 @@ mod tests {
         ];
         for error in errors {
             assert!(
-                crate::metrics::OUTCOMES.contains(&error.outcome()),
+                Outcome::ALL[error.outcome().index()] == error.outcome(),
                 "{error:?}"
             );
         }

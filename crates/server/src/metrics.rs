@@ -21,6 +21,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
+use crate::error::Outcome;
+
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 /// Request-latency buckets: 100 µs doubling 18 times (to about 13 s): covers a loopback 202
@@ -51,9 +53,6 @@ pub struct ServerMetrics {
     /// observation shared by every connection: recording takes no lock or allocation.
     request_duration: RequestDurations,
 }
-
-/// Outcomes of `POST /events`, the values of the latency histogram's `outcome` label.
-pub const OUTCOMES: [&str; 5] = ["accepted", "rejected", "invalid", "overflowed", "error"];
 
 impl ServerMetrics {
     /// Registers every series; the engine's are read from `engine` at each scrape.
@@ -106,8 +105,8 @@ impl ServerMetrics {
         }
     }
 
-    /// Records one `POST /events` answer (`outcome`: one of [`OUTCOMES`]).
-    pub fn observe_request(&self, outcome: &'static str, elapsed: Duration) {
+    /// Records one `POST /events` answer.
+    pub fn observe_request(&self, outcome: Outcome, elapsed: Duration) {
         self.request_duration.record(outcome, elapsed);
     }
 
@@ -136,27 +135,20 @@ impl ServerMetrics {
 /// `floodgate_http_request_duration_seconds`: one striped histogram per outcome.
 /// Cloned into the registry as its collector: both clones share the histograms.
 #[derive(Debug, Clone)]
-struct RequestDurations(Arc<[(&'static str, StripedHistogram)]>);
+struct RequestDurations(Arc<[StripedHistogram; Outcome::ALL.len()]>);
 
 impl RequestDurations {
     fn new() -> Self {
         let bounds: Vec<u64> = (0..LATENCY_BUCKET_COUNT)
             .map(|doublings| LATENCY_BUCKET_START_NANOS << doublings)
             .collect();
-        Self(
-            OUTCOMES
-                .iter()
-                .map(|&outcome| (outcome, StripedHistogram::new(&bounds)))
-                .collect(),
-        )
+        Self(Arc::new(
+            Outcome::ALL.map(|_| StripedHistogram::new(&bounds)),
+        ))
     }
 
-    fn record(&self, outcome: &'static str, elapsed: Duration) {
-        let found = self.0.iter().find(|(name, _)| *name == outcome);
-        debug_assert!(found.is_some(), "unknown outcome {outcome}");
-        if let Some((_, histogram)) = found {
-            histogram.record(elapsed);
-        }
+    fn record(&self, outcome: Outcome, elapsed: Duration) {
+        self.0[outcome.index()].record(elapsed);
     }
 }
 
@@ -168,7 +160,7 @@ impl Collector for RequestDurations {
             None,
             MetricType::Histogram,
         )?;
-        for (outcome, histogram) in self.0.iter() {
+        for (outcome, histogram) in Outcome::ALL.iter().zip(self.0.iter()) {
             let snapshot = histogram.snapshot();
             // Per-bucket counts, bounds in seconds; prometheus-client accumulates them, and
             // a bound of infinity is its `+Inf`.
@@ -179,7 +171,7 @@ impl Collector for RequestDurations {
                 .chain([f64::INFINITY])
                 .zip(snapshot.counts.iter().copied())
                 .collect();
-            let labels = vec![("outcome", *outcome)];
+            let labels = vec![("outcome", outcome.as_str())];
             family
                 .encode_family(&labels)?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(

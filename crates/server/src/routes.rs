@@ -29,7 +29,7 @@ use serde_json::json;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, Outcome};
 use crate::metrics::ServerMetrics;
 use crate::shutdown::StopSignal;
 
@@ -120,7 +120,7 @@ async fn post_event<B: EventBody>(app: &AppState, request: hyper::Request<B>) ->
     let (parts, body) = request.into_parts();
     let result = ingest(app, &parts.headers, body).await;
     let outcome = match &result {
-        Ok(_) => "accepted",
+        Ok(_) => Outcome::Accepted,
         Err(error) => {
             if error.is_invalid_input() {
                 app.engine.record_invalid(error.reason());
