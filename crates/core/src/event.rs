@@ -6,7 +6,8 @@
 //!
 //! Invariant: [`parse_event`] returns `Ok` only for a body that is exactly one JSON object
 //! with exactly the two fields `user` (a non-empty string of at most [`USER_MAX_BYTES`] bytes
-//! without control characters) and `amount` (an integer that fits `i64`). Anything that is not
+//! in Unicode NFC, not only spaces, without control or format characters or whitespace other
+//! than the ASCII space) and `amount` (an integer that fits `i64`). Anything that is not
 //! well-formed JSON (invalid UTF-8, cut short, nested deeper than serde_json's recursion limit,
 //! trailing bytes) is [`EventError::is_malformed_json`]; well-formed JSON that is not a valid
 //! event gets a specific [`EventError::reason`]. The whole body is always checked for syntax
@@ -70,7 +71,8 @@ pub enum EventError {
     /// `amount` is not an integer that fits i64.
     #[error("invalid amount: {0}")]
     InvalidAmount(&'static str),
-    /// `user` is not a string, is empty, is too long or contains control characters.
+    /// `user` is not a string, is empty, is too long, is only spaces, contains control or
+    /// format characters or whitespace other than the ASCII space, or is not in NFC.
     #[error("invalid user: {0}")]
     InvalidUser(&'static str),
 }
@@ -170,7 +172,43 @@ fn parse_user(raw: &str) -> Result<Cow<'_, str>, EventError> {
     if user.chars().any(char::is_control) {
         return Err(EventError::InvalidUser("contains control characters"));
     }
+    if user.bytes().all(|byte| byte == b' ') {
+        return Err(EventError::InvalidUser("only spaces"));
+    }
+    if !user.is_ascii() {
+        check_unicode_user(&user)?;
+    }
     Ok(user)
+}
+
+/// The rules only non-ASCII names can break (printable ASCII is NFC and has no format
+/// characters, so the common case pays nothing): a name that looks like another must not be
+/// another user, so invisible and direction-changing characters are refused, as is any
+/// whitespace but the ASCII space, and so are spellings not in NFC (`zoe\u{308}` would be a
+/// second `zo\u{eb}`); refusing is honest where normalising would store a name the client
+/// never sent.
+fn check_unicode_user(user: &str) -> Result<(), EventError> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    if user
+        .chars()
+        .any(|character| character.general_category() == GeneralCategory::Format)
+    {
+        return Err(EventError::InvalidUser(
+            "contains invisible format characters (such as U+200B, U+202E, U+FEFF)",
+        ));
+    }
+    if user
+        .chars()
+        .any(|character| character.is_whitespace() && character != ' ')
+    {
+        return Err(EventError::InvalidUser(
+            "contains whitespace other than the ASCII space (such as U+00A0)",
+        ));
+    }
+    if !unicode_normalization::is_nfc(user) {
+        return Err(EventError::InvalidUser("not in Unicode NFC"));
+    }
+    Ok(())
 }
 
 /// Validate the raw JSON text of the `amount` value: an integer literal that fits i64.
@@ -474,6 +512,43 @@ mod tests {
             parse_event(body.as_bytes()).map(|event| event.user.len()),
             Ok(128)
         );
+    }
+
+    #[test]
+    fn invisible_spoofing_and_unnormalised_users() {
+        // Proves the look-alike rule: format characters (bidi overrides, zero-width, BOM, soft
+        // hyphen), whitespace other than the ASCII space, space-only names and names not in
+        // NFC are refused (raw or escaped); ordinary non-ASCII names in NFC and inner ASCII
+        // spaces are accepted.
+        for user in [
+            "\"evil\u{202e}gnp.exe\"".to_owned(), // RIGHT-TO-LEFT OVERRIDE
+            r#""a\u202eb""#.to_owned(),           // the same, escaped
+            "\"ali\u{200b}ce\"".to_owned(),       // ZERO WIDTH SPACE
+            "\"\u{feff}alice\"".to_owned(),       // BYTE ORDER MARK
+            "\"al\u{ad}ice\"".to_owned(),         // SOFT HYPHEN
+            "\"alice\u{a0}bob\"".to_owned(),      // NO-BREAK SPACE
+            "\"\u{a0}\"".to_owned(),              // NBSP only
+            "\"\u{3000}\"".to_owned(),            // IDEOGRAPHIC SPACE only
+            "\"a\u{2028}b\"".to_owned(),          // LINE SEPARATOR
+            "\"   \"".to_owned(),                 // spaces only
+            "\"zoe\u{308}\"".to_owned(),          // NFD: e + COMBINING DIAERESIS
+        ] {
+            let body = format!(r#"{{"user":{user},"amount":1}}"#);
+            assert_eq!(reason(body.as_bytes()), "invalid_user", "{user:?}");
+        }
+        for user in [
+            "zo\u{eb}",
+            "Ren\u{e9}e M\u{fc}ller",
+            "\u{6728}",
+            "alice bob",
+            "a-b_c.d",
+        ] {
+            let body = serde_json::json!({"user": user, "amount": 1}).to_string();
+            assert_eq!(
+                parse_event(body.as_bytes()).map(|event| event.user),
+                Ok(user.to_owned())
+            );
+        }
     }
 
     #[test]
