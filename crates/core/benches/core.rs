@@ -31,7 +31,7 @@ fn ledger_apply(criterion: &mut Criterion) {
         (LedgerStrategy::Sharded, 64),
         (LedgerStrategy::Owned, 2),
     ] {
-        let ledger = Ledger::new(strategy, shards);
+        let ledger = Ledger::new(shards);
         for user in users(USERS, 0) {
             ledger.apply(user, 1).expect("no overflow");
         }
@@ -42,14 +42,14 @@ fn ledger_apply(criterion: &mut Criterion) {
                     offset += BATCH;
                     users(BATCH, offset)
                         .into_iter()
-                        .map(|user| (user_hash(&user), user))
+                        .map(job)
                         .collect::<Vec<_>>()
                 },
                 |batch| {
                     // One lock per run of same-shard events, as the workers' fast path does.
-                    for (hash, user) in batch {
-                        let shard = ledger.shard(ledger.shard_for(hash));
-                        let _ = black_box(shard.data.lock().apply(hash, user, 1));
+                    let mut jobs = batch.into_iter();
+                    while jobs.len() > 0 {
+                        black_box(ledger.apply_batch(jobs.by_ref().take(256), |_, _| {}));
                     }
                 },
                 BatchSize::LargeInput,
@@ -74,7 +74,7 @@ fn ledger_apply_contended(criterion: &mut Criterion) {
         (LedgerStrategy::Sharded, 64),
         (LedgerStrategy::Owned, THREADS),
     ] {
-        let ledger = Ledger::new(strategy, shards);
+        let ledger = Ledger::new(shards);
         for user in users(USERS, 0) {
             ledger.apply(user, 1).expect("no overflow");
         }
@@ -132,22 +132,24 @@ fn contended_round(
     started.elapsed()
 }
 
-/// The workers' fast path in miniature: per batch of 256, one lock per run of same-shard jobs.
+/// The workers' fast path: per batch of 256, one lock per run of same-shard jobs.
 fn apply_in_batches(ledger: &Ledger, jobs: Vec<(u64, String)>) {
-    let mut jobs = jobs.into_iter().peekable();
-    let mut in_batch = 0;
-    while let Some((hash, user)) = jobs.next() {
-        let index = ledger.shard_for(hash);
-        let mut table = ledger.shard(index).data.lock();
-        let _ = black_box(table.apply(hash, user, 1));
-        in_batch += 1;
-        while in_batch % 256 != 0 {
-            let Some((hash, user)) = jobs.next_if(|next| ledger.shard_for(next.0) == index) else {
-                break;
-            };
-            let _ = black_box(table.apply(hash, user, 1));
-            in_batch += 1;
-        }
+    let mut jobs = jobs.into_iter().map(|(hash, user)| Job {
+        user,
+        amount: 1,
+        hash,
+    });
+    while jobs.len() > 0 {
+        black_box(ledger.apply_batch(jobs.by_ref().take(256), |_, _| {}));
+    }
+}
+
+/// A job of one unit for `user`.
+fn job(user: String) -> Job {
+    Job {
+        hash: user_hash(&user),
+        user,
+        amount: 1,
     }
 }
 

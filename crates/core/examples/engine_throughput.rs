@@ -184,7 +184,7 @@ async fn run_once(config: EngineConfig, workload: Workload) -> Run {
                 for event in chunk {
                     let mut event = event;
                     loop {
-                        match engine.offer(event) {
+                        match engine.submit(event).await {
                             Ok(_) if trickle => {
                                 // Like an HTTP handler: one event, then other tasks run.
                                 tokio::task::yield_now().await;

@@ -6,7 +6,11 @@
 //! dropping work.
 //!
 //! Invariants:
-//! - [`Engine::ingest`] never waits for queue room: a full queue is `Rejected::QueueFull` at once.
+//! - One door: every event enters through [`Engine::submit`]; the processing mode is decided
+//!   once, at start (a `Processor`), and both applying modes admit through one private
+//!   path (`Engine::admit`).
+//! - [`Engine::submit`] never waits for queue room: a full queue is `Rejected::QueueFull` at
+//!   once, and the refused event is handed back.
 //! - Nothing accepted is lost: [`Engine::shutdown`] stops admitting, closes the queue, lets
 //!   the workers drain it and joins them; its [`Summary`] then has
 //!   `applied + overflowed == accepted`, and the ledger's total equals the sum of the amounts
@@ -19,8 +23,12 @@
 //!   overflowed) with no check left for the workers; an admission the queue then refuses
 //!   gives its slot back ([`Ledger::cancel`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{Notify, OnceCell};
 use tokio::task::JoinHandle;
@@ -78,13 +86,83 @@ impl Rejected {
     }
 }
 
-/// A refused event, handed back by [`Engine::offer`].
+/// A refused event, handed back by [`Engine::submit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
     /// Why it was refused.
     pub reason: Rejected,
     /// The event, untouched.
     pub event: Event,
+}
+
+impl Refused {
+    fn new(reason: Rejected, event: Event) -> Self {
+        Self { reason, event }
+    }
+}
+
+/// The answer of [`Engine::submit`], to be awaited. Ready at once except in inline mode, so
+/// the hot (queued) path carries no large future: an inline apply is boxed instead.
+#[must_use = "an event is taken only when its submission is awaited"]
+pub enum Submission<'a> {
+    /// Decided already (queued and validate-only modes); `None` once taken.
+    Ready(Option<Result<Ingested, Refused>>),
+    /// Inline mode: the apply in progress.
+    Inline(Pin<Box<dyn Future<Output = Result<Ingested, Refused>> + Send + 'a>>),
+}
+
+impl std::fmt::Debug for Submission<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready(answer) => formatter.debug_tuple("Ready").field(answer).finish(),
+            Self::Inline(_) => formatter.write_str("Inline"),
+        }
+    }
+}
+
+impl Future for Submission<'_> {
+    type Output = Result<Ingested, Refused>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Ready(answer) => Poll::Ready(
+                answer
+                    .take()
+                    .expect("a submission is polled after it answered"),
+            ),
+            Self::Inline(apply) => apply.as_mut().poll(context),
+        }
+    }
+}
+
+/// Build the queue and spawn one worker per consumer (queued mode).
+fn start_workers(
+    config: &EngineConfig,
+    ledger: &Arc<Ledger>,
+    metrics: &Arc<Metrics>,
+) -> (Admission, Vec<JoinHandle<()>>) {
+    let owned = config.strategy == LedgerStrategy::Owned;
+    let (admission, consumers) = queue::build(
+        config.queue_kind,
+        config.queue_capacity_events,
+        config.workers,
+        owned,
+    );
+    let handles = consumers
+        .into_iter()
+        .enumerate()
+        .map(|(id, consumer)| {
+            let context = WorkerContext {
+                id,
+                ledger: Arc::clone(ledger),
+                metrics: Arc::clone(metrics),
+                work: config.work_duration(),
+                hold: config.hold_duration(),
+            };
+            tokio::spawn(worker::run(context, consumer))
+        })
+        .collect();
+    (admission, handles)
 }
 
 /// The engine. Cheap to clone (an `Arc` inside); every clone drives the same engine.
@@ -108,12 +186,28 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Where an event goes once admitted: decided once, at start, from the processing mode.
+#[derive(Debug)]
+enum Processor {
+    /// Stage 3: validate only, keep no state.
+    ValidateOnly,
+    /// Stage 4: apply in the caller, on the seed's locking path.
+    Inline {
+        /// Simulated work before the lock (scaled).
+        work: Duration,
+        /// Simulated work holding the lock (scaled).
+        hold: Duration,
+    },
+    /// Stages 5–8 and production: into the bounded queue; workers apply.
+    Queued(Admission),
+}
+
 #[derive(Debug)]
 struct Inner {
     config: EngineConfig,
+    processor: Processor,
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
-    admission: Option<Admission>,
     draining: AtomicBool,
     inline_in_flight: AtomicU64,
     inline_idle: Notify,
@@ -129,34 +223,25 @@ impl Engine {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::NoRuntime);
         }
-        let queued = config.mode == ProcessingMode::Queued;
         let ledger = Arc::new(Ledger::with_max_users(
-            config.strategy,
             config.shard_count(),
             config.max_users,
         ));
+        let queued = config.mode == ProcessingMode::Queued;
         let metrics = Arc::new(Metrics::new(if queued { config.workers } else { 1 }));
         let mut handles = Vec::new();
-        let admission = queued.then(|| {
-            let owned = config.strategy == LedgerStrategy::Owned;
-            let (admission, consumers) = queue::build(
-                config.queue_kind,
-                config.queue_capacity_events,
-                config.workers,
-                owned,
-            );
-            for (id, consumer) in consumers.into_iter().enumerate() {
-                let context = WorkerContext {
-                    id,
-                    ledger: Arc::clone(&ledger),
-                    metrics: Arc::clone(&metrics),
-                    work: config.work_duration(),
-                    hold: config.hold_duration(),
-                };
-                handles.push(tokio::spawn(worker::run(context, consumer)));
+        let processor = match config.mode {
+            ProcessingMode::ValidateOnly => Processor::ValidateOnly,
+            ProcessingMode::Inline => Processor::Inline {
+                work: config.work_duration(),
+                hold: config.hold_duration(),
+            },
+            ProcessingMode::Queued => {
+                let (admission, worker_handles) = start_workers(&config, &ledger, &metrics);
+                handles = worker_handles;
+                Processor::Queued(admission)
             }
-            admission
-        });
+        };
         tracing::info!(
             mode = %config.mode, strategy = %config.strategy, workers = config.workers,
             queue_capacity_events = config.queue_capacity_events, queue_kind = %config.queue_kind,
@@ -166,9 +251,9 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 config,
+                processor,
                 ledger,
                 metrics,
-                admission,
                 draining: AtomicBool::new(false),
                 inline_in_flight: AtomicU64::new(0),
                 inline_idle: Notify::new(),
@@ -178,52 +263,57 @@ impl Engine {
         })
     }
 
-    /// The configuration the engine runs with.
-    pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
-    }
-
-    /// Take one valid event. Queued: `try_send`, never waits for room. Inline: applies it
-    /// (simulated work, lock, hold, apply) and answers the balance. Validate-only: counts it.
-    pub async fn ingest(&self, event: Event) -> Result<Ingested, Rejected> {
-        match self.inner.config.mode {
-            ProcessingMode::Queued | ProcessingMode::ValidateOnly => self.try_ingest(event),
-            ProcessingMode::Inline => self.ingest_inline(event).await,
-        }
-    }
-
-    /// [`Engine::ingest`] without `async`: exactly the same for queued and validate-only
-    /// modes. In inline mode it applies at once under the shard's data lock, skipping the
-    /// simulated work and the async hold lock (it cannot sleep): the answer and the counts are
-    /// the same as `ingest`'s, only the stage-4 timing is not simulated.
-    pub fn try_ingest(&self, event: Event) -> Result<Ingested, Rejected> {
-        self.offer(event).map_err(|refused| refused.reason)
-    }
-
-    /// [`Engine::try_ingest`] that hands a refused event back, so a caller (a benchmark, a
-    /// retrying producer) can offer it again without cloning. Refusals are counted as usual.
-    pub fn offer(&self, event: Event) -> Result<Ingested, Refused> {
-        let inner = &*self.inner;
-        if self.refuses_as_draining(Ordering::Acquire) {
-            let reason = Rejected::Draining;
-            return Err(Refused { reason, event });
-        }
-        let Some(admission) = &inner.admission else {
-            if inner.config.mode == ProcessingMode::Inline {
-                return self.offer_inline(event);
+    /// The one door for an event. Queued: admitted into the bounded queue without waiting for
+    /// room (a full queue is `QueueFull` at once) and the answer is ready before the first
+    /// poll. Inline: applied on the seed's locking path (simulated work, async lock, hold)
+    /// and the new balance answered. Validate-only: counted. A refused event is handed back
+    /// untouched (a retrying caller offers it again without cloning); every refusal is
+    /// counted.
+    pub fn submit(&self, event: Event) -> Submission<'_> {
+        match &self.inner.processor {
+            Processor::Queued(admission) => Submission::Ready(Some(self.enqueue(admission, event))),
+            Processor::Inline { work, hold } => {
+                Submission::Inline(Box::pin(self.apply_inline(event, *work, *hold)))
             }
-            inner.metrics.validated.increment();
-            return Ok(Ingested::Validated);
-        };
+            Processor::ValidateOnly => Submission::Ready(Some(self.validate(event))),
+        }
+    }
+
+    /// Validate-only mode (stage 3): count the event, keep nothing.
+    fn validate(&self, event: Event) -> Result<Ingested, Refused> {
+        if self.refuses_as_draining(Ordering::Acquire) {
+            return Err(Refused::new(Rejected::Draining, event));
+        }
+        self.inner.metrics.validated.increment();
+        Ok(Ingested::Validated)
+    }
+
+    /// Admit `event` against the user budget (see [`Ledger::admit`]): the one admission of
+    /// both applying modes. A ledger-full refusal is counted and the event handed back.
+    fn admit(&self, event: Event) -> Result<(Job, Admit), Refused> {
         let hash = user_hash(&event.user);
-        let Ok(admitted) = inner.ledger.admit(hash, &event.user) else {
-            return Err(self.refuse_ledger_full(event));
+        let Ok(admitted) = self.inner.ledger.admit(hash, &event.user) else {
+            self.inner
+                .metrics
+                .rejected_ledger_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::new(Rejected::LedgerFull, event));
         };
         let job = Job {
             user: event.user,
             amount: event.amount,
             hash,
         };
+        Ok((job, admitted))
+    }
+
+    /// Queued mode: admit, then push without waiting for room.
+    fn enqueue(&self, admission: &Admission, event: Event) -> Result<Ingested, Refused> {
+        let inner = &*self.inner;
+        if self.refuses_as_draining(Ordering::Acquire) {
+            return Err(Refused::new(Rejected::Draining, event));
+        }
+        let (job, admitted) = self.admit(event)?;
         // Count before pushing (and take it back on refusal), so that a stats snapshot never
         // shows a worker applying an event not yet counted as accepted.
         inner.metrics.accepted.increment();
@@ -232,7 +322,7 @@ impl Engine {
         };
         inner.metrics.accepted.sub(1);
         if admitted == Admit::Pending {
-            inner.ledger.cancel(hash, &job.user);
+            inner.ledger.cancel(job.hash, &job.user);
         }
         let reason = match error {
             PushError::Full => {
@@ -247,27 +337,11 @@ impl Engine {
                 Rejected::Draining
             }
         };
-        let event = Event {
-            user: job.user,
-            amount: job.amount,
-        };
-        Err(Refused { reason, event })
-    }
-
-    /// Count a `LedgerFull` refusal and hand the event back.
-    fn refuse_ledger_full(&self, event: Event) -> Refused {
-        self.inner
-            .metrics
-            .rejected_ledger_full
-            .fetch_add(1, Ordering::Relaxed);
-        Refused {
-            reason: Rejected::LedgerFull,
-            event,
-        }
+        Err(Refused::new(reason, job.into_event()))
     }
 
     /// True (and the refusal counted) once a stop has begun: admission is closed. `ordering`
-    /// is `SeqCst` on the inline paths, which must pair with shutdown's in-flight count.
+    /// is `SeqCst` on the inline path, which must pair with shutdown's in-flight count.
     fn refuses_as_draining(&self, ordering: Ordering) -> bool {
         let draining = self.inner.draining.load(ordering);
         if draining {
@@ -279,38 +353,30 @@ impl Engine {
         draining
     }
 
-    /// Inline apply without awaiting (see [`Engine::try_ingest`]).
-    fn offer_inline(&self, event: Event) -> Result<Ingested, Refused> {
+    /// Inline mode (stage 4): admit, then apply in the caller on the seed's locking path.
+    async fn apply_inline(
+        &self,
+        event: Event,
+        work: Duration,
+        hold: Duration,
+    ) -> Result<Ingested, Refused> {
         let inner = &*self.inner;
+        // Enter before checking `draining`, so shutdown either sees us in flight or we see it.
         inner.inline_in_flight.fetch_add(1, Ordering::SeqCst);
         let _leave = InlineGuard(inner);
         if self.refuses_as_draining(Ordering::SeqCst) {
-            let reason = Rejected::Draining;
-            return Err(Refused { reason, event });
+            return Err(Refused::new(Rejected::Draining, event));
         }
-        let (hash, amount) = (user_hash(&event.user), event.amount);
-        let shard = inner.ledger.shard(inner.ledger.shard_for(hash));
-        // Accepted first (taken back on overflow): snapshots keep applied <= accepted.
-        let mut table = shard.data.lock();
-        if table
-            .admit(hash, &event.user, inner.ledger.budget())
-            .is_err()
-        {
-            drop(table);
-            return Err(self.refuse_ledger_full(event));
-        }
+        let (job, _) = self.admit(event)?;
+        let amount = job.amount;
+        // Accepted first (taken back on overflow): snapshots keep applied <= accepted. A new
+        // user's first event cannot overflow, so an overflow leaves nothing pending.
         inner.metrics.accepted.increment();
-        // A new user's first event cannot overflow, so an overflow leaves nothing pending.
-        let outcome = table.apply(hash, event.user, amount);
-        drop(table);
-        match outcome {
-            Ok(balance) => {
-                inner.metrics.workers[0]
-                    .applied
-                    .fetch_add(1, Ordering::Release);
-                Ok(Ingested::Applied { balance })
-            }
+        let slot = &inner.metrics.workers[0];
+        match worker::apply_simulated(&inner.ledger, slot, 0, job, work, hold).await {
+            Ok(balance) => Ok(Ingested::Applied { balance }),
             Err(overflow) => {
+                // Inline overflow is answered 422: a rejection, not an accepted event.
                 inner.metrics.accepted.sub(1);
                 inner
                     .metrics
@@ -320,54 +386,8 @@ impl Engine {
                     user: overflow.user,
                     amount,
                 };
-                Err(Refused {
-                    reason: Rejected::Overflow,
-                    event,
-                })
+                Err(Refused::new(Rejected::Overflow, event))
             }
-        }
-    }
-
-    async fn ingest_inline(&self, event: Event) -> Result<Ingested, Rejected> {
-        let inner = &*self.inner;
-        // Enter before checking `draining`, so shutdown either sees us in flight or we see it.
-        inner.inline_in_flight.fetch_add(1, Ordering::SeqCst);
-        let _leave = InlineGuard(inner);
-        if self.refuses_as_draining(Ordering::SeqCst) {
-            return Err(Rejected::Draining);
-        }
-        let hash = user_hash(&event.user);
-        let admitted = inner.ledger.admit(hash, &event.user);
-        if admitted.is_err() {
-            return Err(self.refuse_ledger_full(event).reason);
-        }
-        let job = Job {
-            user: event.user,
-            amount: event.amount,
-            hash,
-        };
-        let config = &inner.config;
-        // Accepted first (taken back on overflow): snapshots keep applied <= accepted.
-        inner.metrics.accepted.increment();
-        let outcome = worker::apply_simulated(
-            &inner.ledger,
-            &inner.metrics.workers[0],
-            0,
-            job,
-            config.work_duration(),
-            config.hold_duration(),
-        )
-        .await;
-        // Inline overflow is answered 422, so it is a rejection, not an accepted event.
-        if let Ok(balance) = outcome {
-            Ok(Ingested::Applied { balance })
-        } else {
-            inner.metrics.accepted.sub(1);
-            inner
-                .metrics
-                .rejected_overflow
-                .fetch_add(1, Ordering::Relaxed);
-            Err(Rejected::Overflow)
         }
     }
 
@@ -389,15 +409,20 @@ impl Engine {
 
     /// Events waiting in the queue (0 when not queued).
     pub fn queue_depth(&self) -> usize {
-        self.inner.admission.as_ref().map_or(0, Admission::len)
+        self.admission().map_or(0, Admission::len)
     }
 
     /// Queue bound in events (0 when not queued).
     pub fn queue_capacity_events(&self) -> usize {
-        self.inner
-            .admission
-            .as_ref()
-            .map_or(0, Admission::capacity_events)
+        self.admission().map_or(0, Admission::capacity_events)
+    }
+
+    /// The queue, in queued mode.
+    fn admission(&self) -> Option<&Admission> {
+        match &self.inner.processor {
+            Processor::Queued(admission) => Some(admission),
+            Processor::ValidateOnly | Processor::Inline { .. } => None,
+        }
     }
 
     /// `true` once shutdown began.
@@ -409,7 +434,7 @@ impl Engine {
     pub fn stats(&self) -> Stats {
         let inner = &*self.inner;
         let metrics = &*inner.metrics;
-        let queued = inner.admission.is_some();
+        let queued = self.admission().is_some();
         let per_worker: Vec<WorkerStats> = metrics
             .workers
             .iter()
@@ -472,7 +497,7 @@ impl Engine {
         }
     }
 
-    /// Stop admitting (ingest answers `Rejected::Draining`), close the queue, let the workers
+    /// Stop admitting (`submit` answers `Rejected::Draining`), close the queue, let the workers
     /// apply everything accepted, join them and return the final count. Idempotent: every
     /// call (also concurrent ones) returns the same summary.
     pub async fn shutdown(&self) -> Summary {
@@ -482,7 +507,7 @@ impl Engine {
     async fn drain(&self) -> Summary {
         let inner = &*self.inner;
         inner.draining.store(true, Ordering::SeqCst);
-        if let Some(admission) = &inner.admission {
+        if let Some(admission) = self.admission() {
             admission.close();
         }
         loop {
@@ -516,7 +541,7 @@ impl Engine {
         // so reading in this order keeps `applied + overflowed <= accepted` in every snapshot.
         let applied = metrics.sum_workers(|worker| &worker.applied);
         let overflowed = metrics.sum_workers(|worker| &worker.overflowed);
-        let accepted = if self.inner.admission.is_some() && drained {
+        let accepted = if self.admission().is_some() && drained {
             metrics.sum_workers(|worker| &worker.received)
         } else {
             metrics.accepted.get()

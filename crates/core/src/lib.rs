@@ -28,6 +28,6 @@ pub mod stats;
 pub mod worker;
 
 pub use config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode, QueueKind};
-pub use engine::{Engine, Ingested, Refused, Rejected};
+pub use engine::{Engine, Ingested, Refused, Rejected, Submission};
 pub use event::{Event, EventError, USER_MAX_BYTES, parse_event};
 pub use stats::{LockSummary, LockTimings, Stats, Summary, WorkerStats};

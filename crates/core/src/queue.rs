@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::QueueKind;
+use crate::event::Event;
 use crate::ledger::shard_index;
 
 /// One admitted event on its way to a worker: the hash is computed once, at admission.
@@ -35,7 +36,17 @@ pub struct Job {
     pub hash: u64,
 }
 
-/// Why a push failed (the job is dropped: the caller answers 503).
+impl Job {
+    /// The event this job carries (for a refusal that hands it back).
+    pub fn into_event(self) -> Event {
+        Event {
+            user: self.user,
+            amount: self.amount,
+        }
+    }
+}
+
+/// Why a push failed (the job is handed back with it: the caller answers 503).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PushError {
     /// The lane is at capacity.

@@ -10,21 +10,21 @@
 //!   warn); `received == applied + overflowed` per worker once its batch is done.
 //! - A worker returns only once its queue lane is closed and empty, so joining the workers
 //!   after closing the queue means every admitted event was processed.
-//! - Fast path (no simulated work): a batch of up to [`BATCH_MAX`] jobs is applied taking
-//!   each shard's short `data` lock once per run of consecutive jobs for that shard (once per
-//!   batch with the global and owned strategies). This keeps every invariant of the slow path:
-//!   each update still happens under the shard's lock, in queue order per worker, with checked
-//!   arithmetic; it only stops paying a lock round-trip and an `.await` per event, and the
-//!   lock is never held across an `.await` (there is nothing to simulate). The async `hold`
-//!   lock is not taken: every worker of an engine is on the same path (the durations are
-//!   engine-wide), so the `data` lock alone serializes updates, and readers never wait longer
+//! - Fast path (no simulated work): a batch of up to [`BATCH_MAX`] jobs goes to
+//!   [`Ledger::apply_batch`], which takes each shard's short lock once per run of consecutive
+//!   jobs for that shard (once per batch with the global and owned strategies). This keeps
+//!   every invariant of the slow path: each update still happens under the shard's lock, in
+//!   queue order per worker, with checked arithmetic; it only stops paying a lock round-trip
+//!   and an `.await` per event, and no lock is held across an `.await`. The async `hold` lock
+//!   is not taken: every worker of an engine is on the same path (the durations are
+//!   engine-wide), so the short lock alone serializes updates, and readers never wait longer
 //!   than one batch (a few microseconds).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::ledger::{Ledger, Overflow};
+use crate::ledger::{Applied, Ledger, Overflow};
 use crate::metrics::{Metrics, WorkerMetrics, WorkerTimings, record_duration};
 use crate::queue::{Consumer, Job};
 
@@ -116,62 +116,43 @@ fn add_busy(slot: &WorkerMetrics, busy: Duration) {
     slot.busy_ns.fetch_add(nanos, Ordering::Relaxed);
 }
 
-/// The fast path: apply a batch, one lock acquisition per run of jobs for the same shard.
+/// The fast path: apply a batch through [`Ledger::apply_batch`] (one lock per run of jobs for
+/// the same shard).
 ///
 /// Timing is per batch, not per acquisition, to keep clock reads off the per-event path: one
-/// wait sample (total time spent waiting for shard locks in the batch, measured only when
-/// `try_lock` fails) and one hold sample (the rest of the batch's time, during which a shard
+/// wait sample (total time spent waiting for shard locks in the batch, measured only when a
+/// lock is contended) and one hold sample (the rest of the batch's time, during which a shard
 /// lock is held). With the global and owned strategies a batch is one acquisition anyway.
 fn apply_batch(context: &WorkerContext, batch: &mut Vec<Job>) {
-    let ledger = &*context.ledger;
     let slot = context.slot();
     let debug = tracing::enabled!(tracing::Level::DEBUG);
-    let (mut applied, mut overflowed) = (0_u64, 0_u64);
-    let mut wait = Duration::ZERO;
     let batch_start = std::time::Instant::now();
-    let mut jobs = batch.drain(..).peekable();
-    while let Some(first) = jobs.next() {
-        let shard_index = ledger.shard_for(first.hash);
-        let shard = ledger.shard(shard_index);
-        // Uncontended (the usual case): no clock read at all.
-        let mut table = if let Some(table) = shard.data.try_lock() {
-            table
-        } else {
-            let asked = std::time::Instant::now();
-            let table = shard.data.lock();
-            wait += asked.elapsed();
-            table
-        };
-        let mut job = Some(first);
-        while let Some(current) = job.take() {
-            let user_for_log = debug.then(|| current.user.clone());
-            match table.apply(current.hash, current.user, current.amount) {
-                Ok(balance) => {
-                    applied += 1;
-                    if let Some(user) = user_for_log {
-                        let held = batch_start.elapsed().saturating_sub(wait);
-                        log_applied(context.id, &user, balance, wait, held);
-                    }
-                }
-                Err(overflow) => {
-                    overflowed += 1;
-                    log_overflow(context.id, &overflow, current.amount);
+    let report = context
+        .ledger
+        .apply_batch(batch.drain(..), |applied, lock_wait| match applied {
+            Applied::Balance { user, balance } => {
+                if debug {
+                    let held = batch_start.elapsed().saturating_sub(lock_wait);
+                    let user = String::from_utf8_lossy(user);
+                    log_applied(context.id, &user, balance, lock_wait, held);
                 }
             }
-            job = jobs.next_if(|next| ledger.shard_for(next.hash) == shard_index);
-        }
-    }
-    let held = batch_start.elapsed().saturating_sub(wait);
-    record_timings(&slot.timings, wait, held);
-    slot.applied.fetch_add(applied, Ordering::Release);
-    slot.overflowed.fetch_add(overflowed, Ordering::Release);
+            Applied::Overflowed { overflow, amount } => {
+                log_overflow(context.id, overflow, amount);
+            }
+        });
+    let held = batch_start.elapsed().saturating_sub(report.lock_wait);
+    record_timings(&slot.timings, report.lock_wait, held);
+    slot.applied.fetch_add(report.applied, Ordering::Release);
+    slot.overflowed
+        .fetch_add(report.overflowed, Ordering::Release);
 }
 
-/// The seed's path for one job: `work` (async), take the shard's async lock, `hold` while
-/// holding it, apply, release. Times it and counts it as applied in `slot`; an overflow is
-/// logged and returned, and the caller counts it (a worker: `overflowed`; inline mode: a
-/// rejection, since the client is told). Used by workers with simulated work and by inline
-/// mode (stage 4).
+/// The seed's path for one job: `work` (async), then [`Ledger::apply_held`] (the shard's
+/// async lock kept across the `hold` sleep). Times it and counts it as applied in `slot`; an
+/// overflow is logged and returned, and the caller counts it (a worker: `overflowed`; inline
+/// mode: a rejection, since the client is told). Used by workers with simulated work and by
+/// inline mode (stage 4).
 pub async fn apply_simulated(
     ledger: &Ledger,
     slot: &WorkerMetrics,
@@ -183,29 +164,20 @@ pub async fn apply_simulated(
     if !work.is_zero() {
         tokio::time::sleep(work).await;
     }
-    let shard = ledger.shard(ledger.shard_for(job.hash));
-    let asked = tokio::time::Instant::now();
-    let guard = shard.hold.lock().await;
-    let got = tokio::time::Instant::now();
-    if !hold.is_zero() {
-        tokio::time::sleep(hold).await;
-    }
     let user_for_log = tracing::enabled!(tracing::Level::DEBUG).then(|| job.user.clone());
-    let outcome = shard.data.lock().apply(job.hash, job.user, job.amount);
-    drop(guard);
-    let released = tokio::time::Instant::now();
-    let (wait, holding) = (got - asked, released - got);
-    record_timings(&slot.timings, wait, holding);
-    match &outcome {
+    let amount = job.amount;
+    let report = ledger.apply_held(job, hold).await;
+    record_timings(&slot.timings, report.lock_wait, report.lock_held);
+    match &report.outcome {
         Ok(balance) => {
             slot.applied.fetch_add(1, Ordering::Release);
             if let Some(user) = user_for_log {
-                log_applied(worker, &user, *balance, wait, holding);
+                log_applied(worker, &user, *balance, report.lock_wait, report.lock_held);
             }
         }
-        Err(overflow) => log_overflow(worker, overflow, job.amount),
+        Err(overflow) => log_overflow(worker, overflow, amount),
     }
-    outcome
+    report.outcome
 }
 
 fn record_timings(timings: &parking_lot::Mutex<WorkerTimings>, wait: Duration, hold: Duration) {

@@ -45,11 +45,11 @@ async fn debug_logs_the_seed_line_and_overflow_warns() {
     })
     .expect("start");
     engine
-        .ingest(Event::new("user3", 30))
+        .submit(Event::new("user3", 30))
         .await
         .expect("queued");
     engine
-        .ingest(Event::new("user3", i64::MAX))
+        .submit(Event::new("user3", i64::MAX))
         .await
         .expect("queued");
     let summary = engine.shutdown().await;

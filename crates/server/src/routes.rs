@@ -147,7 +147,8 @@ async fn ingest<B: EventBody>(
     }
     let bytes = read_body(body, limits.body_limit_bytes, limits.body_timeout()).await?;
     let event = parse_event(&bytes)?;
-    Ok(Accepted(app.engine.ingest(event).await?))
+    let ingested = app.engine.submit(event).await;
+    Ok(Accepted(ingested.map_err(|refused| refused.reason)?))
 }
 
 /// A missing content type is accepted as JSON; a present one must be `application/json` or

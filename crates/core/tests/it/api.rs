@@ -1,6 +1,7 @@
 //! The engine's read side and bookkeeping: stats, invalid counts, offer, lock timings,
 //! pagination, config refusal.
 
+use crate::support;
 use floodgate_core::{
     ConfigError, Engine, EngineConfig, Event, Ingested, LedgerStrategy, Rejected,
 };
@@ -33,7 +34,7 @@ async fn stats_count_every_outcome() {
     .expect("start");
     let mut answers = Vec::new();
     for index in 0..6 {
-        answers.push(engine.ingest(Event::new(format!("u{index}"), 10)).await);
+        answers.push(support::ingest(&engine, Event::new(format!("u{index}"), 10)).await);
     }
     assert_eq!(answers.iter().filter(|answer| answer.is_ok()).count(), 4);
     assert_eq!(answers[5], Err(Rejected::QueueFull));
@@ -87,14 +88,23 @@ async fn offer_hands_refused_events_back() {
     })
     .expect("start");
     // Fill the queue before the worker task can run (current-thread runtime, no await yet).
-    assert_eq!(engine.offer(Event::new("a", 1)), Ok(Ingested::Queued));
-    let refused = engine.offer(Event::new("b", 2)).expect_err("queue full");
+    assert_eq!(
+        engine.submit(Event::new("a", 1)).await,
+        Ok(Ingested::Queued)
+    );
+    let refused = engine
+        .submit(Event::new("b", 2))
+        .await
+        .expect_err("queue full");
     assert_eq!(
         (refused.reason, refused.event),
         (Rejected::QueueFull, Event::new("b", 2))
     );
     engine.shutdown().await;
-    let refused = engine.offer(Event::new("c", 3)).expect_err("draining");
+    let refused = engine
+        .submit(Event::new("c", 3))
+        .await
+        .expect_err("draining");
     assert_eq!(refused.reason, Rejected::Draining);
     let timings = engine.lock_timings();
     assert_eq!(timings.hold_us.len(), 1, "one batch applied");
@@ -113,8 +123,7 @@ async fn debug_output_stays_short_with_many_users() {
     // Proves `{:?}` of an engine (e.g. inside a server handle) never dumps the ledger.
     let engine = Engine::start(EngineConfig::production()).expect("start");
     for user in 0..2_000 {
-        engine
-            .ingest(Event::new(format!("user{user}"), 1))
+        support::ingest(&engine, Event::new(format!("user{user}"), 1))
             .await
             .expect("queued");
     }
@@ -137,15 +146,16 @@ async fn try_ingest_in_inline_mode_applies_at_once() {
     })
     .expect("start");
     assert_eq!(
-        engine.try_ingest(Event::new("a", 5)),
+        support::ingest(&engine, Event::new("a", 5)).await,
         Ok(Ingested::Applied { balance: 5 })
     );
     assert_eq!(
-        engine.ingest(Event::new("a", 2)).await,
+        support::ingest(&engine, Event::new("a", 2)).await,
         Ok(Ingested::Applied { balance: 7 })
     );
     let refused = engine
-        .offer(Event::new("a", i64::MAX))
+        .submit(Event::new("a", i64::MAX))
+        .await
         .expect_err("overflow");
     assert_eq!(
         (refused.reason, refused.event.amount),
@@ -157,7 +167,7 @@ async fn try_ingest_in_inline_mode_applies_at_once() {
         (2, 2, 1)
     );
     assert_eq!(
-        engine.try_ingest(Event::new("a", 1)),
+        support::ingest(&engine, Event::new("a", 1)).await,
         Err(Rejected::Draining)
     );
 }

@@ -143,7 +143,7 @@ async fn shutdown_while_submitting_loses_nothing() {
                 let mut accepted: HashMap<String, i64> = HashMap::new();
                 for index in 0_u64.. {
                     let user = format!("u{}", (submitter + index) % USERS);
-                    match engine.ingest(Event::new(user.clone(), 3)).await {
+                    match support::ingest(&engine, Event::new(user.clone(), 3)).await {
                         Ok(_) => *accepted.entry(user).or_insert(0) += 3,
                         Err(Rejected::Draining) => break,
                         Err(_) => tokio::task::yield_now().await,
@@ -165,7 +165,7 @@ async fn shutdown_while_submitting_loses_nothing() {
         expected.rejected = first.rejected;
         check_conserved(&engine, first, &expected, &label);
         assert_eq!(
-            engine.ingest(Event::new("late", 1)).await,
+            support::ingest(&engine, Event::new("late", 1)).await,
             Err(Rejected::Draining)
         );
         assert!(engine.is_draining());
@@ -205,7 +205,7 @@ async fn overflow_is_counted_not_applied() {
                 i64::MAX / 2
             };
             assert_eq!(
-                engine.ingest(Event::new(user.clone(), amount)).await,
+                support::ingest(&engine, Event::new(user.clone(), amount)).await,
                 Ok(Ingested::Queued)
             );
             let balance = replay.entry(user).or_insert(0);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support;
 use floodgate_core::{
     Engine, EngineConfig, Event, Ingested, LedgerStrategy, ProcessingMode, Rejected,
 };
@@ -13,7 +14,7 @@ async fn stage3_validates_without_state() {
     // Proves validate-only mode answers Validated and keeps no balance.
     let engine = Engine::start(EngineConfig::for_stage(3).expect("stage 3")).expect("start");
     assert_eq!(
-        engine.ingest(Event::new("alice", 5)).await,
+        support::ingest(&engine, Event::new("alice", 5)).await,
         Ok(Ingested::Validated)
     );
     assert_eq!(engine.balance("alice"), None);
@@ -22,7 +23,7 @@ async fn stage3_validates_without_state() {
     assert_eq!(stats.mode, ProcessingMode::ValidateOnly);
     engine.shutdown().await;
     assert_eq!(
-        engine.ingest(Event::new("alice", 5)).await,
+        support::ingest(&engine, Event::new("alice", 5)).await,
         Err(Rejected::Draining)
     );
 }
@@ -36,7 +37,9 @@ async fn stage4_inline_serializes_on_one_lock() {
     let tasks: Vec<_> = (0..6)
         .map(|index| {
             let engine = engine.clone();
-            tokio::spawn(async move { engine.ingest(Event::new(format!("u{index}"), 10)).await })
+            tokio::spawn(async move {
+                support::ingest(&engine, Event::new(format!("u{index}"), 10)).await
+            })
         })
         .collect();
     for task in tasks {
@@ -57,7 +60,7 @@ async fn stage4_inline_serializes_on_one_lock() {
         stats.lock_wait.max_ms >= 2000.0,
         "the last one waited for five holds"
     );
-    let overflow = engine.ingest(Event::new("u0", i64::MAX)).await;
+    let overflow = support::ingest(&engine, Event::new("u0", i64::MAX)).await;
     assert_eq!(overflow, Err(Rejected::Overflow));
     assert_eq!(engine.balance("u0"), Some(10));
     let summary = engine.shutdown().await;
@@ -76,7 +79,7 @@ async fn stage5_burst_fills_the_queue_and_rejects_at_once() {
     let mut accepted = 0;
     let mut rejected = 0;
     for index in 0..200 {
-        match engine.ingest(Event::new(format!("u{index}"), 1)).await {
+        match support::ingest(&engine, Event::new(format!("u{index}"), 1)).await {
             Ok(Ingested::Queued) => accepted += 1,
             Err(Rejected::QueueFull) => rejected += 1,
             other => panic!("{other:?}"),
@@ -107,9 +110,8 @@ async fn drain_time(config: EngineConfig, events: usize, users: usize) -> (Durat
     .expect("start");
     let started = Instant::now();
     for index in 0..events {
-        let answer = engine
-            .ingest(Event::new(format!("user{}", index % users), 1))
-            .await;
+        let answer =
+            support::ingest(&engine, Event::new(format!("user{}", index % users), 1)).await;
         assert_eq!(answer, Ok(Ingested::Queued));
     }
     let summary = engine.shutdown().await;

@@ -29,18 +29,18 @@ async fn full_ledger_refuses_new_users_and_admits_known_and_pending_ones() {
         let engine = Engine::start(config).expect("start");
         for user in ["alice", "alice", "bob"] {
             assert_eq!(
-                engine.try_ingest(Event::new(user, 5)),
+                support::ingest(&engine, Event::new(user, 5)).await,
                 Ok(Ingested::Queued),
                 "{label}"
             );
         }
         assert_eq!(
-            engine.try_ingest(Event::new("carol", 1)),
+            support::ingest(&engine, Event::new("carol", 1)).await,
             Err(Rejected::LedgerFull),
             "{label}"
         );
         assert_eq!(
-            engine.try_ingest(Event::new("bob", 1)),
+            support::ingest(&engine, Event::new("bob", 1)).await,
             Ok(Ingested::Queued),
             "{label}"
         );
@@ -52,12 +52,12 @@ async fn full_ledger_refuses_new_users_and_admits_known_and_pending_ones() {
         );
         tokio::task::yield_now().await;
         assert_eq!(
-            engine.try_ingest(Event::new("alice", 1)),
+            support::ingest(&engine, Event::new("alice", 1)).await,
             Ok(Ingested::Queued),
             "{label}"
         );
         assert_eq!(
-            engine.try_ingest(Event::new("dave", 1)),
+            support::ingest(&engine, Event::new("dave", 1)).await,
             Err(Rejected::LedgerFull),
             "{label}"
         );
@@ -93,16 +93,22 @@ async fn inline_mode_checks_the_limit_before_applying() {
     })
     .expect("start");
     let applied = |balance| Ok(Ingested::Applied { balance });
-    assert_eq!(engine.ingest(Event::new("alice", 3)).await, applied(3));
     assert_eq!(
-        engine.ingest(Event::new("bob", 3)).await,
+        support::ingest(&engine, Event::new("alice", 3)).await,
+        applied(3)
+    );
+    assert_eq!(
+        support::ingest(&engine, Event::new("bob", 3)).await,
         Err(Rejected::LedgerFull)
     );
     assert_eq!(
-        engine.try_ingest(Event::new("bob", 3)),
+        support::ingest(&engine, Event::new("bob", 3)).await,
         Err(Rejected::LedgerFull)
     );
-    assert_eq!(engine.try_ingest(Event::new("alice", 4)), applied(7));
+    assert_eq!(
+        support::ingest(&engine, Event::new("alice", 4)).await,
+        applied(7)
+    );
     let summary = engine.shutdown().await;
     assert_eq!(
         (summary.accepted, summary.applied, summary.rejected),

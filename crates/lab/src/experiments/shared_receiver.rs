@@ -117,9 +117,9 @@ async fn feed(engine: Engine, stop: Arc<AtomicBool>) {
                 amount: 1,
             };
             next = next.wrapping_add(1);
-            match engine.try_ingest(event) {
+            match engine.submit(event).await {
                 Ok(_) => {}
-                Err(Rejected::QueueFull) => break,
+                Err(refused) if refused.reason == Rejected::QueueFull => break,
                 Err(_) => return,
             }
         }
