@@ -104,6 +104,13 @@ pub enum ApiError {
     /// A query string that does not parse (400 `invalid_query`).
     #[error("{0}")]
     InvalidQuery(String),
+    /// A path segment that does not decode (e.g. `%ff`, not UTF-8) (400 `invalid_path`).
+    #[error("{0}")]
+    InvalidPath(String),
+    /// HTTP/1.1 without a `Host` header, or any request with more than one (RFC 9112 §3.2:
+    /// 400 `invalid_host`, connection closed: a framing disagreement is how smuggling starts).
+    #[error("{0}")]
+    InvalidHost(&'static str),
     /// No route matches (404 `not_found`).
     #[error("no such route")]
     NotFound,
@@ -140,9 +147,11 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidJson(_) | Self::BodyRead(_) | Self::InvalidQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidJson(_)
+            | Self::BodyRead(_)
+            | Self::InvalidQuery(_)
+            | Self::InvalidPath(_)
+            | Self::InvalidHost(_) => StatusCode::BAD_REQUEST,
             Self::InvalidEvent { .. } | Self::BalanceOverflow => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -169,6 +178,8 @@ impl ApiError {
             Self::BalanceOverflow => "balance_overflow",
             Self::UnknownUser => "unknown_user",
             Self::InvalidQuery(_) => "invalid_query",
+            Self::InvalidPath(_) => "invalid_path",
+            Self::InvalidHost(_) => "invalid_host",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
         }
@@ -209,7 +220,11 @@ impl ApiError {
             Self::InvalidJson(detail)
             | Self::InvalidEvent { detail, .. }
             | Self::BodyRead(detail)
-            | Self::InvalidQuery(detail) => {
+            | Self::InvalidQuery(detail)
+            | Self::InvalidPath(detail) => {
+                json!({"status": status, "reason": self.reason(), "detail": detail})
+            }
+            Self::InvalidHost(detail) => {
                 json!({"status": status, "reason": self.reason(), "detail": detail})
             }
             _ => json!({"status": status, "reason": self.reason()}),
@@ -226,7 +241,7 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
             // The rest of the body may still be on the wire: the connection cannot be reused.
-            Self::BodyTimeout | Self::BodyTooLarge | Self::BodyRead(_) => {
+            Self::BodyTimeout | Self::BodyTooLarge | Self::BodyRead(_) | Self::InvalidHost(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
@@ -266,6 +281,8 @@ mod tests {
             (ApiError::BalanceOverflow, 422, "balance_overflow"),
             (ApiError::UnknownUser, 404, "unknown_user"),
             (ApiError::BodyTimeout, 408, "body_timeout"),
+            (ApiError::InvalidPath(String::new()), 400, "invalid_path"),
+            (ApiError::InvalidHost(""), 400, "invalid_host"),
         ];
         for (error, status, reason) in cases {
             assert_eq!(error.status().as_u16(), status, "{reason}");
@@ -293,6 +310,8 @@ mod tests {
             ApiError::BalanceOverflow,
             ApiError::UnknownUser,
             ApiError::InvalidQuery(String::new()),
+            ApiError::InvalidPath(String::new()),
+            ApiError::InvalidHost(""),
             ApiError::NotFound,
             ApiError::MethodNotAllowed,
         ];

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use axum::BoxError;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -76,6 +76,9 @@ impl Routes {
 
     /// Answers one request.
     pub async fn handle(&self, request: hyper::Request<Incoming>) -> Response {
+        if let Err(error) = check_host(&request) {
+            return error.into_response();
+        }
         if request.method() == Method::POST && request.uri().path() == "/events" {
             return post_event(&self.app, request).await;
         }
@@ -83,6 +86,20 @@ impl Routes {
             Ok(response) => response,
             Err(never) => match never {},
         }
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request must carry exactly one `Host`, and no request may
+/// carry two (hyper accepts both). A proxy and this server that disagree on which Host counts
+/// disagree on what the request is.
+fn check_host<B>(request: &hyper::Request<B>) -> Result<(), ApiError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ApiError::InvalidHost("more than one Host header")),
+        (None, _) if request.version() == hyper::Version::HTTP_11 => {
+            Err(ApiError::InvalidHost("HTTP/1.1 requires a Host header"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -257,8 +274,9 @@ const JSON_CONTENT_TYPE: &str = "application/json";
 /// `GET /balances/{user}`.
 async fn get_balance(
     State(app): State<Arc<AppState>>,
-    Path(user): Path<String>,
+    user: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(user) = user.map_err(|rejection| ApiError::InvalidPath(rejection.body_text()))?;
     let balance = app.engine.balance(&user).ok_or(ApiError::UnknownUser)?;
     Ok(Json(json!({"user": user, "balance": balance})))
 }

@@ -8,4 +8,5 @@ mod metrics_and_shutdown;
 mod raw_http;
 mod raw_servers;
 mod slow_clients;
+mod strict_requests;
 mod support;
