@@ -41,6 +41,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept_failure::AcceptFailures;
 use crate::config::FrontDoorConfig;
 use crate::metrics::ServerMetrics;
 use crate::routes::Routes;
@@ -64,8 +65,6 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// hyper's read buffer must hold a whole head; this much more leaves room for body bytes that
 /// arrive with it. Bounds per-connection memory together with `max_header_bytes`.
 pub const READ_BUFFER_SLACK_BYTES: usize = 8 * 1024;
@@ -89,6 +88,7 @@ impl Acceptor {
     /// Accepts until a graceful stop starts; each connection runs on its own tracked task.
     pub async fn run(self, listener: TcpListener) {
         let permits = Arc::new(Semaphore::new(self.front_door.max_connections));
+        let mut failures = AcceptFailures::new();
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -97,10 +97,7 @@ impl Acceptor {
             };
             match accepted {
                 Ok((stream, _peer)) => self.admit(stream, &permits),
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
+                Err(error) => failures.handle(&error, &listener, &self.metrics).await,
             }
         }
     }

@@ -11,6 +11,7 @@
 //! Invariant: the front door never waits for room in the queue, bounds every read (time and
 //! size), and an event answered 202 is applied before a graceful stop returns its summary.
 
+pub mod accept_failure;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -75,7 +75,8 @@ impl ServerMetrics {
         let connections_refused = Counter::default();
         registry.register(
             "http_connections_refused",
-            "Connections closed at once because max-connections was reached",
+            "Connections closed at once because max-connections was reached or the process was out \
+             of file descriptors",
             connections_refused.clone(),
         );
         let connection_timeouts = Family::<Labels, Counter>::default();

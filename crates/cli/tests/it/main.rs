@@ -3,6 +3,7 @@
 //! only be proven on a real process).
 
 mod broken_pipes;
+mod descriptors;
 mod settings;
 mod shutdown;
 mod signals;

@@ -36,7 +36,27 @@ pub struct Launched {
 /// Starts the server binary with `args` (and env vars, `RUST_LOG=info` unless given) and
 /// returns it with the bound address, read from its start-up log line.
 pub async fn launch(args: &[&str], env: &[(&str, &str)]) -> Launched {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+    launch_command(Command::new(env!("CARGO_BIN_EXE_floodgate")), args, env).await
+}
+
+/// Like [`launch`], with the process's open-file limit lowered to `open_files` (by the shell's
+/// `ulimit -n`, so no unsafe code sets it).
+pub async fn launch_with_open_files(
+    open_files: u32,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Launched {
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""),
+        env!("CARGO_BIN_EXE_floodgate"),
+    ]);
+    launch_command(command, args, env).await
+}
+
+/// Starts `command` (the binary, or a shell that execs it) with `serve` and `args`.
+async fn launch_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Launched {
     command
         .args(["serve", "--addr", "127.0.0.1:0"])
         .args(args)
