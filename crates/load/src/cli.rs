@@ -14,8 +14,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::{
-    DEFAULT_CONCURRENCY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUESTS, DEFAULT_URL, DEFAULT_USERS,
-    LoadConfig, Mode, Skew, SlowKind,
+    DEFAULT_AMOUNT_MAX, DEFAULT_AMOUNT_MIN, DEFAULT_CONCURRENCY, DEFAULT_INVALID_RATIO,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS, DEFAULT_SEED,
+    DEFAULT_SLOW_CLIENTS, DEFAULT_THREADS, DEFAULT_URL, DEFAULT_USERS, LoadConfig, Mode, Skew,
+    SlowKind,
 };
 use crate::threshold::{breaches, parse_thresholds};
 use crate::{LoadError, run_until};
@@ -51,31 +53,31 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// Slow clients held open alongside the load.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DEFAULT_SLOW_CLIENTS)]
     pub slow: usize,
     /// What slow clients do: `idle` (send nothing) or `trickle` (a partial request, 1 byte at a time).
-    #[arg(long, default_value = "idle")]
+    #[arg(long, default_value_t = SlowKind::default())]
     pub slow_kind: SlowKind,
     /// Share of malformed bodies (not JSON, wrong types, missing fields), 0..1.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = DEFAULT_INVALID_RATIO)]
     pub invalid_ratio: f64,
     /// Distinct users.
     #[arg(long, default_value_t = DEFAULT_USERS)]
     pub users: u64,
     /// User popularity: `uniform` or `zipf:S` (e.g. `zipf:1.1`: hot keys).
-    #[arg(long, default_value = "uniform")]
+    #[arg(long, default_value_t = Skew::default())]
     pub skew: Skew,
     /// Amounts, inclusive range `MIN..MAX` (e.g. `1..100`, `-50..50`).
-    #[arg(long, default_value = "1..100", allow_hyphen_values = true)]
+    #[arg(long, default_value_t = AmountRange::DEFAULT, allow_hyphen_values = true)]
     pub amounts: AmountRange,
     /// Seed of the event streams (each worker's sequence of events is reproducible).
-    #[arg(long, default_value_t = 0x5EED)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// A request without a full answer after this is an error.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    pub timeout: Duration,
+    #[arg(long, default_value_t = DEFAULT_REQUEST_TIMEOUT.into())]
+    pub timeout: humantime::Duration,
     /// Load threads (one runtime each); 0 = one per core.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DEFAULT_THREADS)]
     pub threads: usize,
     /// Open loop: pace with sub-millisecond precision by spinning (burns CPU while waiting:
     /// only when the generator does not share its cores with the server).
@@ -100,6 +102,20 @@ pub struct AmountRange {
     pub min: i64,
     /// Largest amount.
     pub max: i64,
+}
+
+impl AmountRange {
+    /// The default range, as [`LoadConfig::new`] sets it.
+    pub const DEFAULT: Self = Self {
+        min: DEFAULT_AMOUNT_MIN,
+        max: DEFAULT_AMOUNT_MAX,
+    };
+}
+
+impl std::fmt::Display for AmountRange {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}..{}", self.min, self.max)
+    }
 }
 
 impl FromStr for AmountRange {
@@ -154,7 +170,7 @@ impl LoadArgs {
         config.amount_min = self.amounts.min;
         config.amount_max = self.amounts.max;
         config.seed = self.seed;
-        config.request_timeout = self.timeout;
+        config.request_timeout = self.timeout.into();
         config.progress = !self.no_progress;
         config.threads = self.threads;
         config.precise_pacing = self.precise_pacing;
@@ -229,6 +245,17 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("load").chain(args.iter().copied()))
             .map_err(|error| LoadError::InvalidConfig(error.to_string()))?;
         cli.load.into_config()
+    }
+
+    // Proves the flags' defaults are LoadConfig::new's: no flag given, the same run.
+    #[test]
+    fn no_flags_is_the_library_default() {
+        let mut parsed = config(&[]).expect("defaults parse");
+        parsed.progress = false;
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", LoadConfig::new(DEFAULT_URL))
+        );
     }
 
     #[test]

@@ -26,6 +26,18 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1_000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of distinct users.
 pub const DEFAULT_USERS: u64 = 100;
+/// Default seed of the event streams.
+pub const DEFAULT_SEED: u64 = 0x5EED;
+/// Default smallest amount of an event.
+pub const DEFAULT_AMOUNT_MIN: i64 = 1;
+/// Default largest amount of an event.
+pub const DEFAULT_AMOUNT_MAX: i64 = 100;
+/// Default number of slow clients: none.
+pub const DEFAULT_SLOW_CLIENTS: usize = 0;
+/// Default share of malformed bodies: none.
+pub const DEFAULT_INVALID_RATIO: f64 = 0.0;
+/// Default number of load threads: 0 means one per core.
+pub const DEFAULT_THREADS: usize = 0;
 /// Upper bound on connections (load + slow) of one run: stays under the usual 20k fd limit.
 pub const MAX_CONNECTIONS: usize = 16_384;
 /// Upper bound on a run's duration, so a typo cannot start a week-long run.
@@ -176,17 +188,17 @@ impl LoadConfig {
                 requests: Some(DEFAULT_REQUESTS),
                 duration: None,
             },
-            slow_clients: 0,
-            slow_kind: SlowKind::Idle,
-            invalid_ratio: 0.0,
+            slow_clients: DEFAULT_SLOW_CLIENTS,
+            slow_kind: SlowKind::default(),
+            invalid_ratio: DEFAULT_INVALID_RATIO,
             users: DEFAULT_USERS,
-            skew: Skew::Uniform,
-            amount_min: 1,
-            amount_max: 100,
-            seed: 0x5EED,
+            skew: Skew::default(),
+            amount_min: DEFAULT_AMOUNT_MIN,
+            amount_max: DEFAULT_AMOUNT_MAX,
+            seed: DEFAULT_SEED,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             progress: false,
-            threads: 0,
+            threads: DEFAULT_THREADS,
             precise_pacing: false,
         }
     }
