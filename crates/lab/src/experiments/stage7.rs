@@ -41,6 +41,10 @@ pub struct Params {
     pub sweep_time_scale: f64,
     /// Length of each sweep window.
     pub window_ms: u64,
+    /// Windows measured at each of the two largest worker counts (the sweep's own included),
+    /// alternating between them, so "more workers are slower" is judged against the spread of
+    /// repeated runs, not one pair of windows.
+    pub repeats: usize,
 }
 
 impl Params {
@@ -53,6 +57,7 @@ impl Params {
             sweep_workers: vec![1, 4, 16, 64],
             sweep_time_scale: 1.0,
             window_ms: 5_000,
+            repeats: 5,
         }
     }
 
@@ -63,6 +68,7 @@ impl Params {
             stress_requests: 2_000,
             sweep_time_scale: 0.5,
             window_ms: 1_500,
+            repeats: 2,
             ..Self::full()
         }
     }
@@ -102,8 +108,66 @@ pub async fn run(params: &Params) -> Result<Outcome, LabError> {
     base.time_scale = params.sweep_time_scale;
     let window = Duration::from_millis(params.window_ms);
     let points = sustain::sweep(&base, &params.sweep_workers, window, USERS).await?;
-    let findings = findings(&report, &stress_engine, &base, &points);
+    let repeated = repeat_largest(&base, &points, window, params.repeats).await?;
+    let findings = findings(&report, &stress_engine, &base, &points, &repeated);
     Ok(finish(&STAGE7, params.quick, params, started, findings))
+}
+
+/// Rates (events/s) of repeated windows at one worker count.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeated {
+    /// Worker count.
+    pub workers: usize,
+    /// One rate per window, in the order measured.
+    pub rates: Vec<f64>,
+}
+
+impl Repeated {
+    /// Median of the rates.
+    pub fn median(&self) -> f64 {
+        let mut sorted = self.rates.clone();
+        sorted.sort_by(f64::total_cmp);
+        match sorted.len() {
+            0 => f64::NAN,
+            length if length % 2 == 1 => sorted[length / 2],
+            length => (sorted[length / 2 - 1] + sorted[length / 2]) / 2.0,
+        }
+    }
+
+    /// Smallest and largest rate.
+    pub fn range(&self) -> (f64, f64) {
+        let low = self.rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = self.rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (low, high)
+    }
+}
+
+/// The sweep's two largest worker counts measured `repeats` times each in all (the sweep's
+/// window counts as the first), alternating between them so slow drift hits both alike.
+async fn repeat_largest(
+    base: &EngineConfig,
+    points: &[(EngineConfig, Sustained)],
+    window: Duration,
+    repeats: usize,
+) -> Result<Vec<Repeated>, LabError> {
+    let mut largest: Vec<Repeated> = points
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .map(|(engine, point)| Repeated {
+            workers: engine.workers,
+            rates: vec![point.window.rate_per_second],
+        })
+        .collect();
+    let counts: Vec<usize> = largest.iter().map(|repeated| repeated.workers).collect();
+    for _ in 1..repeats {
+        let again = sustain::sweep(base, &counts, window, USERS).await?;
+        for (repeated, (_, point)) in largest.iter_mut().zip(&again) {
+            repeated.rates.push(point.window.rate_per_second);
+        }
+    }
+    Ok(largest)
 }
 
 /// Lock wait p50 over hold p50 at one sweep point (the contention ratio).
@@ -252,6 +316,7 @@ fn findings(
     stress_engine: &EngineConfig,
     base: &EngineConfig,
     points: &[(EngineConfig, Sustained)],
+    repeated: &[Repeated],
 ) -> Findings {
     let mut table = Table::new([
         "run",
@@ -293,38 +358,63 @@ fn findings(
         table,
         checks,
         plot: plot(base, points),
-        notes: notes(points),
+        notes: notes(repeated),
     }
 }
 
-fn notes(points: &[(EngineConfig, Sustained)]) -> Vec<String> {
+fn notes(repeated: &[Repeated]) -> Vec<String> {
     let mut notes = vec![
         "The seed's stress test measured the client's sending rate (12,937 req/s, mostly \
          rejections); the sweep counts applied events with the queue kept full, which is the \
          capacity."
             .to_owned(),
     ];
-    let rate = |workers: usize| {
-        points
-            .iter()
-            .find(|(engine, _)| engine.workers == workers)
-            .map(|(_, point)| point.window.rate_per_second)
-    };
-    if let (Some(sixteen), Some(sixty_four)) = (rate(16), rate(64)) {
-        notes.push(format!(
-            "The seed expected 64 workers to be \"actually slower\"; measured 64 vs 16 workers: \
-             {} vs {} events/s (ratio {}): the plateau holds, with {}.",
-            format_figure(sixty_four),
-            format_figure(sixteen),
-            format_figure(sixty_four / sixteen),
-            if sixty_four < 0.9 * sixteen {
-                "a real slowdown"
-            } else {
-                "no clear slowdown"
-            }
-        ));
+    if let [fewer, more] = repeated {
+        notes.push(more_workers_note(fewer, more));
     }
     notes
+}
+
+/// Whether the most workers are slower than the next count, judged by the spread of
+/// repeated windows: only ranges that do not overlap are called a difference.
+fn more_workers_note(fewer: &Repeated, more: &Repeated) -> String {
+    let describe = |repeated: &Repeated| {
+        let (low, high) = repeated.range();
+        format!(
+            "{} workers median {} events/s (range {}–{})",
+            repeated.workers,
+            format_figure(repeated.median()),
+            format_figure(low),
+            format_figure(high)
+        )
+    };
+    let (fewer_low, fewer_high) = fewer.range();
+    let (more_low, more_high) = more.range();
+    let verdict = if more_high < fewer_low {
+        format!(
+            "{} workers were slower in every window: the seed's \"actually slower\" holds here",
+            more.workers
+        )
+    } else if more_low > fewer_high {
+        format!(
+            "{} workers were faster in every window: the seed's \"actually slower\" does not \
+             hold here",
+            more.workers
+        )
+    } else {
+        "the ranges overlap: at this spread the runs neither confirm nor refute the seed's \
+         \"actually slower\""
+            .to_owned()
+    };
+    format!(
+        "The seed expected {} workers to be \"actually slower\" than {}; over {} windows each, \
+         alternating: {} vs {}; {verdict}.",
+        more.workers,
+        fewer.workers,
+        more.rates.len().min(fewer.rates.len()),
+        describe(more),
+        describe(fewer),
+    )
 }
 
 fn plot(base: &EngineConfig, points: &[(EngineConfig, Sustained)]) -> PlotSpec {
@@ -341,4 +431,31 @@ fn plot(base: &EngineConfig, points: &[(EngineConfig, Sustained)]) -> PlotSpec {
     ];
     let lock_limit = sustain::lock_limit_reference("lock limit", base);
     sustain::workers_plot(title, series, vec![lock_limit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repeated(workers: usize, rates: &[f64]) -> Repeated {
+        Repeated {
+            workers,
+            rates: rates.to_vec(),
+        }
+    }
+
+    // Proves the "more workers are slower" note calls a difference only when the ranges of
+    // the repeated windows do not overlap, and reports the median and the range.
+    #[test]
+    fn a_difference_needs_ranges_that_do_not_overlap() {
+        let sixteen = repeated(16, &[88.5, 90.0, 89.7]);
+        let overlapping = more_workers_note(&sixteen, &repeated(64, &[80.8, 90.2, 89.9]));
+        assert!(overlapping.contains("ranges overlap"), "{overlapping}");
+        assert!(overlapping.contains("median 89.9"), "{overlapping}");
+        let slower = more_workers_note(&sixteen, &repeated(64, &[80.8, 81.0, 82.5]));
+        assert!(slower.contains("slower in every window"), "{slower}");
+        let faster = more_workers_note(&sixteen, &repeated(64, &[95.0, 96.0]));
+        assert!(faster.contains("faster in every window"), "{faster}");
+        assert!((repeated(4, &[1.0, 3.0, 2.0, 10.0]).median() - 2.5).abs() < 1e-9);
+    }
 }
