@@ -130,7 +130,7 @@ impl Repeated {
         match sorted.len() {
             0 => f64::NAN,
             length if length % 2 == 1 => sorted[length / 2],
-            length => (sorted[length / 2 - 1] + sorted[length / 2]) / 2.0,
+            length => f64::midpoint(sorted[length / 2 - 1], sorted[length / 2]),
         }
     }
 
