@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # floodgate load vs oha: closed-loop maximum throughput against the same server, at the same
-# concurrency, for the same duration, in one side-by-side run (issue 3: "the generator must not
-# be the bottleneck; its closed-loop max must be >= oha's").
+# concurrency, for the same duration, in one side-by-side run (the target: the generator must
+# not be the bottleneck, so its closed-loop maximum must be >= oha's).
 #
 # Usage: bench/loadgen-vs-oha.sh                      # defaults below
 #        CONCURRENCY=64 DURATION_SECONDS=10 ROUNDS=3 TARGET=ceiling bench/loadgen-vs-oha.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paired rounds under wrk: the quick A/B used while tuning the ingest path (issue 6).
+# Paired rounds under wrk: the quick A/B used while tuning the ingest path.
 #
 #   bench/paired-wrk.sh ROUNDS SECONDS CONNECTIONS 'name=command PORT' ...
 #

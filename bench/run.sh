@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Floodgate's benchmark suite (issue 6). Not part of `cargo test`: it takes a few minutes and
+# Floodgate's benchmark suite. Not part of `cargo test`: it takes a few minutes and
 # its figures are ratios measured in one run on whatever machine runs it.
 #
 #   bench/run.sh                       # everything; writes bench/results/RESULTS.md + results.json

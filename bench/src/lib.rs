@@ -21,7 +21,7 @@ pub struct SuiteOptions {
     /// Pairs of runs per ingest cell (one run of each server back to back, alternating which
     /// goes first); the median of the per-pair ratios is kept.
     pub repeat: usize,
-    /// Length of the sustained overload window, in seconds (issue 6 asks for 30).
+    /// Length of the sustained overload window, in seconds (30 by default: long enough for memory to settle).
     pub overload_seconds: u64,
     /// Where `RESULTS.md` and `results.json` go.
     pub out: PathBuf,

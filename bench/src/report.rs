@@ -1,4 +1,4 @@
-//! The suite's report: one markdown table per section plus the verdicts against issue 6's
+//! The suite's report: one markdown table per section plus the verdicts against the suite's
 //! targets, written as `RESULTS.md` (for people) and `results.json` (for tools).
 
 use std::fmt::Write as _;

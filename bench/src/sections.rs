@@ -1,5 +1,5 @@
-//! The four measurements of issue 6. Each returns a [`Table`] with its rows and its verdicts
-//! against the issue's targets; every figure is measured in this run, ratios within one run.
+//! The suite's four measurements. Each returns a [`Table`] with its rows and its verdicts
+//! against the suite's targets; every figure is measured in this run, ratios within one run.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use crate::process::{Binaries, ServerProcess, free_loopback_addr};
 use crate::tools::{self, FloodgateLoad, LoadFigures};
 use crate::{SuiteOptions, Table};
 
-/// Connection counts of the ingest comparison (issue 6: 16, 64, 256).
+/// Connection counts of the ingest comparison (16, 64, 256).
 const INGEST_CONCURRENCIES: [usize; 3] = [16, 64, 256];
 /// Ratio of the bare hyper ceiling Floodgate must reach at 64 connections.
 const INGEST_TARGET_RATIO: f64 = 0.85;

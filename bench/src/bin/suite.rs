@@ -1,4 +1,4 @@
-//! The benchmark suite (issue 6): Floodgate measured against its ceilings, side by side, in one
+//! The benchmark suite: Floodgate measured against its ceilings, side by side, in one
 //! run, as ratios. This machine has 2 cores and is noisy, so absolute figures mean little; a
 //! ratio between two servers loaded by the same tool a few seconds apart means a lot.
 //!

@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the engine's parts (issue 6): ledger apply per strategy,
+//! Criterion micro-benchmarks of the engine's parts: ledger apply per strategy,
 //! queue push + pop per queue kind, and event parsing. Kept short (about 1.5 s per case) so
 //! `cargo bench -p floodgate-core` finishes in a couple of minutes on a 2-core machine.
 //! End-to-end throughput (queue + workers + ledger) is `examples/engine_throughput.rs`.
@@ -14,7 +14,7 @@ use floodgate_core::queue::{self, Job};
 
 /// Events per measured batch (amortizes criterion's per-iteration overhead).
 const BATCH: usize = 4096;
-/// Distinct users already in the ledger (the "many users" case of issue 6).
+/// Distinct users already in the ledger (the "many users" case).
 const USERS: usize = 100_000;
 
 fn users(count: usize, offset: usize) -> Vec<String> {

@@ -1,4 +1,4 @@
-//! Events per second through queue + workers + ledger, without HTTP (issue 6, "engine alone").
+//! Events per second through queue + workers + ledger, without HTTP (the engine alone).
 //!
 //! For each ledger strategy x {1 user, 100,000 users} x {1, cores, 16 workers}: start an
 //! engine; one producer task per core builds its share of the events on a runtime thread (as

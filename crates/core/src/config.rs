@@ -1,8 +1,8 @@
-//! Engine knobs and the seed's stage presets (seed stages 3–8 as named sets of knobs).
+//! Engine knobs and the stage presets (stages 3–8 as named sets of knobs).
 //!
-//! Lesson: each stage of the seed is one configuration of the same pipeline (validate only,
-//! inline under one lock, a bounded queue with 1/4/16 workers, one lock vs shards), so the lab
-//! can reproduce every stage and sweep every knob alone.
+//! Lesson (stages 3–8, docs/stages.md): each stage is one configuration of the same pipeline
+//! (validate only, inline under one lock, a bounded queue with 1/4/16 workers, one lock vs shards),
+//! so the lab can reproduce every stage and sweep every knob alone.
 //!
 //! Invariant: an [`EngineConfig`] that passes [`EngineConfig::validate`] has every limit
 //! bounded (queue capacity, workers, shards, simulated durations), so the engine built from it
@@ -254,26 +254,16 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// Production default: queued, one worker per core, a large bounded queue, the fastest
-    /// strategy measured by `examples/engine_throughput.rs` (owned), no simulated work.
+    /// Production default: queued, one worker per core, a large bounded queue, the owned
+    /// strategy, no simulated work.
     ///
-    /// Why owned (`cargo run --release -p floodgate-core --example engine_throughput`, 2-core
-    /// shared machine, 100,000 users, workers = cores, median of 5 round-robin runs): owned
-    /// applied 10.7 M events/s against 6.1 M (global) and 6.7 M (sharded) on the mpmc queue;
-    /// with HTTP-like producers (64 tasks, one event per task turn) 6.2 M against 3.7 M and
-    /// 4.5 M; with one hot user 14.9 M against 6.1–6.5 M. No two workers ever share a lock or
-    /// a queue lane, so it keeps scaling with cores by construction (global serializes every
-    /// batch on one lock: the stage-7 lesson), and it is the only strategy that applies each
-    /// user's events in admission order with several workers. Its costs: one user's events
-    /// all go to one worker, and the queue capacity is split per worker, so a single very hot
-    /// user gets `QueueFull` sooner than with a shared queue; and no worker can drain another's
-    /// lane, so when other programs deschedule one worker its lane fills: with bulk producers
-    /// under heavy outside load (load average ~4 on 2 cores) owned's median fell below global's
-    /// and sharded's (about 4.1–5.0 M against 5.3–5.7 M), while with HTTP-like producers it
-    /// still led or tied. (Global and sharded do much
-    /// better on the shared-receiver queue than on async-channel, about 10.4 M: with batched
-    /// receives the receiver lock is taken once per batch, and tokio's mpsc is cheaper per
-    /// event; owned still led with HTTP-like producers there, 7.3 M against 6.4 M and 5.4 M.)
+    /// Why owned: no two workers ever share a lock or a queue lane, so it keeps scaling with
+    /// cores by construction, it is the only strategy that applies each user's events in
+    /// admission order with several workers, and it was the fastest in the engine benchmark
+    /// (`examples/engine_throughput.rs`; figures and their conditions in
+    /// `bench/results/engine-strategies.md`). Its costs: one user's events all go to one
+    /// worker, and the queue is split per worker, so a single very hot user meets `QueueFull`
+    /// sooner than with a shared queue, and a descheduled worker's lane fills while others idle.
     pub fn production() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Self {

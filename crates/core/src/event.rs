@@ -1,8 +1,8 @@
-//! Parse and validate one event body (seed stage 3: "correctness at the boundary").
+//! Parse and validate one event body (stage 3: "correctness at the boundary").
 //!
-//! Lesson: real clients send malformed, truncated or surprising data; parsing into a typed
-//! [`Event`] is both validation and documentation of the protocol, and every failure gets a
-//! predictable, specific answer instead of a crash.
+//! Lesson (stage 3, docs/stages.md): real clients send malformed, truncated or surprising data;
+//! parsing into a typed [`Event`] is both validation and documentation of the protocol, and every
+//! failure gets a predictable, specific answer instead of a crash.
 //!
 //! Invariant: [`parse_event`] returns `Ok` only for a body that is exactly one JSON object
 //! with exactly the two fields `user` (a non-empty string of at most [`USER_MAX_BYTES`] bytes

@@ -1,18 +1,16 @@
 //! Floodgate's engine, with no HTTP: event parsing and validation, bounded admission, worker
-//! tasks, ledger strategies, metrics and the seed's stage presets (seed stages 3–8).
+//! tasks, ledger strategies, metrics and the stage presets (stages 3–8 of docs/stages.md).
 //!
 //! An event travels through the modules in this order:
 //! [`event`] (parse + validate) → [`engine`] (admission) → [`queue`] (bounded, `try_send`)
 //! → [`worker`] (simulated work, lock, apply) → [`ledger`] (balances), counted by
 //! [`metrics`] and reported as [`stats`]; [`config`] holds the knobs and stage presets.
 //!
-//! Performance (issue 6): `cargo run --release -p floodgate-core --example engine_throughput`
+//! Performance: `cargo run --release -p floodgate-core --example engine_throughput`
 //! prints events/s through queue + workers + ledger for every strategy, 1 and 100,000 users,
 //! 1 / cores / 16 workers; `cargo bench -p floodgate-core` runs the criterion benchmarks
-//! (ledger apply per strategy, queue push + pop per queue kind, event parsing). On the 2-core
-//! development machine the production default (owned, 2 workers) applied about 10.7 M
-//! events/s (median) with 100,000 users when the machine was quiet, and 5–7 M while other
-//! builds ran; see [`EngineConfig::production`] for the comparison that chose it.
+//! (ledger apply per strategy, queue push + pop per queue kind, event parsing). The figures
+//! that chose the production strategy are in `bench/results/engine-strategies.md`.
 //!
 //! Invariant of the whole crate: once [`Engine::shutdown`] returns, every accepted event was
 //! applied or counted as overflowed, and the sum of balances equals the sum of the amounts of

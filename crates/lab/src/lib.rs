@@ -1,5 +1,5 @@
 //! floodgate-lab: the experiments that turn each claim of the design story
-//! (`shared/seed/stages.md`, stages 1–8) into a measured verdict, a table, JSON and an SVG plot.
+//! (`docs/stages.md`, stages 1–8) into a measured verdict, a table, JSON and an SVG plot.
 //!
 //! `floodgate lab list` names the experiments and the claim each tests; `floodgate lab <name>`
 //! runs one; `floodgate lab all` runs every one and writes `REPORT.md` beside the JSON and SVG

@@ -1,12 +1,13 @@
 //! Sustained throughput: the pace of the workers, read from the engine's own `applied` counter
 //! over a window, not the client's sending rate.
 //!
-//! Lesson (stages 5–8): a load generator's "requests/s" counts how fast it was answered
-//! (rejections included: the seed's 12,937 requests/s in 0.39 s was mostly 503s); the capacity of
-//! the system is the rate at which events are *applied* while the queue never runs dry.
+//! Lesson (stages 5–8, docs/stages.md): a load generator's "requests/s" counts how fast it was
+//! answered (rejections included: the seed's 12,937 requests/s in 0.39 s was mostly 503s); the
+//! capacity of the system is the rate at which events are *applied* while the queue never runs dry.
 //!
 //! Invariant: a window is only trusted when the queue was non-empty at every sample
-//! ([`Window::queue_stayed_busy`]); otherwise the figure measures the client, and the tables say so.
+//! ([`Window::queue_stayed_busy`]); otherwise the figure measures the client, and the tables say
+//! so.
 
 use std::time::Duration;
 

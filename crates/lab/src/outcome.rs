@@ -1,8 +1,8 @@
 //! Outcomes: what one experiment run produced (table, verdict, plot), and the claim it tested.
 //!
-//! Lesson (all stages): an experiment is a claim of the seed, a measurement, and a verdict side
-//! by side; keeping them in one value lets the terminal, the JSON file, the SVG and REPORT.md
-//! all say the same thing.
+//! Lesson (all stages, docs/stages.md): an experiment is a claim of the seed, a measurement, and a
+//! verdict side by side; keeping them in one value lets the terminal, the JSON file, the SVG and
+//! REPORT.md all say the same thing.
 //!
 //! Invariant: an [`Outcome`] is self-describing: its JSON names the experiment, the claim, the
 //! seed's own figure, the parameters used and every check, so it can be read without the code.

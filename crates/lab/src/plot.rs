@@ -1,8 +1,8 @@
 //! Plots: every experiment draws one SVG chart of what it measured, titled with the claim.
 //!
-//! Lesson (all stages): a curve shows a plateau (stage 7) or a gap between two designs
-//! (stage 8) at a glance where a table needs reading. Sweeps are line charts, comparisons are
-//! bar charts; both carry axis names with units, a legend and dashed reference lines for the
+//! Lesson (all stages, docs/stages.md): a curve shows a plateau (stage 7) or a gap between two
+//! designs (stage 8) at a glance where a table needs reading. Sweeps are line charts, comparisons
+//! are bar charts; both carry axis names with units, a legend and dashed reference lines for the
 //! theory the measurement is held against.
 //!
 //! Invariant: rendering is a pure function of the [`PlotSpec`] (no clock, no randomness), and

@@ -1,9 +1,9 @@
 //! Raw HTTP probes over plain tokio `TcpStream`s: idle connections, partial and trickled
 //! requests, and one-shot exchanges with a deadline.
 //!
-//! Lesson (stages 1–3): the attacks the seed describes (`nc` connections that send nothing, a
-//! request cut short, bytes sent one at a time) are below what an HTTP client library will do
-//! for you, so the lab speaks the bytes itself.
+//! Lesson (stages 1–3, docs/stages.md): the attacks the seed describes (`nc` connections that send
+//! nothing, a request cut short, bytes sent one at a time) are below what an HTTP client library
+//! will do for you, so the lab speaks the bytes itself.
 //!
 //! Invariant: every probe is bounded: a deadline on the whole exchange and a cap on the bytes
 //! read ([`MAX_RESPONSE_BYTES`]); a server that never answers yields [`Answer::TimedOut`],

@@ -1,8 +1,8 @@
 //! Output files: `<out>/<name>.json`, `<out>/<name>.svg`, and for `lab all` a `REPORT.md` that
 //! sets each claim of the seed beside the measured figure and embeds the plots.
 //!
-//! Lesson (all stages): an experiment anyone can rerun leaves evidence behind that anyone can
-//! read; the report is that evidence, next to the story it checks.
+//! Lesson (all stages, docs/stages.md): an experiment anyone can rerun leaves evidence behind that
+//! anyone can read; the report is that evidence, next to the story it checks.
 //!
 //! Invariant: files are written whole (rendered in memory first), so an error while drawing
 //! never leaves a half-written SVG or report behind.

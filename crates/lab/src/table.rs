@@ -1,7 +1,8 @@
 //! Tables: the measured rows of an experiment, printed like the seed's own tables.
 //!
-//! Lesson (all stages): the seed argues with tables (`| Workers | Expected | Actual |`); the lab
-//! answers with the same shape, in the terminal (aligned text) and in REPORT.md (Markdown).
+//! Lesson (all stages, docs/stages.md): the seed argues with tables (`| Workers | Expected | Actual
+//! |`); the lab answers with the same shape, in the terminal (aligned text) and in REPORT.md
+//! (Markdown).
 //!
 //! Invariant: every row has exactly as many cells as there are headers (enforced by
 //! [`Table::push`], which pads or truncates), so rendering never misaligns.

@@ -1,8 +1,8 @@
 //! Verdicts: a claim of the seed holds when every one of its numeric checks passes.
 //!
-//! Lesson (all stages): a claim is only as good as the number that tests it. Each check names
-//! what was measured, the figure, and the band it had to fall in, so a failed verdict says
-//! *which* number missed and by how much.
+//! Lesson (all stages, docs/stages.md): a claim is only as good as the number that tests it. Each
+//! check names what was measured, the figure, and the band it had to fall in, so a failed verdict
+//! says *which* number missed and by how much.
 //!
 //! Invariant: a [`Verdict`] holds if and only if it has at least one check and all of them pass;
 //! a check's `passed` is computed from its figure and band, never set by hand.

@@ -1,6 +1,6 @@
 //! `floodgate load`: flags → [`LoadConfig`], run, print the table, write JSON, judge thresholds.
 //!
-//! Lesson (seed stages 2, 6, 7): the seed's client was edited and recompiled for every
+//! Lesson (stages 2, 6, 7, docs/stages.md): the seed's client was edited and recompiled for every
 //! experiment; here an experiment is a command line. Invariant: flags are checked (config
 //! validation, loopback, thresholds) before any connection is opened; the exit code is 0 on
 //! success, 1 on an error, [`THRESHOLD_FAILED_EXIT_CODE`] when a `--fail-if` threshold fails,

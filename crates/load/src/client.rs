@@ -1,7 +1,7 @@
 //! One load thread's shared state and the connection each worker owns.
 //!
-//! Lesson (seed stages 6 and 7, and the research anchors): the generator must not be the
-//! bottleneck. Each worker owns one HTTP/1 connection (`hyper::client::conn::http1`, no pool,
+//! Lesson (stages 6 and 7, docs/stages.md, and other load generators): the generator must not be
+//! the bottleneck. Each worker owns one HTTP/1 connection (`hyper::client::conn::http1`, no pool,
 //! no lock), the request head is built from pre-parsed parts, tallies go into the thread's own
 //! [`ThreadStats`] with no message per request.
 //! Invariant: every request that is started ends in exactly one recorded outcome, and a

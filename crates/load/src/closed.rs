@@ -1,6 +1,6 @@
 //! The closed loop: each connection sends its next request when the last answer arrives.
 //!
-//! Lesson (seed stages 2, 6, 7): this is the seed's client. Its throughput is bounded by
+//! Lesson (stages 2, 6, 7, docs/stages.md): this is the seed's client. Its throughput is bounded by
 //! concurrency / latency, so a slow server slows the client down (coordinated omission):
 //! use it to find the maximum throughput, and the open loop to measure latency honestly.
 //! Invariant: a request is taken from the run's budget before it starts and the budget is

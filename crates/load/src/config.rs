@@ -1,7 +1,7 @@
 //! What a load run does: the mode (closed or open loop), the event mix, the slow clients.
 //!
-//! Lesson (seed stages 2, 6, 7): the seed's client fixed "200 concurrent, 5000 requests" in
-//! code; here every knob is a field with a sane default, so the lab and the CLI drive the same
+//! Lesson (stages 2, 6, 7, docs/stages.md): the seed's client fixed "200 concurrent, 5000 requests"
+//! in code; here every knob is a field with a sane default, so the lab and the CLI drive the same
 //! runs. Invariant: a config that passes [`LoadConfig::validate`] is bounded (connections,
 //! in-flight requests, duration, users) and targets loopback only.
 

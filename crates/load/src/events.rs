@@ -1,8 +1,8 @@
 //! The bodies a run sends: valid events (users uniform or Zipf-skewed, amounts in a range)
 //! mixed with deliberately malformed ones.
 //!
-//! Lesson (seed stage 3): real clients send garbage, so validation must be exercised under
-//! load, not only in unit tests; (stage 8) skewed users make hot keys visible.
+//! Lesson (stage 3, docs/stages.md): real clients send garbage, so validation must be exercised
+//! under load, not only in unit tests; (stage 8) skewed users make hot keys visible.
 //! Invariant: every body carries the amount it encodes (or `None` when malformed), so the run
 //! can sum the amounts of the accepted events and check them against the server's balances.
 

@@ -1,12 +1,12 @@
-//! floodgate-load: the load generator (issue 3), as a library the lab drives in-process and as
+//! floodgate-load: the load generator, as a library the lab drives in-process and as
 //! the `floodgate load` subcommand.
 //!
-//! Lesson (seed stages 2, 6, 7): the seed's client printed one throughput that mixed fast
-//! 503s with real work, and its closed loop slowed down with the server it measured. This one
-//! keeps accepted, rejected, invalid and failed requests apart (each with its own HDR latency
-//! histogram), offers a true open loop (latency from the intended start, late and dropped
-//! requests counted), holds slow clients open alongside the load (stage 1's `nc` experiment)
-//! and mixes malformed bodies in (stage 3).
+//! Lesson (stages 2, 6 and 7, docs/stages.md): the original client printed one throughput that
+//! mixed fast 503s with real work, and its closed loop slowed down with the server it measured.
+//! This one keeps accepted, rejected, invalid and failed requests apart (each with its own HDR
+//! latency histogram), offers a true open loop (latency from the intended start, late and dropped
+//! requests counted), holds slow clients open alongside the load (stage 1's `nc` experiment) and
+//! mixes malformed bodies in (stage 3).
 //! Invariant: `accepted + rejected + invalid + errors == sent`, memory is constant in the run's
 //! length, and only loopback targets are accepted.
 //!

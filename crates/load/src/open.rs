@@ -1,6 +1,6 @@
 //! The open loop: request `n` is due at `t0 + n / rate`, whatever the server does.
 //!
-//! Lesson (seed stages 5 and 7, wrk2): a closed loop waits for slow answers and so sends
+//! Lesson (stages 5 and 7, wrk2, docs/stages.md): a closed loop waits for slow answers and so sends
 //! less exactly when the server struggles, hiding the latency users would see (coordinated
 //! omission). Here the schedule is fixed; latency is measured from the intended start, a
 //! request started more than [`LATE_START_THRESHOLD`] after its due time counts as late, and

@@ -1,6 +1,6 @@
 //! The progress bar: drawn on stderr only when it is a terminal and the run lasts > 1 s.
 //!
-//! Lesson (research anchors, oha #834): a UI on the hot path changes what is measured. The bar
+//! Lesson (seen in other load generators): a UI on the hot path changes what is measured. The bar
 //! reads the threads' progress counters ten times a second from the coordinator's runtime;
 //! the load threads only bump their own uncontended counter.
 //! Invariant: nothing is drawn when stderr is not a terminal, when disabled, or before the run

@@ -1,8 +1,8 @@
 //! The report of a run: the seed's summary table, latency per outcome, and the JSON document
 //! (schema in `crates/load/SCHEMA.md`, version [`SCHEMA_VERSION`]).
 //!
-//! Lesson (seed stage 7): "12,937 requests/sec" was mostly fast 503s; the accepted rate and
-//! the accepted latency are the numbers that matter, so they are printed next to the total.
+//! Lesson (stage 7, docs/stages.md): "12,937 requests/sec" was mostly fast 503s; the accepted rate
+//! and the accepted latency are the numbers that matter, so they are printed next to the total.
 //! Invariant: `accepted + rejected + invalid + errors == sent`, and every latency summary is
 //! computed from its own histogram (never mixed across outcomes).
 

@@ -1,7 +1,7 @@
 //! Runs a load: slow clients first, then one current-thread runtime per core with the
 //! connections (or the schedule) split across them, then one merge of the tallies.
 //!
-//! Lesson (research anchors; seed stage 6 "thread per worker with dedicated runtime"): one
+//! Lesson (stage 6, docs/stages.md: a thread per worker with its own runtime): one
 //! runtime per core, no work stealing and no cross-thread traffic per request is what lets a
 //! generator outrun the server it measures.
 //! Invariant: every thread started is joined before `run` returns, and the slow clients are

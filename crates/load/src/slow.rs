@@ -1,9 +1,9 @@
 //! Slow clients: connections that never finish a request, held open alongside the load.
 //!
-//! Lesson (seed stage 1): `for i in {1..20}; do nc 127.0.0.1 8080 & done` froze the blocking
-//! server; one silent client must not stall anyone else. This is that experiment built in:
-//! idle connections send nothing, trickling ones send a request one byte at a time and never
-//! the last byte. A server with header/body timeouts closes them; one without holds them.
+//! Lesson (stage 1, docs/stages.md): `for i in {1..20}; do nc 127.0.0.1 8080 & done` froze the
+//! blocking server; one silent client must not stall anyone else. This is that experiment built in:
+//! idle connections send nothing, trickling ones send a request one byte at a time and never the
+//! last byte. A server with header/body timeouts closes them; one without holds them.
 //! Invariant: each slow connection is owned by one task that ends when the run ends or the
 //! server closes it; the count reported is of connections still open when the load finished.
 

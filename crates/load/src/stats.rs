@@ -1,7 +1,8 @@
 //! Per-thread tallies: one HDR histogram per outcome plus counters, merged once at the end.
 //!
-//! Lesson (seed stages 5 and 7): a fast 503 is not a served request; the seed's "throughput"
-//! counted both. Accepted, rejected, invalid and failed requests keep separate latencies.
+//! Lesson (stages 5 and 7, docs/stages.md): a fast 503 is not a served request; the seed's
+//! "throughput" counted both. Accepted, rejected, invalid and failed requests keep separate
+//! latencies.
 //! Invariant: memory is constant however long the run (fixed-size histograms and arrays, no
 //! per-request storage), and nothing crosses threads per request: each load thread owns its
 //! [`ThreadStats`] and hands it over once when it finishes.

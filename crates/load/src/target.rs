@@ -1,6 +1,7 @@
 //! The target of a run: a loopback address, the Host header and the request path.
 //!
-//! Lesson (team rule, seed stage 1): load is a weapon; we only point it at our own machine.
+//! Lesson (team rule; stage 1, docs/stages.md): load is a weapon; we only point it at our own
+//! machine.
 //! Invariant: a [`Target`] always holds a loopback socket address (127.0.0.0/8 or ::1); any
 //! other host, including names other than `localhost`, is refused before a socket is opened.
 

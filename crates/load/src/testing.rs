@@ -1,7 +1,7 @@
 //! Shared helpers for the load generator's own tests (unit tests in `run_tests` and the
 //! integration tests in `tests/it`); hidden from the docs, not part of the API.
 //!
-//! Lesson (issue 3): every test checks the same invariant, so it is written once here:
+//! Lesson: every test checks the same invariant, so it is written once here:
 //! each request sent has exactly one outcome (`accepted + rejected + invalid + errors == sent`).
 
 use std::time::Duration;

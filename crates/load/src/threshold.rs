@@ -1,9 +1,9 @@
 //! `--fail-if` thresholds: conditions on the report that turn a run into a CI verdict.
 //!
-//! Lesson (seed stage 5, "a system that fails predictably is a system you can trust"): a load
-//! run is a test; `p99<50ms,errors=0` makes it one. Each condition is a threshold that must
-//! hold (as in k6): the run fails (`--fail-if` sets a non-zero exit code) when any condition
-//! does NOT hold on the report.
+//! Lesson (stage 5, "a system that fails predictably is a system you can trust", docs/stages.md): a
+//! load run is a test; `p99<50ms,errors=0` makes it one. Each condition is a threshold that must
+//! hold (as in k6): the run fails (`--fail-if` sets a non-zero exit code) when any condition does
+//! NOT hold on the report.
 //! Invariant: an unknown metric, operator or value is a parse error, never silently ignored.
 //!
 //! Syntax: comma-separated `METRIC OP VALUE`, OP one of `< <= > >= = == !=`.

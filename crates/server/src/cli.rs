@@ -1,8 +1,9 @@
 //! `floodgate serve`: logging, settings, signals, and the final summary.
 //!
-//! Lesson: issue 5's operations: one info line with the effective configuration at start, no
-//! line per request at the default level, SIGTERM/Ctrl-C/SIGQUIT drain everything accepted
-//! before the process exits 0, and a second signal exits at once.
+//! Lesson: a service is operated through its logs and signals: one info line with every
+//! setting's effective value at start, no line per request at the default level,
+//! SIGTERM/Ctrl-C/SIGQUIT drain everything accepted before the process exits 0, and a second
+//! signal exits at once.
 //! Invariant: the summary printed at exit is the engine's own `Summary` after the drain, so
 //! `applied` there equals the number of 202 answers clients received.
 

@@ -1,7 +1,7 @@
 //! Front-door limits and the whole server configuration.
 //!
-//! Lesson: stage 1 of the seed ends with "real servers rely on threads, async I/O, or
-//! timeouts"; issue 5 adds that async alone does not finish the job. Every way a client can
+//! Lesson: stage 1 (docs/stages.md) ends with "real servers rely on threads, async I/O, or
+//! timeouts"; stage 2 adds that async alone does not finish the job. Every way a client can
 //! hold a resource (a connection, a header buffer, a body buffer, time) has a limit here.
 //! Invariant: every limit is a named field with a documented default and reason, and
 //! [`ServerConfig::validate`] refuses values that would disable a limit or break hyper (the

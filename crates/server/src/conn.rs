@@ -1,8 +1,8 @@
 //! The accept loop and per-connection deadlines: the front door's defence against slow and
 //! hostile clients.
 //!
-//! Lesson: stage 1 of the seed (one idle client froze the blocking server) and issue 5 (async
-//! alone still lets thousands of idle clients hold sockets and memory forever). Every
+//! Lesson: stages 1 and 2 (docs/stages.md): one idle client froze the blocking server, and async
+//! alone still lets thousands of idle clients hold sockets and memory forever. Every
 //! connection here is bounded in number (a semaphore: over the cap, a new connection is closed
 //! at once and nothing accepted is disturbed) and in time: a new connection must deliver a
 //! complete request head within the header timeout, a keep-alive connection may sit idle only

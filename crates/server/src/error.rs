@@ -1,6 +1,6 @@
 //! The one place where a failed request becomes an HTTP response.
 //!
-//! Lesson: stage 3 of the seed: correctness at the boundary. Every way a request can fail has
+//! Lesson: stage 3 (docs/stages.md): correctness at the boundary. Every way a request can fail has
 //! one variant here, one status, one stable machine-readable `reason`, and (for bad input) a
 //! human `detail`; stage 5's backpressure answers 503 with `Retry-After` at once.
 //! Invariant: handlers return `Result<_, ApiError>` and never build an error response by hand,

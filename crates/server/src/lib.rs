@@ -1,6 +1,6 @@
 //! floodgate-server: the HTTP front door of Floodgate and the seed's raw lesson servers.
 //!
-//! Lesson: stages 1 to 8 of the seed meet the network here. Stages 1 and 2 are the raw echo
+//! Lesson: stages 1 to 8 (docs/stages.md) meet the network here. Stages 1 and 2 are the raw echo
 //! servers in [`raw`]; stages 3 to 8 and the production default share one front door on axum
 //! 0.8 and hyper 1 with our own accept loop ([`conn`]), the engine (`floodgate-core`) behind.
 //! A request travels: [`conn`] (connection cap, deadlines) → [`routes`] (bounded body read,

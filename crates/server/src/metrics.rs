@@ -1,7 +1,7 @@
 //! `GET /metrics`: the front door's own metrics plus the engine's, in Prometheus text format.
 //!
-//! Lesson: seed stage 7 ("lock contention is invisible without measurement") and issue 5 (a
-//! server nobody can observe cannot be run). Names follow Prometheus conventions: a
+//! Lesson: stage 7 (docs/stages.md: lock contention is invisible without measurement), and a
+//! server nobody can observe cannot be run. Names follow Prometheus conventions: a
 //! `floodgate_` prefix, base units in the name (`_seconds`, `_events`), `_total` on counters.
 //! Invariant: the engine's counters are read from the engine at scrape time (one source of
 //! truth, never double-counted); the front door's own series (connections, request latency)

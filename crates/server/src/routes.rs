@@ -1,8 +1,8 @@
 //! The HTTP routes: where a request becomes an engine call and the answer becomes JSON.
 //!
-//! Lesson: stage 3 (read the whole body, bounded; validate at the boundary), stage 5 (the
-//! handler only reads, validates and admits: it never waits for room in the queue, a full
-//! queue is a 503 at once) and issue 5 (health, readiness and metrics for operators).
+//! Lesson (docs/stages.md): stage 3 (read the whole body, bounded; validate at the boundary), stage
+//! 5 (the handler only reads, validates and admits: it never waits for room in the queue, a full
+//! queue is a 503 at once) and operations (health, readiness and metrics for operators).
 //! Invariant: a body is read under both a size limit and a time limit before it is parsed, and
 //! every failure goes through [`ApiError`], the one place that maps errors to responses.
 

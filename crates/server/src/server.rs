@@ -1,8 +1,8 @@
 //! Running the HTTP server: `run` for a given listener, `ServerHandle` for in-process use.
 //!
-//! Lesson: issue 2/5's "nothing lost": stop accepting, let in-flight requests finish (bounded
-//! by the shutdown timeout), then drain the engine so every event answered 202 is applied
-//! before the final summary is returned.
+//! Lesson: "nothing lost" (stage 5's queue, stopped safely; docs/stages.md): stop accepting, let
+//! in-flight requests finish (bounded by the shutdown timeout), then drain the engine so every
+//! event answered 202 is applied before the final summary is returned.
 //! Invariant: the order is always accept loop closed → connections finished (or cut at the
 //! timeout) → `Engine::shutdown` → summary; a handle's `stop` returns only after all of it.
 

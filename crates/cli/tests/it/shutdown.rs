@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 
 use crate::support::{client, event_json, signal, start, summary_field, wait_with_stdout};
 
-// Proves issue 5's shutdown on a real process: under load from 16 clients, SIGTERM stops it
+// Proves the graceful shutdown on a real process: under load from 16 clients, SIGTERM stops it
 // gracefully, it exits 0, and the printed summary's applied count equals the 202s clients got.
 // Also proves env configuration reaches the process (FLOODGATE_WORKERS, a small queue).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,8 @@
 //! Beyond the seed: sharding does not save a hot user.
 //!
-//! Lesson: stage 8 shards the ledger by user, which helps only while updates spread over many
-//! users. When a share `p` of the events hits one user, that user's shard lock must pass
-//! `p × rate` events per second, each held for `hold`: throughput cannot pass
+//! Lesson (beyond stage 8, docs/stages.md): stage 8 shards the ledger by user, which helps only
+//! while updates spread over many users. When a share `p` of the events hits one user, that user's
+//! shard lock must pass `p × rate` events per second, each held for `hold`: throughput cannot pass
 //! `1 / (hold × p)`, and with a single user it is the global lock's 1/hold again.
 //!
 //! Invariant: every scenario runs the same sharded engine, worker count and time scale; only

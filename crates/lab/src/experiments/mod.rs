@@ -1,6 +1,6 @@
 //! The registry of experiments: one per claim of the seed, plus two beyond it.
 //!
-//! Lesson (all stages): each stage of the seed makes a claim; each experiment here reproduces
+//! Lesson (all stages, docs/stages.md): each stage makes a claim; each experiment here reproduces
 //! it on this machine, in-process, in seconds (`--quick`) or with the seed's own parameters.
 //!
 //! Invariant: [`Experiment::ALL`] lists every experiment exactly once, in seed order, and every

@@ -1,7 +1,7 @@
 //! The servers an experiment can start in-process on 127.0.0.1:0, behind one handle.
 //!
-//! Lesson (stages 1–8): every experiment compares designs side by side on the same machine in
-//! the same run, so the comparison is fair; this module starts any of them the same way.
+//! Lesson (stages 1–8, docs/stages.md): every experiment compares designs side by side on the same
+//! machine in the same run, so the comparison is fair; this module starts any of them the same way.
 //!
 //! Invariant: a [`Running`] server is always stopped through [`Running::stop`], which returns
 //! only once the server's threads and tasks are gone.

@@ -1,9 +1,9 @@
 //! Beyond the seed: the cost of the seed's `Arc<Mutex<Receiver>>` against a true
 //! multi-consumer channel.
 //!
-//! Lesson (seed stage 6): sharing one receiver behind a mutex makes the workers take turns to
-//! *receive*: the one holding the lock waits for the next job while the others wait for the
-//! lock. With 500 ms jobs nobody notices; with short jobs every job pays a lock hand-off
+//! Lesson (stage 6, docs/stages.md): sharing one receiver behind a mutex makes the workers take
+//! turns to *receive*: the one holding the lock waits for the next job while the others wait for
+//! the lock. With 500 ms jobs nobody notices; with short jobs every job pays a lock hand-off
 //! between tasks, which a multi-consumer channel (async-channel) avoids.
 //!
 //! Invariant: both queue kinds run the same engine settings on the same machine in the same

@@ -1,8 +1,8 @@
 //! Stage 1: idle connections freeze the blocking, single-threaded server.
 //!
-//! Lesson (seed stage 1): a server that reads each connection to the end with blocking I/O on
-//! one thread is held hostage by any client that sends nothing; the fix is concurrency (a task
-//! per client) and, later, timeouts. The experiment repeats the seed's `nc` loop (20 idle
+//! Lesson (stage 1, docs/stages.md): a server that reads each connection to the end with blocking
+//! I/O on one thread is held hostage by any client that sends nothing; the fix is concurrency (a
+//! task per client) and, later, timeouts. The experiment repeats the seed's `nc` loop (20 idle
 //! connections) and then sends a valid request from another client.
 //!
 //! Invariant: the idle sockets are closed and every server is stopped before `run` returns,

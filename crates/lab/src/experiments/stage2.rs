@@ -1,7 +1,7 @@
 //! Stage 2: the async server serves many clients together; a slow client delays no other.
 //!
-//! Lesson (seed stage 2): with a task per connection, a client that pauses mid-request only
-//! holds its own task. N clients that each pause for `pause` finish in about one pause on the
+//! Lesson (stage 2, docs/stages.md): with a task per connection, a client that pauses mid-request
+//! only holds its own task. N clients that each pause for `pause` finish in about one pause on the
 //! async server and in N pauses on the blocking one; and requests sent while an idle and a
 //! trickling client hang on are answered as fast as without them.
 //!

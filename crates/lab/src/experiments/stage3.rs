@@ -1,10 +1,10 @@
 //! Stage 3: bad input gets a predictable answer, and the server survives it.
 //!
-//! Lesson (seed stage 3): clients send garbage, cut requests short, and dribble bytes; the
-//! boundary must assemble whole bodies, parse into a typed event, and answer every failure
-//! with a known status and reason, never a crash or a hang. The experiment sends one request of
-//! each kind over a raw socket, then a load mix with 30 % malformed bodies and trickling
-//! clients, then checks that a valid event is still accepted.
+//! Lesson (stage 3, docs/stages.md): clients send garbage, cut requests short, and dribble bytes;
+//! the boundary must assemble whole bodies, parse into a typed event, and answer every failure with
+//! a known status and reason, never a crash or a hang. The experiment sends one request of each
+//! kind over a raw socket, then a load mix with 30 % malformed bodies and trickling clients, then
+//! checks that a valid event is still accepted.
 //!
 //! Invariant: every case has a fixed set of acceptable answers written down before the run;
 //! the server is stopped (and drained) before `run` returns.

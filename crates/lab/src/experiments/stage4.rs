@@ -1,7 +1,7 @@
 //! Stage 4: slow work done inline while holding one lock serializes every request.
 //!
-//! Lesson (seed stage 4): "async does not equal parallel". The server accepts N clients at
-//! once, but each handler sleeps 500 ms while holding the one ledger mutex, so the N answers
+//! Lesson (stage 4, docs/stages.md): "async does not equal parallel". The server accepts N clients
+//! at once, but each handler sleeps 500 ms while holding the one ledger mutex, so the N answers
 //! come one lock-hold apart: the last one after N × 500 ms.
 //!
 //! Invariant: the requests use distinct users, so only the lock (not the data) can serialize

@@ -1,9 +1,9 @@
 //! Stage 5: a bounded queue turns a burst beyond capacity into fast rejections, while the one
 //! worker keeps its fixed pace.
 //!
-//! Lesson (seed stage 5): the queue's capacity is a hard limit, `try_send` refuses at once when
-//! it is full ("backpressure is honesty"), and a queue smooths bursts but creates no capacity:
-//! the worker drains at 1/work whatever the load did.
+//! Lesson (stage 5, docs/stages.md): the queue's capacity is a hard limit, `try_send` refuses at
+//! once when it is full ("backpressure is honesty"), and a queue smooths bursts but creates no
+//! capacity: the worker drains at 1/work whatever the load did.
 //!
 //! Invariant: the engine's counters are sampled from before the burst until the drain ends, so
 //! the plot shows the whole life of the queue; the server is stopped (drained) before `run`

@@ -1,8 +1,8 @@
 //! Stage 6: more workers multiply throughput while the work is independent.
 //!
-//! Lesson (seed stage 6): with 500 ms of work per event and nothing shared for long, a pool of
-//! N workers pulling from one queue applies N times as many events per second: the seed's
-//! 2 → 8 jobs/s for 1 → 4 workers.
+//! Lesson (stage 6, docs/stages.md): with 500 ms of work per event and nothing shared for long, a
+//! pool of N workers pulling from one queue applies N times as many events per second: the seed's 2
+//! → 8 jobs/s for 1 → 4 workers.
 //!
 //! Invariant: each point is a sustained window with the queue never empty (the workers' pace,
 //! not the client's), and the sweep's servers are all stopped before `run` returns.

@@ -1,8 +1,8 @@
 //! Stage 7: one global lock caps throughput near 1/hold, whatever the number of workers.
 //!
-//! Lesson (seed stage 7): 16 workers each do 100 ms of work, then hold the one ledger mutex for
-//! 10 ms. However many workers wait, the mutex lets through one event per 10 ms: about 100
-//! events/s. Lock wait grows far beyond the hold ("wait ≫ hold = severe contention"), and the
+//! Lesson (stage 7, docs/stages.md): 16 workers each do 100 ms of work, then hold the one ledger
+//! mutex for 10 ms. However many workers wait, the mutex lets through one event per 10 ms: about
+//! 100 events/s. Lock wait grows far beyond the hold ("wait ≫ hold = severe contention"), and the
 //! seed's stress test (5000 requests from 200 clients, queue 100) is mostly rejected.
 //!
 //! Invariant: every sweep point is a sustained window with the queue non-empty; the wait and

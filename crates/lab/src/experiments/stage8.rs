@@ -1,8 +1,8 @@
 //! Stage 8: sharding the ledger lifts the 1/hold plateau.
 //!
-//! Lesson (seed stage 8): workers updating different users need not wait for each other. With
-//! one lock per shard (hash(user) mod shards), the 10 ms holds of different shards overlap, and
-//! throughput follows workers / (work + hold) instead of stopping at 1/hold.
+//! Lesson (stage 8, docs/stages.md): workers updating different users need not wait for each other.
+//! With one lock per shard (hash(user) mod shards), the 10 ms holds of different shards overlap,
+//! and throughput follows workers / (work + hold) instead of stopping at 1/hold.
 //!
 //! Invariant: both strategies are measured in the same run with the same worker counts, users
 //! and time scale, so the two lines are comparable; the strategy under test is a parameter so

@@ -1,9 +1,9 @@
 //! Sustained throughput of one server configuration: offered load above capacity, the queue
 //! kept non-empty, applied events counted over a window from the engine's own counters.
 //!
-//! Lesson (stages 6–8): capacity is the pace of the workers when they never run out of work;
-//! the client's "requests/s" (mostly fast 503s under overload) is not it. An open-loop load at
-//! 1.5 × the theoretical capacity keeps the queue full without flooding the machine.
+//! Lesson (stages 6–8, docs/stages.md): capacity is the pace of the workers when they never run out
+//! of work; the client's "requests/s" (mostly fast 503s under overload) is not it. An open-loop
+//! load at 1.5 × the theoretical capacity keeps the queue full without flooding the machine.
 //!
 //! Invariant: the load and the server are both stopped before [`measure`] returns, and the
 //! offered rate never exceeds [`MAX_OFFERED_RATE_PER_SECOND`].

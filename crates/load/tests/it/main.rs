@@ -1,6 +1,6 @@
 //! The load generator against the real Floodgate server, in-process on 127.0.0.1:0.
 //!
-//! Lesson (issue 3): the generator's numbers must agree with the server's own books: every
+//! Lesson: the generator's numbers must agree with the server's own books: every
 //! request has one outcome, the accepted count is the server's, and the sum of accepted amounts
 //! is the ledger's total once drained (the design's conservation invariant, seen from outside).
 //! No timing assertions beyond what the schedule guarantees; generous bounds elsewhere.

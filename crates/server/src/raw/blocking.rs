@@ -1,6 +1,6 @@
 //! Stage 1: the seed's blocking, single-threaded echo server.
 //!
-//! Lesson: stage 1 of the seed. One thread accepts one connection and reads it with blocking
+//! Lesson: stage 1 (docs/stages.md). One thread accepts one connection and reads it with blocking
 //! I/O until the request is complete, then echoes the body. While it waits on a client that
 //! sends nothing (or half a request), it accepts nobody else: one idle client freezes it.
 //! Invariant: no timeouts on purpose (that is the lesson), but every buffer is bounded

@@ -1,6 +1,6 @@
 //! Stage 2: the async echo server, one tokio task per connection.
 //!
-//! Lesson: stage 2 of the seed. The same echo as stage 1, but each client gets its own task,
+//! Lesson: stage 2 (docs/stages.md). The same echo as stage 1, but each client gets its own task,
 //! so a client that sends nothing waits alone and everyone else is served.
 //! Invariant: no timeouts (as in the seed), bounded buffers (`raw::request`), and every task it
 //! starts is tracked: [`EchoServerHandle::stop`] stops accepting, ends every connection task

@@ -1,6 +1,6 @@
 //! Reading one HTTP/1.1 request the raw way, shared by the stage-1 and stage-2 servers.
 //!
-//! Lesson: stage 1 and stage 6 of the seed. A server must read until the request is complete
+//! Lesson: stage 1 and stage 6 (docs/stages.md). A server must read until the request is complete
 //! (partial reads are normal), and header names are case-insensitive: `Content-Length`,
 //! `content-length` and `CONTENT-LENGTH` are the same header. `httparse` parses the head; we
 //! never match header lines by hand.

@@ -27,7 +27,7 @@ fn scalar(scrape: &Scrape, metric: &str, label: Option<(&str, &str)>) -> u64 {
     }
 }
 
-// Proves /metrics is valid Prometheus text with the issue-5 series: counters by reason, queue
+// Proves /metrics is valid Prometheus text with the operator series: counters by reason, queue
 // gauges, open connections, the latency histogram by outcome and the lock histograms.
 #[tokio::test]
 async fn metrics_parse_and_count_what_happened() {

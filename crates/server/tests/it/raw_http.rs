@@ -116,7 +116,7 @@ async fn pipelined_requests_are_all_answered() {
     assert_eq!(engine.balance("pipe"), Some((0..50).sum()));
 }
 
-/// The hostile inputs of issue 2, each as raw bytes.
+/// The hostile inputs the contract covers, each as raw bytes.
 fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
     let long_line = format!(
         "GET /{} HTTP/1.1\r\nHost: t\r\n\r\n",

@@ -1,4 +1,4 @@
-//! Stages 1 and 2: the raw echo servers (issue 4, "the raw servers").
+//! Stages 1 and 2: the raw echo servers (docs/stages.md).
 
 use std::net::TcpStream;
 use std::sync::mpsc;

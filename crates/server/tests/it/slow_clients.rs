@@ -1,4 +1,4 @@
-//! Issue 5: slow and hostile clients. Timeouts are shortened by config; connections are held
+//! Slow and hostile clients. Timeouts are shortened by config; connections are held
 //! open for real.
 
 use std::time::Duration;
@@ -218,7 +218,7 @@ async fn connections_over_the_cap_are_closed_and_others_undisturbed() {
     server.stop().await.expect("stop");
 }
 
-// Proves issue 5's slowloris claim at test size: with 300 silent and 100 trickling
+// Proves the slowloris claim at test size: with 300 silent and 100 trickling
 // connections held open, valid requests from another client are all answered, and the slow
 // connections are closed once the (shortened) header timeout passes.
 #[tokio::test]
