@@ -294,7 +294,18 @@ mod tests {
     // unknown label would be dropped from the metrics).
     #[test]
     fn every_outcome_has_a_histogram() {
-        let errors = [
+        let errors = every_error();
+        for error in errors {
+            assert!(
+                Outcome::ALL[error.outcome().index()] == error.outcome(),
+                "{error:?}"
+            );
+        }
+    }
+
+    /// One error of every kind (one event reason stands for all of them).
+    fn every_error() -> Vec<ApiError> {
+        vec![
             ApiError::InvalidJson(String::new()),
             ApiError::InvalidEvent {
                 reason: "missing_field",
@@ -314,11 +325,26 @@ mod tests {
             ApiError::InvalidHost(""),
             ApiError::NotFound,
             ApiError::MethodNotAllowed,
-        ];
-        for error in errors {
+        ]
+    }
+
+    // Proves the README's HTTP contract table and the code agree: every error's reason is in a
+    // row of the table that also names its status code (in the status column, or as
+    // "400 `reason`" in the row's text).
+    #[test]
+    fn the_readme_lists_every_error_with_its_status() {
+        let readme = include_str!("../../../README.md");
+        for error in every_error() {
+            let reason = error.reason();
+            let status = error.status().as_u16().to_string();
             assert!(
-                Outcome::ALL[error.outcome().index()] == error.outcome(),
-                "{error:?}"
+                readme.lines().any(|row| row.starts_with('|')
+                    && row.contains(reason)
+                    && (row.contains(&format!("{status} `{reason}`"))
+                        || row
+                            .split(" | ")
+                            .any(|cell| cell.split(" / ").any(|code| code.trim() == status)))),
+                "README contract table lacks {reason} with status {status}"
             );
         }
     }

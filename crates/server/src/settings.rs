@@ -818,6 +818,40 @@ mod tests {
         );
     }
 
+    // Proves the README and the code agree on the settings: every declared setting has a row
+    // in the README's settings table, by its flag, and every flag the table's first column
+    // lists exists.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!("../../../README.md");
+        let table: Vec<&str> = readme
+            .lines()
+            .skip_while(|line| !line.starts_with("| setting | default |"))
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        assert!(!table.is_empty(), "the README has a settings table");
+        for setting in SETTINGS {
+            let flag = format!("`--{}", setting.flag());
+            assert!(
+                table.iter().any(|row| row.contains(&flag)),
+                "README settings table lacks {flag}`"
+            );
+        }
+        for row in &table[2..] {
+            let first_cell = row.split('|').nth(1).unwrap_or_default();
+            for flag in first_cell.split("`--").skip(1) {
+                let name: String = flag
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                assert!(
+                    Setting::named(&name).is_some(),
+                    "README lists unknown --{name}"
+                );
+            }
+        }
+    }
+
     impl Cli {
         fn command_for_test() -> Command {
             <Self as clap::CommandFactory>::command()
