@@ -393,6 +393,9 @@ struct DeadlineIo {
     /// When the current phase's deadline passes (meaningless while in flight).
     deadline: Instant,
     seen_started: u64,
+    /// The last write could not go out (the client does not read its answers): a deadline
+    /// that passes now is counted under `phase="write"`, whichever phase armed it.
+    write_blocked: bool,
     /// Due at or before `deadline` whenever a deadline is armed.
     timer: Pin<Box<Sleep>>,
 }
@@ -415,6 +418,7 @@ impl DeadlineIo {
             phase: Phase::Fresh,
             deadline: header_deadline,
             seen_started: 0,
+            write_blocked: false,
             timer: Box::pin(tokio::time::sleep_until(header_deadline)),
         }
     }
@@ -468,7 +472,9 @@ impl DeadlineIo {
     }
 
     fn deadline_passed(&self) -> io::Error {
-        let phase = if self.phase == Phase::Idle {
+        let phase = if self.write_blocked {
+            "write"
+        } else if self.phase == Phase::Idle {
             "idle"
         } else {
             "header"
@@ -511,7 +517,9 @@ impl AsyncWrite for DeadlineIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.refresh();
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.write_blocked = written.is_pending();
+        match written {
             Poll::Pending => match this.check_deadline(cx) {
                 Ok(()) => Poll::Pending,
                 Err(error) => Poll::Ready(Err(error)),

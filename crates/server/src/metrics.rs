@@ -82,7 +82,7 @@ impl ServerMetrics {
         let connection_timeouts = Family::<Labels, Counter>::default();
         registry.register(
             "http_connection_timeouts",
-            "Connections closed by a deadline, by phase (header, idle)",
+            "Connections closed by a deadline, by phase (header, idle, write: answers not read)",
             connection_timeouts.clone(),
         );
         let connection_errors = Family::<Labels, Counter>::default();

@@ -269,3 +269,43 @@ async fn valid_requests_are_served_through_a_slowloris_crowd() {
     let summary = server.stop().await.expect("stop");
     assert_eq!(summary.applied, 50);
 }
+
+// Proves a reader too slow to take its answers is cut by the deadline and counted under its
+// own phase: 2,000 pipelined `GET /metrics` on a connection that never reads fill the socket
+// buffers, the server's writes block, and when the (short) idle deadline passes the close is
+// counted as `phase="write"`, not as an idle connection.
+#[tokio::test]
+async fn blocked_answers_are_counted_as_write_timeouts() {
+    let server = ServerHandle::spawn(short_deadlines(60_000, 300, 60_000))
+        .await
+        .expect("spawn");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let mut stream = socket.connect(server.addr()).await.expect("connect");
+    let request = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2000);
+    // The server stops reading once its answers back up: this write may not finish.
+    let _ = tokio::time::timeout(ANSWER_WAIT, stream.write_all(&request)).await;
+    let timeouts = async {
+        loop {
+            let timeouts = crate::support::counters(
+                &server,
+                "floodgate_http_connection_timeouts_total",
+                "phase",
+            )
+            .await;
+            if !timeouts.is_empty() {
+                return timeouts;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let timeouts = tokio::time::timeout(ANSWER_WAIT, timeouts)
+        .await
+        .expect("the blocked connection is closed by its deadline");
+    assert_eq!(timeouts.get("write"), Some(&1), "{timeouts:?}");
+    assert_eq!(timeouts.get("idle"), None, "{timeouts:?}");
+    drop(stream);
+    server.stop().await.expect("stop");
+}
