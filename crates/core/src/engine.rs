@@ -409,7 +409,7 @@ impl Engine {
 
     /// Events waiting in the queue (0 when not queued).
     pub fn queue_depth(&self) -> usize {
-        self.admission().map_or(0, Admission::len)
+        self.admission().map_or(0, Admission::depth)
     }
 
     /// Queue bound in events (0 when not queued).
@@ -525,11 +525,21 @@ impl Engine {
         }
         let summary = self.summary(true);
         tracing::info!(?summary, "engine drained");
+        assert_eq!(
+            summary.applied + summary.overflowed,
+            summary.accepted,
+            "drained: every accepted event was applied or counted overflowed"
+        );
+        let users = inner.ledger.users();
+        assert!(
+            users <= inner.config.max_users,
+            "the ledger holds {users} users, above max_users"
+        );
         summary
     }
 
     /// The counts right now (exact once drained).
-    pub fn summary_now(&self) -> Summary {
+    fn summary_now(&self) -> Summary {
         self.summary(self.inner.summary.initialized())
     }
 

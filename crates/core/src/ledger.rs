@@ -49,7 +49,9 @@ pub fn user_hash(user: &str) -> u64 {
 pub fn shard_index(hash: u64, shards: usize) -> usize {
     debug_assert!(shards > 0, "at least one shard");
     let middle = (hash >> 24) & 0xFFFF_FFFF;
-    ((middle * shards as u64) >> 32) as usize
+    let index = ((middle * shards as u64) >> 32) as usize;
+    debug_assert!(index < shards, "shard index in bounds");
+    index
 }
 
 /// The amount was not applied: the balance would leave the i64 range.
@@ -170,7 +172,7 @@ impl UserBudget {
     }
 
     /// Take one slot, unless all are used. Only new users get here (rare on the hot path).
-    pub fn try_reserve(&self) -> bool {
+    fn try_reserve(&self) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 (used < self.max_users).then_some(used + 1)
@@ -179,18 +181,13 @@ impl UserBudget {
     }
 
     /// Give one slot back (a pending user whose every event was refused).
-    pub fn release(&self) {
+    fn release(&self) {
         self.used.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Slots taken: users in the tables plus users pending.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
-    }
-
-    /// The limit.
-    pub fn max_users(&self) -> usize {
-        self.max_users
     }
 }
 
@@ -311,6 +308,7 @@ impl Table {
     }
 
     /// Users admitted but not yet applied.
+    #[cfg(test)]
     fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -568,7 +566,8 @@ impl Ledger {
     }
 
     /// Users seen, per shard (how evenly the hash spreads them).
-    pub fn users_per_shard(&self) -> Vec<usize> {
+    #[cfg(test)]
+    fn users_per_shard(&self) -> Vec<usize> {
         self.shards
             .iter()
             .map(|shard| shard.data.lock().len())
@@ -576,7 +575,8 @@ impl Ledger {
     }
 
     /// Users admitted but not yet applied, over every shard.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         self.shards
             .iter()
             .map(|shard| shard.data.lock().pending_len())

@@ -61,7 +61,7 @@ enum Lane {
     Tokio(mpsc::Sender<Job>),
 }
 
-/// The producer side: one lane, or one per worker when `routed` (owned strategy).
+/// The producer side: one lane, or one per worker when `owned` (the owned strategy).
 #[derive(Debug)]
 pub struct Admission {
     lanes: Box<[Lane]>,
@@ -158,7 +158,9 @@ impl Admission {
         let lane = if self.lanes.len() == 1 {
             &self.lanes[0]
         } else {
-            &self.lanes[shard_index(job.hash, self.lanes.len())]
+            let lane = shard_index(job.hash, self.lanes.len());
+            debug_assert!(lane < self.lanes.len(), "lane index in bounds");
+            &self.lanes[lane]
         };
         match lane {
             Lane::Mpmc(sender) => sender.try_send(job).map_err(|error| match error {
@@ -182,17 +184,8 @@ impl Admission {
         self.closing.send_replace(true);
     }
 
-    /// `true` once every lane refuses pushes. Tokio lanes close when a consumer sees the
-    /// closing signal, so this may lag [`Self::close`] by one wake-up of each lane's workers.
-    pub fn is_closed(&self) -> bool {
-        self.lanes.iter().all(|lane| match lane {
-            Lane::Mpmc(sender) => sender.is_closed(),
-            Lane::Tokio(sender) => sender.is_closed(),
-        })
-    }
-
     /// Jobs waiting, over every lane.
-    pub fn len(&self) -> usize {
+    pub fn depth(&self) -> usize {
         self.lanes
             .iter()
             .map(|lane| match lane {
@@ -202,19 +195,9 @@ impl Admission {
             .sum()
     }
 
-    /// `true` when no job waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Total capacity in events.
     pub fn capacity_events(&self) -> usize {
         self.capacity_events
-    }
-
-    /// Number of lanes (1, or one per worker with the owned strategy).
-    pub fn lanes(&self) -> usize {
-        self.lanes.len()
     }
 }
 
@@ -300,7 +283,7 @@ mod tests {
                 admission.try_push(job("d")).map_err(|error| error.0),
                 Err(PushError::Full)
             );
-            assert_eq!(admission.len(), 3);
+            assert_eq!(admission.depth(), 3);
             admission.close();
             let mut batch = Vec::new();
             let mut received = 0;
@@ -314,7 +297,6 @@ mod tests {
             assert_eq!(received, 3, "{kind:?}");
             let (error, job) = admission.try_push(job("e")).expect_err("closed");
             assert_eq!((error, job.user.as_str()), (PushError::Closed, "e"));
-            assert!(admission.is_closed());
         }
     }
 
@@ -322,7 +304,7 @@ mod tests {
     async fn owned_lanes_route_by_hash_and_split_capacity() {
         // Proves lanes add up to the capacity and a user always lands in its owner's lane.
         let (admission, mut consumers) = build(QueueKind::Mpmc, 10, 3, true);
-        assert_eq!((admission.lanes(), admission.capacity_events()), (3, 10));
+        assert_eq!((consumers.len(), admission.capacity_events()), (3, 10));
         let users: Vec<String> = (0..6).map(|user| format!("user{user}")).collect();
         for user in &users {
             assert!(admission.try_push(job(user)).is_ok());

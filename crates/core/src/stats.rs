@@ -65,7 +65,8 @@ pub struct WorkerStats {
 /// Everything `GET /stats` returns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
-    /// Events admitted (queued, or applied/overflowed inline).
+    /// Events admitted: queued (then applied or overflowed by a worker), or applied inline.
+    /// An inline overflow is answered 422 and counted as rejected, not accepted.
     pub accepted: u64,
     /// Events refused (queue full, draining, inline overflow, ledger full).
     pub rejected: u64,
@@ -124,7 +125,7 @@ pub struct Summary {
     pub applied: u64,
     /// Admitted events refused for overflow (`applied + overflowed == accepted`).
     pub overflowed: u64,
-    /// Events refused (queue full, draining, inline overflow).
+    /// Events refused (queue full, draining, inline overflow, ledger full).
     pub rejected: u64,
     /// Invalid inputs reported by the front door.
     pub invalid: u64,

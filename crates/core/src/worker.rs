@@ -35,7 +35,7 @@ pub const BATCH_MAX: usize = 256;
 
 /// Below this many jobs a batch counts as small: the worker yields once before receiving
 /// again, so that trickling producers fill a bigger batch instead of waking it per event.
-pub const SMALL_BATCH: usize = BATCH_MAX / 8;
+const SMALL_BATCH: usize = BATCH_MAX / 8;
 
 /// What one worker needs.
 #[derive(Debug, Clone)]

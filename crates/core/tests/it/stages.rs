@@ -167,7 +167,7 @@ async fn stage8_shards_lift_the_plateau() {
 
 #[tokio::test(start_paused = true)]
 async fn stage8_holds_with_64_workers() {
-    // Proves the issue-6 target shape for stage 8 at 64 workers over 1,000 users: at least
+    // Proves the target shape for stage 8 at 64 workers over 1,000 users: at least
     // 0.9 of workers / (work + hold) = 64 / 110 ms (in simulated time).
     let config = EngineConfig {
         workers: 64,
