@@ -120,7 +120,7 @@ pub struct Report {
     pub sent: u64,
     /// 2xx answers (the server's 202).
     pub accepted: u64,
-    /// 503 / 429 / 507 answers.(backpressure).
+    /// 503 / 429 / 507 answers: refused on purpose (the table lists 507, ledger full, apart).
     pub rejected: u64,
     /// Other 4xx answers (validation).
     pub invalid: u64,
@@ -320,7 +320,20 @@ impl Report {
             "Accepted:       {} ({:.0}/s{offered})",
             self.accepted, self.accepted_per_second
         )?;
-        writeln!(out, "Rejected:       {} (backpressure)", self.rejected)?;
+        // A 507 is counted as `rejected` in the JSON, but it is not backpressure: the ledger is
+        // full and stays full, so the table gives it its own line.
+        let ledger_full = self.status_counts.get("507").copied().unwrap_or(0);
+        writeln!(
+            out,
+            "Rejected:       {} (backpressure: 503/429, retry later)",
+            self.rejected.saturating_sub(ledger_full)
+        )?;
+        if ledger_full > 0 {
+            writeln!(
+                out,
+                "Ledger full:    {ledger_full} (507: not transient, retrying will not help)"
+            )?;
+        }
         writeln!(
             out,
             "Invalid:        {} (4xx; {} malformed sent)",
@@ -439,6 +452,34 @@ mod tests {
     }
 
     #[test]
+    fn ledger_full_is_reported_apart_from_backpressure() {
+        // Proves a 507 (the ledger is full: not transient, retrying will not help) is not
+        // listed as backpressure: the table gives it its own line, and "Rejected" counts only
+        // the 503/429 refusals.
+        let mut stats = ThreadStats::new();
+        for status in [503, 507, 507] {
+            stats.record(Outcome::Rejected, Duration::from_micros(200), Some(1));
+            stats.count_status(status);
+        }
+        let config = LoadConfig::new("http://127.0.0.1:9");
+        let facts = RunFacts {
+            threads: 1,
+            duration_seconds: 1.0,
+            slow_clients_held: 0,
+            stopped_early: false,
+        };
+        let table = Report::new(&config, &stats, facts).render_table();
+        assert!(
+            table.contains("Rejected:       1 (backpressure: 503/429, retry later)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("Ledger full:    2 (507: not transient, retrying will not help)"),
+            "{table}"
+        );
+    }
+
+    #[test]
     fn the_table_puts_the_accepted_rate_next_to_the_offered_rate() {
         // Proves the seed-style table carries the totals, the accepted rate beside the offered
         // rate, the schedule line of an open loop and one latency row per outcome.
@@ -446,7 +487,7 @@ mod tests {
         for needle in [
             "Total requests: 3",
             "Accepted:       2 (2/s; offered 3/s)",
-            "Rejected:       1 (backpressure)",
+            "Rejected:       1 (backpressure: 503/429, retry later)",
             "Schedule:       3 due",
             "accepted",
             "all/send",
