@@ -1,0 +1,144 @@
+//! The JetStream objects a cluster node uses, created (or found) on connect: the events
+//! stream, the lease bucket and the snapshot bucket.
+//!
+//! Invariants:
+//! - The stream keeps events until an owner purges them (limits retention), refuses new ones
+//!   past `max_msgs` (`discard: new`, the count limit, not bytes: nats-server#4771), and drops a
+//!   repeated `Nats-Msg-Id` within the duplicate window.
+//! - The lease bucket's `max_age` is the lease TTL: JetStream's own clock expires a lease that
+//!   was not renewed, so node clocks never decide ownership.
+//! - The snapshot bucket keeps one revision per partition; every write is compare-and-set on
+//!   the revision the writer last saw, which is what fences a stale owner.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::config::ClusterConfig;
+use crate::partition::SUBJECT_PREFIX;
+
+/// Name of the events stream.
+pub const STREAM_NAME: &str = "FLOODGATE_EVENTS";
+/// Name of the lease bucket.
+pub const LEASE_BUCKET: &str = "floodgate_leases";
+/// Name of the snapshot bucket.
+pub const SNAPSHOT_BUCKET: &str = "floodgate_snapshots";
+
+/// The connection and the JetStream objects, shared by a node's parts.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The NATS connection (also used for requests between nodes).
+    pub client: async_nats::Client,
+    /// The JetStream context (publishes, stream operations).
+    pub context: jetstream::Context,
+    /// The events stream.
+    pub stream: stream::Stream,
+    /// Partition leases.
+    pub leases: kv::Store,
+    /// Partition snapshots.
+    pub snapshots: kv::Store,
+}
+
+/// Connecting or creating the JetStream objects failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// No server of the list could be reached.
+    #[error("cannot connect to NATS at {urls}: {source}")]
+    Connect {
+        urls: String,
+        source: async_nats::ConnectError,
+    },
+    /// JetStream did not let us create or find the stream and buckets in time.
+    #[error("JetStream not ready after {waited_ms} ms: {last_error}")]
+    NotReady { waited_ms: u64, last_error: String },
+}
+
+impl Layout {
+    /// Connects to any of `urls` and creates the stream and buckets unless they exist,
+    /// retrying until `ready_timeout` (a fresh cluster needs a few seconds to elect its
+    /// JetStream meta leader).
+    pub async fn connect(
+        urls: &[String],
+        config: &ClusterConfig,
+        ready_timeout: Duration,
+    ) -> Result<Self, LayoutError> {
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(config.request_timeout))
+            .retry_on_initial_connect()
+            .connect(urls)
+            .await
+            .map_err(|source| LayoutError::Connect {
+                urls: urls.join(","),
+                source,
+            })?;
+        let context = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .ack_timeout(config.request_timeout)
+            .build(client.clone());
+        let started = Instant::now();
+        loop {
+            match Self::create_objects(&client, &context, config).await {
+                Ok(layout) => return Ok(layout),
+                Err(error) if started.elapsed() < ready_timeout => {
+                    tracing::debug!(%error, "JetStream not ready yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => {
+                    return Err(LayoutError::NotReady {
+                        waited_ms: started.elapsed().as_millis() as u64,
+                        last_error: error.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn create_objects(
+        client: &async_nats::Client,
+        context: &jetstream::Context,
+        config: &ClusterConfig,
+    ) -> Result<Self, async_nats::Error> {
+        let stream = context.get_or_create_stream(stream_config(config)).await?;
+        let leases = context
+            .create_key_value(kv::Config {
+                bucket: LEASE_BUCKET.to_owned(),
+                history: 1,
+                max_age: config.lease_ttl,
+                num_replicas: config.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        let snapshots = context
+            .create_key_value(kv::Config {
+                bucket: SNAPSHOT_BUCKET.to_owned(),
+                history: 1,
+                num_replicas: config.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        Ok(Self {
+            client: client.clone(),
+            context: context.clone(),
+            stream,
+            leases,
+            snapshots,
+        })
+    }
+}
+
+/// The events stream: one subject per partition, count-limited, refusing when full.
+fn stream_config(config: &ClusterConfig) -> stream::Config {
+    stream::Config {
+        name: STREAM_NAME.to_owned(),
+        subjects: vec![format!("{SUBJECT_PREFIX}.*")],
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        max_messages: config.capacity_events,
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        duplicate_window: config.duplicate_window,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,27 @@
+//! Floodgate on a NATS JetStream cluster: front doors publish events to a replicated stream,
+//! one subject per partition; each partition has one owner at a time (a lease in a JetStream
+//! key-value bucket), which applies its events in stream order, snapshots the balances with the
+//! last applied sequence, and purges what the snapshot covers.
+//!
+//! The lesson: a 202 that must survive any one machine comes from a replicated log, and the
+//! state behind it is a function of that log (snapshot + replay), so an owner can die at any
+//! point without losing or double-applying an event. The engine never imports this crate.
+//!
+//! Modules, in the order an event travels: [`partition`] (which subject), [`publish`] (the
+//! front door's acknowledged publish), [`lease`] (who owns a partition), [`state`] (applying
+//! in order, exactly once), [`owner`] (replay, apply, snapshot, purge, fenced). [`layout`]
+//! creates the stream and buckets; [`local_cluster`] starts real servers for tests.
+
+pub mod config;
+pub mod layout;
+pub mod local_cluster;
+pub mod partition;
+pub mod publish;
+pub mod wire;
+
+pub use config::{ClusterConfig, replicas_for};
+pub use layout::{Layout, LayoutError};
+pub use local_cluster::{LocalCluster, LocalClusterError};
+pub use partition::{Partition, partition_of};
+pub use publish::{PublishError, Published, Publisher};
+pub use wire::Snapshot;

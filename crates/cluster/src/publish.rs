@@ -1,0 +1,116 @@
+//! The front door's side: put one validated event on its partition's subject and report what
+//! JetStream answered, awaiting the acknowledgement of every publish.
+//!
+//! Invariants:
+//! - A success is returned only after JetStream's PubAck (stored on a quorum of replicas); an
+//!   unawaited ack could hide a refusal (nats.rs#1477).
+//! - Every publish carries a `Nats-Msg-Id` (the client's event id, or one this node made once
+//!   for the event), so a retry of the same publish is stored at most once within the
+//!   duplicate window, and is answered with the first one's sequence.
+//! - A full stream (error 10077, `discard: new` past `max_msgs`) is [`PublishError::QueueFull`]:
+//!   nothing was stored. A timeout or lost connection is [`PublishError::Unreachable`]: the
+//!   event may or may not be stored, and retrying with the same id is safe.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_nats::jetstream::{self, ErrorCode, context::PublishErrorKind};
+use floodgate_core::Event;
+
+use crate::partition::{Partition, partition_of, subject};
+use crate::wire::encode_event;
+
+/// Where an acknowledged event was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The event's partition.
+    pub partition: Partition,
+    /// Its stream sequence (the first publish's, for a duplicate).
+    pub sequence: u64,
+    /// The stream had this message id already: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Why an event was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The stream is at its capacity: nothing was stored; retry later.
+    #[error("the events stream is full")]
+    QueueFull,
+    /// No answer from JetStream (timeout, connection lost, no stream leader): the event may
+    /// have been stored; a retry with the same id is safe.
+    #[error("JetStream unreachable: {0}")]
+    Unreachable(String),
+    /// JetStream refused the message for another reason.
+    #[error("JetStream refused the event: {0}")]
+    Refused(String),
+}
+
+/// Publishes events to the stream.
+#[derive(Debug)]
+pub struct Publisher {
+    context: jetstream::Context,
+    partitions: u32,
+    node: String,
+    next_id: AtomicU64,
+}
+
+impl Publisher {
+    /// A publisher for `partitions` partitions; `node` prefixes the ids it makes.
+    pub fn new(context: jetstream::Context, partitions: u32, node: impl Into<String>) -> Self {
+        Self {
+            context,
+            partitions,
+            node: node.into(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// A message id for an event the client gave none: unique to this node's run, made once
+    /// per event so that the node's own retries reuse it.
+    pub fn make_id(&self) -> String {
+        let number = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{number}", self.node)
+    }
+
+    /// Publishes `event` with `message_id` and waits for JetStream's acknowledgement.
+    pub async fn publish(
+        &self,
+        event: &Event,
+        message_id: &str,
+    ) -> Result<Published, PublishError> {
+        let partition = partition_of(&event.user, self.partitions);
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(encode_event(event))
+            .message_id(message_id);
+        let ack_future = self
+            .context
+            .send_publish(subject(partition), publish)
+            .await
+            .map_err(|error| classify(&error))?;
+        let ack = ack_future.await.map_err(|error| classify(&error))?;
+        Ok(Published {
+            partition,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+/// The refusal a publish error means.
+fn classify(error: &jetstream::context::PublishError) -> PublishError {
+    let code = std::error::Error::source(&error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .map(jetstream::Error::error_code);
+    // 10077, "maximum messages exceeded": `discard: new` refused a message past `max_msgs`.
+    if code == Some(ErrorCode::STREAM_STORE_FAILED) {
+        return PublishError::QueueFull;
+    }
+    match error.kind() {
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::StreamNotFound
+        | PublishErrorKind::MaxAckPending => PublishError::Unreachable(error.to_string()),
+        PublishErrorKind::Other if code.is_none() => PublishError::Unreachable(error.to_string()),
+        _ => PublishError::Refused(error.to_string()),
+    }
+}

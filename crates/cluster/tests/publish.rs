@@ -1,0 +1,88 @@
+//! Publishing against a real three-server JetStream cluster: acknowledged, deduplicated by
+//! message id, refused when full, and an unreachable cluster named as such.
+
+use std::time::Duration;
+
+use floodgate_cluster::{ClusterConfig, Layout, LocalCluster, PublishError, Publisher};
+use floodgate_core::Event;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn connect(cluster: &LocalCluster, config: &ClusterConfig) -> Layout {
+    Layout::connect(&cluster.urls(), config, READY_TIMEOUT)
+        .await
+        .expect("JetStream ready")
+}
+
+// Proves an acknowledged publish is stored once: a second publish with the same Nats-Msg-Id is
+// answered as a duplicate with the first one's sequence, and the stream holds one message; a
+// new id is stored at the next sequence.
+#[tokio::test]
+async fn publish_is_acknowledged_and_deduplicated_by_message_id() {
+    let cluster = LocalCluster::start(3).expect("nats-server cluster");
+    let config = ClusterConfig::new(4, cluster.size());
+    let layout = connect(&cluster, &config).await;
+    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+    let event = Event::new("alice", 5);
+
+    let first = publisher.publish(&event, "event-1").await.expect("acked");
+    let again = publisher.publish(&event, "event-1").await.expect("acked");
+    let other = publisher.publish(&event, "event-2").await.expect("acked");
+
+    assert!(!first.duplicate);
+    assert!(again.duplicate, "same id must be a duplicate");
+    assert_eq!(again.sequence, first.sequence);
+    assert_eq!(other.sequence, first.sequence + 1);
+    let mut stream = layout.stream.clone();
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.state.messages, 2);
+    assert_eq!(info.config.num_replicas, 3);
+}
+
+// Proves a full stream refuses a new event as QueueFull with nothing stored, while a retry of
+// an already stored id is still answered (deduplication is checked before the limit).
+#[tokio::test]
+async fn full_stream_refuses_new_events_as_queue_full() {
+    let cluster = LocalCluster::start(3).expect("nats-server cluster");
+    let mut config = ClusterConfig::new(2, cluster.size());
+    config.capacity_events = 3;
+    let layout = connect(&cluster, &config).await;
+    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+
+    for number in 0..3 {
+        let event = Event::new(format!("user-{number}"), 1);
+        publisher
+            .publish(&event, &format!("id-{number}"))
+            .await
+            .expect("within capacity");
+    }
+    let refused = publisher.publish(&Event::new("user-9", 1), "id-9").await;
+    assert!(
+        matches!(refused, Err(PublishError::QueueFull)),
+        "expected QueueFull, got {refused:?}"
+    );
+    let retry = publisher
+        .publish(&Event::new("user-0", 1), "id-0")
+        .await
+        .expect("a stored id is answered even when full");
+    assert!(retry.duplicate);
+    let mut stream = layout.stream.clone();
+    assert_eq!(stream.info().await.expect("info").state.messages, 3);
+}
+
+// Proves a publish with every server gone is Unreachable (its own reason), not QueueFull.
+#[tokio::test]
+async fn publish_without_servers_is_unreachable() {
+    let mut cluster = LocalCluster::start(1).expect("nats-server");
+    let mut config = ClusterConfig::new(2, cluster.size());
+    config.request_timeout = Duration::from_millis(500);
+    let layout = connect(&cluster, &config).await;
+    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+    cluster.kill(0).expect("kill");
+
+    let outcome = publisher.publish(&Event::new("bob", 1), "id-1").await;
+    assert!(
+        matches!(outcome, Err(PublishError::Unreachable(_))),
+        "expected Unreachable, got {outcome:?}"
+    );
+}
