@@ -36,6 +36,41 @@ pub const CONFIG_FILE_MAX_BYTES: u64 = 64 * 1024;
 /// Prefix of every setting's environment variable.
 pub const ENV_PREFIX: &str = "FLOODGATE_";
 
+/// `--addr` as given: an IP literal with a port (`127.0.0.1:8080`, `[::1]:8080`), or a host name
+/// with a port (`localhost:8080`), resolved when the setting is read, at start.
+#[derive(Debug, Clone, Copy)]
+struct ListenAddr(SocketAddr);
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Self(addr));
+        }
+        let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+            .map_err(|error| {
+                format!(
+                    "cannot resolve `{text}` (expected host:port, e.g. 127.0.0.1:8080, \
+                     [::1]:8080, localhost:8080): {error}"
+                )
+            })?
+            .collect();
+        resolved
+            .iter()
+            .find(|addr| addr.is_ipv4())
+            .or_else(|| resolved.first())
+            .map(|addr| Self(*addr))
+            .ok_or_else(|| format!("`{text}` resolves to no address"))
+    }
+}
+
+impl From<ListenAddr> for SocketAddr {
+    fn from(addr: ListenAddr) -> Self {
+        addr.0
+    }
+}
+
 /// What the settings set: the address and the server's whole configuration.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -111,7 +146,9 @@ macro_rules! settings {
 
 settings! {
     /// Address to listen on. Port 0 picks a free port; the address actually bound is logged.
-    addr: SocketAddr => addr;
+    /// A host name (`localhost:8080`) is resolved once at start; its first IPv4 address is
+    /// used (else its first address).
+    addr: ListenAddr => addr;
     /// Run a stage of the design story: 1 blocking echo, 2 async echo, 3 validate only, 4
     /// inline under one lock, 5 queue 100 + 1 worker, 6 four workers, 7 sixteen workers on
     /// one lock, 8 sharded. Unset: the production default. Other settings override the preset.
@@ -760,6 +797,31 @@ mod tests {
             parse(&["--stage", "2"]).resolve(),
             Ok(ServePlan::Echo { .. })
         ));
+    }
+
+    // Proves `--addr` takes a host name as well as an IP literal: `localhost:0` resolves at
+    // start to a loopback address (port kept), and a name that does not resolve is refused
+    // with a message naming the setting.
+    #[test]
+    fn addr_accepts_host_names() {
+        let Ok(ServePlan::Http { settings }) = parse(&["--addr", "localhost:0"]).resolve() else {
+            panic!("localhost:0 is a valid address");
+        };
+        let addr = settings.addr;
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert_eq!(addr.port(), 0);
+        let Ok(ServePlan::Http { settings }) = parse(&["--addr", "[::1]:9"]).resolve() else {
+            panic!("an IPv6 literal is a valid address");
+        };
+        assert_eq!(settings.addr.to_string(), "[::1]:9");
+        let error = parse(&["--addr", "no-such-host.invalid:8080"])
+            .resolve()
+            .expect_err("refused");
+        assert!(format!("{error:#}").contains("addr"), "{error:#}");
+        let error = parse(&["--addr", "localhost"])
+            .resolve()
+            .expect_err("no port");
+        assert!(format!("{error:#}").contains("addr"), "{error:#}");
     }
 
     // Proves invalid values are refused at start with a message naming the setting, from a
