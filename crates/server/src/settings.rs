@@ -34,7 +34,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// Largest config file read: a settings file is a few hundred bytes.
 pub const CONFIG_FILE_MAX_BYTES: u64 = 64 * 1024;
 /// Prefix of every setting's environment variable.
-pub const ENV_PREFIX: &str = "FLOODGATE_";
+const ENV_PREFIX: &str = "FLOODGATE_";
 
 /// `--addr` as given: an IP literal with a port (`127.0.0.1:8080`, `[::1]:8080`), or a host name
 /// with a port (`localhost:8080`), resolved when the setting is read, at start.
@@ -90,19 +90,16 @@ pub struct Setting {
     /// Older spellings still accepted as flag, env var and file key (a warning is logged).
     pub aliases: &'static [&'static str],
     /// What `--help` shows as the default, where the production value is machine-dependent.
-    pub default_note: Option<&'static str>,
-    /// `--name` alone means this value (switches); `None`: the flag needs a value.
-    pub implied: Option<&'static str>,
+    default_note: Option<&'static str>,
     /// The allowed range as shown in `--help`, if bounded.
-    pub bounds: Option<fn() -> String>,
+    bounds: Option<fn() -> String>,
     set: fn(&mut ServeSettings, &str) -> Result<(), String>,
     get: fn(&ServeSettings) -> String,
     check: fn(&ServerConfig) -> Result<(), String>,
 }
 
 /// Declares [`SETTINGS`]: per setting its help (doc comment), name, type, the place it sets
-/// (a field path of [`ServeSettings`]) and optionally bounds, older names, a default note and
-/// the value a bare flag means.
+/// (a field path of [`ServeSettings`]) and optionally bounds, older names and a default note.
 macro_rules! settings {
     ($(
         $(#[doc = $help:literal])+
@@ -110,7 +107,6 @@ macro_rules! settings {
             $(, bounds $bounds:expr)?
             $(, alias $alias:literal)*
             $(, default_note $note:literal)?
-            $(, implied $implied:literal)?
             ;
     )+) => {
         /// Every setting of `floodgate serve`, in the order `--help` lists them.
@@ -120,7 +116,6 @@ macro_rules! settings {
                 help: &[$($help),+],
                 aliases: &[$($alias),*],
                 default_note: settings!(@option $($note)?),
-                implied: settings!(@option $($implied)?),
                 bounds: settings!(@option $(|| show_bounds(&$bounds))?),
                 set: |target, text| {
                     let value: $type = parse(text)?;
@@ -234,21 +229,17 @@ impl Setting {
             .bounds
             .map(|show| format!(" [{}]", show()))
             .unwrap_or_default();
-        let mut arg = Arg::new(self.name)
+        Arg::new(self.name)
             .long(self.flag())
             .env(self.env())
             .value_name(self.name.to_ascii_uppercase())
             .help(format!("{}{bounds} [default: {default}]", self.help_text()))
             .aliases(self.aliases.iter().map(|alias| kebab(alias)))
-            .action(ArgAction::Set);
-        if let Some(implied) = self.implied {
-            arg = arg.num_args(0..=1).default_missing_value(implied);
-        }
-        arg
+            .action(ArgAction::Set)
     }
 
     /// The doc lines as one paragraph.
-    pub fn help_text(&self) -> String {
+    fn help_text(&self) -> String {
         let lines: Vec<&str> = self.help.iter().map(|line| line.trim()).collect();
         lines.join(" ")
     }
@@ -285,7 +276,7 @@ impl ServeSettings {
 }
 
 /// Checks every declared bound of `config`; the message names the setting.
-pub fn check_bounds(config: &ServerConfig) -> Result<(), String> {
+pub(crate) fn check_bounds(config: &ServerConfig) -> Result<(), String> {
     SETTINGS.iter().try_for_each(|setting| {
         (setting.check)(config).map_err(|error| format!("invalid `{}`: {error}", setting.flag()))
     })
@@ -293,7 +284,7 @@ pub fn check_bounds(config: &ServerConfig) -> Result<(), String> {
 
 /// Where a value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+enum Source {
     /// A command-line flag.
     Flag,
     /// An environment variable.
@@ -342,7 +333,6 @@ impl clap::Args for ServeArgs {
                     .env(INLINE_ENV)
                     .num_args(0..=1)
                     .default_missing_value("true")
-                    .conflicts_with("mode")
                     .help("Shorthand: `--inline` is `--mode inline`, `--inline=false` is `--mode queued`"),
             )
             .arg(

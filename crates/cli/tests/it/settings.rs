@@ -110,3 +110,22 @@ async fn unknown_key_and_bad_env_value_are_refused_at_start() {
         "{stderr}"
     );
 }
+
+// Proves the older `--inline` switch is a flag like any other: it beats `FLOODGATE_MODE` from
+// the environment instead of clashing with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inline_shorthand_beats_the_mode_env_var() {
+    let (child, addr) = start(&["--inline"], &[("FLOODGATE_MODE", "queued")]).await;
+    let stats: serde_json::Value = client()
+        .get(format!("http://{addr}/stats"))
+        .send()
+        .await
+        .expect("stats answers")
+        .json()
+        .await
+        .expect("stats is JSON");
+    signal(&child, "TERM");
+    let mut child = child;
+    assert!(wait_exit(&mut child).await.success());
+    assert_eq!(stats["mode"], "inline", "{stats}");
+}
