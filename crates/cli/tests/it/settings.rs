@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 use crate::support::{ANSWER_WAIT, client, signal, start, wait_exit};
 
@@ -29,6 +29,21 @@ impl Drop for ConfigFile {
     }
 }
 
+/// Reads `/stats` of a started server, then stops it (SIGTERM) and checks it exited 0.
+async fn stats_then_stop(mut child: Child, addr: &str) -> serde_json::Value {
+    let stats = client()
+        .get(format!("http://{addr}/stats"))
+        .send()
+        .await
+        .expect("stats answers")
+        .json()
+        .await
+        .expect("stats is JSON");
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child).await.success());
+    stats
+}
+
 // Proves every layer on a real process, one representative setting each: a flag beats env
 // (workers), env beats the file (shards) and turns off the file's inline switch (mode), the
 // file beats the stage preset (strategy, queue capacity) and the default (max users), the
@@ -49,17 +64,7 @@ async fn flag_env_file_preset_and_default_layer_in_order() {
         ],
     )
     .await;
-    let stats: serde_json::Value = client()
-        .get(format!("http://{addr}/stats"))
-        .send()
-        .await
-        .expect("stats answers")
-        .json()
-        .await
-        .expect("stats is JSON");
-    signal(&child, "TERM");
-    let mut child = child;
-    assert!(wait_exit(&mut child).await.success());
+    let stats = stats_then_stop(child, &addr).await;
     assert_eq!(stats["workers"], 4, "flag beats env: {stats}");
     assert_eq!(stats["shards"], 7, "env beats preset: {stats}");
     assert_eq!(
@@ -116,16 +121,6 @@ async fn unknown_key_and_bad_env_value_are_refused_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inline_shorthand_beats_the_mode_env_var() {
     let (child, addr) = start(&["--inline"], &[("FLOODGATE_MODE", "queued")]).await;
-    let stats: serde_json::Value = client()
-        .get(format!("http://{addr}/stats"))
-        .send()
-        .await
-        .expect("stats answers")
-        .json()
-        .await
-        .expect("stats is JSON");
-    signal(&child, "TERM");
-    let mut child = child;
-    assert!(wait_exit(&mut child).await.success());
+    let stats = stats_then_stop(child, &addr).await;
     assert_eq!(stats["mode"], "inline", "{stats}");
 }
