@@ -34,6 +34,7 @@ use tokio::sync::{Notify, OnceCell};
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode};
+use crate::durable::{self, DurabilityMode, Durable, DurableError, DurableOptions};
 use crate::event::Event;
 use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
@@ -71,17 +72,25 @@ pub enum Rejected {
     /// users are still admitted.
     #[error("the ledger is full: no room for a new user")]
     LedgerFull,
+    /// A log write or sync failed: nothing more is accepted until restart (HTTP 503).
+    #[error("storage failed: the log cannot be written")]
+    StorageFailed,
+    /// The disk is full: this event's group was refused, nothing was applied (HTTP 507).
+    #[error("disk full: the log cannot grow")]
+    DiskFull,
 }
 
 impl Rejected {
     /// Machine-readable reason, as in the HTTP body: `queue_full`, `draining`,
-    /// `balance_overflow`, `ledger_full`.
+    /// `balance_overflow`, `ledger_full`, `storage_failed`, `disk_full`.
     pub fn reason(self) -> &'static str {
         match self {
             Self::QueueFull => "queue_full",
             Self::Draining => "draining",
             Self::Overflow => "balance_overflow",
             Self::LedgerFull => "ledger_full",
+            Self::StorageFailed => "storage_failed",
+            Self::DiskFull => "disk_full",
         }
     }
 }
@@ -101,6 +110,20 @@ impl Refused {
     }
 }
 
+/// Why an engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory or its log cannot be used.
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    /// A log needs the queued mode (stages 3 and 4 keep no log).
+    #[error("a data directory needs the queued mode (stages 5-8 or the production default)")]
+    NotQueued,
+}
+
 /// The answer of [`Engine::submit`], to be awaited. Ready at once except in inline mode, so
 /// the hot (queued) path carries no large future: an inline apply is boxed instead.
 #[must_use = "an event is taken only when its submission is awaited"]
@@ -109,6 +132,8 @@ pub enum Submission<'a> {
     Ready(Option<Result<Ingested, Refused>>),
     /// Inline mode: the apply in progress.
     Inline(Pin<Box<dyn Future<Output = Result<Ingested, Refused>> + Send + 'a>>),
+    /// Queued with a log: waiting for the event's group to be written (and synced).
+    Logged(Pin<Box<dyn Future<Output = Result<Ingested, Refused>> + Send + 'a>>),
 }
 
 impl std::fmt::Debug for Submission<'_> {
@@ -116,6 +141,7 @@ impl std::fmt::Debug for Submission<'_> {
         match self {
             Self::Ready(answer) => formatter.debug_tuple("Ready").field(answer).finish(),
             Self::Inline(_) => formatter.write_str("Inline"),
+            Self::Logged(_) => formatter.write_str("Logged"),
         }
     }
 }
@@ -130,7 +156,7 @@ impl Future for Submission<'_> {
                     .take()
                     .expect("a submission is polled after it answered"),
             ),
-            Self::Inline(apply) => apply.as_mut().poll(context),
+            Self::Inline(pending) | Self::Logged(pending) => pending.as_mut().poll(context),
         }
     }
 }
@@ -200,6 +226,14 @@ enum Processor {
     },
     /// Stages 5–8 and production: into the bounded queue; workers apply.
     Queued(Admission),
+    /// Production with a data directory: into the log first; its writer hands each durable
+    /// group to the queue in log order.
+    Logged {
+        /// The queue the log writer feeds.
+        admission: Arc<Admission>,
+        /// The log, its writer and snapshots.
+        durable: Box<Durable>,
+    },
 }
 
 #[derive(Debug)]
@@ -217,11 +251,36 @@ struct Inner {
 
 impl Engine {
     /// Validate `config`, build the ledger and queue, spawn the workers (queued mode).
-    /// Must be called inside a tokio runtime.
+    /// Must be called inside a tokio runtime. Balances live in memory only.
     pub fn start(config: EngineConfig) -> Result<Engine, ConfigError> {
+        Self::start_with(config, None).map_err(|error| match error {
+            StartError::Config(error) => error,
+            StartError::Durable(_) | StartError::NotQueued => {
+                unreachable!("no log was asked for")
+            }
+        })
+    }
+
+    /// [`Engine::start`] with a log in `options.data_dir`: recovers the balances from it
+    /// (snapshot + the log after it), then answers each event only once it is durable.
+    /// Blocks while recovering (call before serving). Needs the queued mode.
+    pub fn start_durable(
+        config: EngineConfig,
+        options: &DurableOptions,
+    ) -> Result<Engine, StartError> {
+        if config.mode != ProcessingMode::Queued {
+            return Err(StartError::NotQueued);
+        }
+        Self::start_with(config, Some(options))
+    }
+
+    fn start_with(
+        config: EngineConfig,
+        log: Option<&DurableOptions>,
+    ) -> Result<Engine, StartError> {
         config.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(ConfigError::NoRuntime);
+            return Err(ConfigError::NoRuntime.into());
         }
         let ledger = Arc::new(Ledger::with_max_users(
             config.shard_count(),
@@ -239,13 +298,23 @@ impl Engine {
             ProcessingMode::Queued => {
                 let (admission, worker_handles) = start_workers(&config, &ledger, &metrics);
                 handles = worker_handles;
-                Processor::Queued(admission)
+                match log {
+                    None => Processor::Queued(admission),
+                    Some(options) => {
+                        let admission = Arc::new(admission);
+                        let durable =
+                            Box::new(Durable::start(options, &ledger, &metrics, &admission)?);
+                        Processor::Logged { admission, durable }
+                    }
+                }
             }
         };
         tracing::info!(
             mode = %config.mode, strategy = %config.strategy, workers = config.workers,
             queue_capacity_events = config.queue_capacity_events, queue_kind = %config.queue_kind,
             work_ms = config.work_ms, hold_ms = config.hold_ms, time_scale = config.time_scale,
+            durability = %log.map_or(DurabilityMode::Memory, |options| options.mode),
+            promise = log.map_or(DurabilityMode::Memory, |options| options.mode).promise(),
             "engine started"
         );
         Ok(Engine {
@@ -272,6 +341,9 @@ impl Engine {
     pub fn submit(&self, event: Event) -> Submission<'_> {
         match &self.inner.processor {
             Processor::Queued(admission) => Submission::Ready(Some(self.enqueue(admission, event))),
+            Processor::Logged { admission, durable } => {
+                Submission::Logged(Box::pin(self.enqueue_logged(admission, durable, event)))
+            }
             Processor::Inline { work, hold } => {
                 Submission::Inline(Box::pin(self.apply_inline(event, *work, *hold)))
             }
@@ -338,6 +410,77 @@ impl Engine {
             }
         };
         Err(Refused::new(reason, job.into_event()))
+    }
+
+    /// Queued with a log: admit, check room (events in the log writer count against the
+    /// queue bound), submit to the log and wait until the event's group is durable.
+    async fn enqueue_logged(
+        &self,
+        admission: &Admission,
+        durable: &Durable,
+        event: Event,
+    ) -> Result<Ingested, Refused> {
+        if self.refuses_as_draining(Ordering::Acquire) {
+            return Err(Refused::new(Rejected::Draining, event));
+        }
+        if durable.has_failed() {
+            self.count_refusal(Rejected::StorageFailed);
+            return Err(Refused::new(Rejected::StorageFailed, event));
+        }
+        let (job, admitted) = self.admit(event)?;
+        if admission.depth() + durable.in_flight() >= admission.capacity_events() {
+            return Err(self.refuse_admitted(Rejected::QueueFull, job, admitted));
+        }
+        let metrics = &self.inner.metrics;
+        metrics.accepted.increment();
+        let answer = durable.submit(job, admitted).map_err(|(reason, job)| {
+            metrics.accepted.sub(1);
+            self.refuse_admitted(reason, job, admitted)
+        })?;
+        match answer.await {
+            Ok(Ok(())) => Ok(Ingested::Queued),
+            Ok(Err((reason, job))) => {
+                metrics.accepted.sub(1);
+                Err(self.refuse_admitted(reason, job, admitted))
+            }
+            // The writer answers every submission; only a panicked writer drops one.
+            Err(_) => {
+                metrics.accepted.sub(1);
+                self.count_refusal(Rejected::StorageFailed);
+                let lost = Event {
+                    user: String::new(),
+                    amount: 0,
+                };
+                Err(Refused::new(Rejected::StorageFailed, lost))
+            }
+        }
+    }
+
+    /// Refuse an admitted event: give a new user's slot back, count the refusal, hand the
+    /// event back.
+    fn refuse_admitted(&self, reason: Rejected, job: Job, admitted: Admit) -> Refused {
+        if admitted == Admit::Pending {
+            self.inner.ledger.cancel(job.hash, &job.user);
+        }
+        self.count_refusal(reason);
+        Refused::new(reason, job.into_event())
+    }
+
+    /// Count one refusal under its reason.
+    fn count_refusal(&self, reason: Rejected) {
+        let metrics = &self.inner.metrics;
+        let counter = match reason {
+            Rejected::QueueFull => {
+                metrics.rejected_queue_full.increment();
+                return;
+            }
+            Rejected::Draining => &metrics.rejected_draining,
+            Rejected::Overflow => &metrics.rejected_overflow,
+            Rejected::LedgerFull => &metrics.rejected_ledger_full,
+            Rejected::StorageFailed => &metrics.rejected_storage_failed,
+            Rejected::DiskFull => &metrics.rejected_disk_full,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// True (and the refusal counted) once a stop has begun: admission is closed. `ordering`
@@ -421,7 +564,34 @@ impl Engine {
     fn admission(&self) -> Option<&Admission> {
         match &self.inner.processor {
             Processor::Queued(admission) => Some(admission),
+            Processor::Logged { admission, .. } => Some(admission),
             Processor::ValidateOnly | Processor::Inline { .. } => None,
+        }
+    }
+
+    /// The log, with a data directory.
+    fn durable(&self) -> Option<&Durable> {
+        match &self.inner.processor {
+            Processor::Logged { durable, .. } => Some(durable),
+            Processor::Queued(_) | Processor::ValidateOnly | Processor::Inline { .. } => None,
+        }
+    }
+
+    /// The durability mode in force.
+    pub fn durability(&self) -> DurabilityMode {
+        self.durable().map_or(DurabilityMode::Memory, Durable::mode)
+    }
+
+    /// `true` once a log write or sync failed: nothing more is accepted until restart.
+    pub fn has_storage_failed(&self) -> bool {
+        self.durable().is_some_and(Durable::has_failed)
+    }
+
+    /// Resolves once a log write or sync failed (never without a log).
+    pub async fn storage_failed(&self) {
+        match self.durable() {
+            Some(durable) => durable.failed().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -485,6 +655,9 @@ impl Engine {
             lock_wait: LockSummary::from_histogram(&merged.wait_us),
             lock_hold: LockSummary::from_histogram(&merged.hold_us),
             per_worker,
+            durability: self
+                .durable()
+                .map_or_else(durable::memory_stats, Durable::stats),
         }
     }
 
@@ -507,6 +680,19 @@ impl Engine {
     async fn drain(&self) -> Summary {
         let inner = &*self.inner;
         inner.draining.store(true, Ordering::SeqCst);
+        if self.durable().is_some() {
+            // Answer everything in the log writer and hand it to the workers (still running),
+            // then write a last snapshot: blocking file work, off the runtime.
+            let engine = self.clone();
+            let closed = tokio::task::spawn_blocking(move || {
+                if let Some(durable) = engine.durable() {
+                    durable.close();
+                }
+            });
+            if let Err(error) = closed.await {
+                tracing::error!(%error, "closing the log failed");
+            }
+        }
         if let Some(admission) = self.admission() {
             admission.close();
         }

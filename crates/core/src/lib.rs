@@ -17,6 +17,7 @@
 //! the applied events.
 
 pub mod config;
+pub mod durable;
 pub mod engine;
 pub mod event;
 pub mod ledger;
@@ -26,6 +27,7 @@ pub mod stats;
 pub mod worker;
 
 pub use config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode, QueueKind};
+pub use durable::{DurabilityMode, DurabilityStats, DurableOptions};
 pub use engine::{Engine, Ingested, Refused, Rejected, Submission};
 pub use event::{Event, EventError, USER_MAX_BYTES, parse_event};
 pub use stats::{LockSummary, LockTimings, Stats, Summary, WorkerStats};

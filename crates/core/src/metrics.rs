@@ -232,6 +232,10 @@ pub struct Metrics {
     pub rejected_overflow: AtomicU64,
     /// New users refused because the ledger holds `max_users` users.
     pub rejected_ledger_full: AtomicU64,
+    /// Refusals because a log write or sync failed.
+    pub rejected_storage_failed: AtomicU64,
+    /// Refusals because the disk was full.
+    pub rejected_disk_full: AtomicU64,
     /// Invalid inputs reported by the front door.
     pub invalid: AtomicU64,
     invalid_by_reason: parking_lot::Mutex<BTreeMap<&'static str, u64>>,
@@ -249,6 +253,8 @@ impl Metrics {
             rejected_draining: AtomicU64::new(0),
             rejected_overflow: AtomicU64::new(0),
             rejected_ledger_full: AtomicU64::new(0),
+            rejected_storage_failed: AtomicU64::new(0),
+            rejected_disk_full: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             invalid_by_reason: parking_lot::Mutex::new(BTreeMap::new()),
             workers: (0..worker_slots.max(1))
@@ -286,6 +292,11 @@ impl Metrics {
                 "ledger_full",
                 self.rejected_ledger_full.load(Ordering::Relaxed),
             ),
+            (
+                "storage_failed",
+                self.rejected_storage_failed.load(Ordering::Relaxed),
+            ),
+            ("disk_full", self.rejected_disk_full.load(Ordering::Relaxed)),
         ]
         .into_iter()
         .map(|(reason, count)| (reason.to_owned(), count))
@@ -298,6 +309,8 @@ impl Metrics {
             + self.rejected_draining.load(Ordering::Relaxed)
             + self.rejected_overflow.load(Ordering::Relaxed)
             + self.rejected_ledger_full.load(Ordering::Relaxed)
+            + self.rejected_storage_failed.load(Ordering::Relaxed)
+            + self.rejected_disk_full.load(Ordering::Relaxed)
     }
 
     /// Sum of one per-worker counter (acquire loads: see the module invariants).

@@ -155,14 +155,7 @@ impl Admission {
     /// Admit a job without waiting: `Full` when its lane is at capacity, `Closed` once closed;
     /// a refused job is handed back (so a caller may retry without cloning).
     pub fn try_push(&self, job: Job) -> Result<(), (PushError, Job)> {
-        let lane = if self.lanes.len() == 1 {
-            &self.lanes[0]
-        } else {
-            let lane = shard_index(job.hash, self.lanes.len());
-            debug_assert!(lane < self.lanes.len(), "lane index in bounds");
-            &self.lanes[lane]
-        };
-        match lane {
+        match self.lane(job.hash) {
             Lane::Mpmc(sender) => sender.try_send(job).map_err(|error| match error {
                 async_channel::TrySendError::Full(job) => (PushError::Full, job),
                 async_channel::TrySendError::Closed(job) => (PushError::Closed, job),
@@ -171,6 +164,27 @@ impl Admission {
                 mpsc::error::TrySendError::Full(job) => (PushError::Full, job),
                 mpsc::error::TrySendError::Closed(job) => (PushError::Closed, job),
             }),
+        }
+    }
+
+    /// Push a job, waiting for room: for the log writer thread, which hands on events that
+    /// are already durable and admitted (room was checked at admission). Only from a thread
+    /// outside the async runtime. Gives the job back once the queue is closed.
+    pub fn push_blocking(&self, job: Job) -> Result<(), Job> {
+        match self.lane(job.hash) {
+            Lane::Mpmc(sender) => sender.send_blocking(job).map_err(|error| error.0),
+            Lane::Tokio(sender) => sender.blocking_send(job).map_err(|error| error.0),
+        }
+    }
+
+    /// The lane a job with this hash goes to.
+    fn lane(&self, hash: u64) -> &Lane {
+        if self.lanes.len() == 1 {
+            &self.lanes[0]
+        } else {
+            let lane = shard_index(hash, self.lanes.len());
+            debug_assert!(lane < self.lanes.len(), "lane index in bounds");
+            &self.lanes[lane]
         }
     }
 

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{LedgerStrategy, ProcessingMode, QueueKind};
+use crate::durable::DurabilityStats;
 
 /// Percentiles of one lock histogram, in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -114,6 +115,8 @@ pub struct Stats {
     pub lock_hold: LockSummary,
     /// Per-worker figures (the seed's stage-7 instrumentation).
     pub per_worker: Vec<WorkerStats>,
+    /// The durability mode, what a 202 promises, and the log's figures.
+    pub durability: DurabilityStats,
 }
 
 /// The final count, returned by `Engine::shutdown` once everything accepted was applied.

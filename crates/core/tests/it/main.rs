@@ -4,6 +4,7 @@
 
 mod api;
 mod conservation;
+mod durable;
 mod stages;
 mod support;
 mod user_limit;

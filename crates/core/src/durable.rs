@@ -1,0 +1,861 @@
+//! Durable acceptance: the log between admission and the workers.
+//!
+//! Lesson: a 202 is a promise, and a promise kept only in memory is broken by the first
+//! restart. With a data directory the engine writes every admitted event to the log
+//! (`floodgate-store`, group commit) and answers only after its group is written (`write`) or
+//! synced (`fsync`); the writer then hands the group to the workers in log order. Balances are
+//! derived state: a snapshot at a log position plus the log after it rebuilds them exactly.
+//!
+//! Invariants:
+//! - an event is applied by a worker only after its record is in the log, so every balance a
+//!   client can read is recoverable;
+//! - the queue bound still holds: events admitted but not yet applied (in the log writer or in
+//!   the queue) never exceed the queue capacity, and the excess is refused at once;
+//! - a snapshot at position P holds exactly the effect of the events at positions 1..=P: it is
+//!   taken with the writer's dispatch paused and every dispatched event applied;
+//! - after a failed write or sync nothing more is accepted (`storage_failed`) until restart.
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floodgate_store::{AppendError, Commit, FsStorage, Log, Recovery, RecoveryReport, Storage};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::engine::Rejected;
+use crate::ledger::{Admit, Ledger, user_hash};
+use crate::metrics::Metrics;
+use crate::queue::{Admission, Job};
+
+/// Default snapshot interval in events: a restart then replays at most about a million events
+/// (well under a second, see the README's recovery figure).
+pub const DEFAULT_SNAPSHOT_EVERY_EVENTS: u64 = 1_000_000;
+/// Default snapshot interval in log bytes.
+pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 64 * 1024 * 1024;
+/// Name of the lock file that keeps a second live process out of a data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Longest a snapshot waits, with dispatch paused, for the workers to apply what they have.
+const CUT_WAIT: Duration = Duration::from_secs(10);
+
+/// Entry kind byte of an event record: amount (i64 LE) then user bytes.
+const ENTRY_EVENT: u8 = 1;
+/// Snapshot payload format: version byte, then (user length u32, user, balance i64) per user.
+const SNAPSHOT_BALANCES_V1: u8 = 1;
+
+/// What a 202 waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// The event's group is synced (`fdatasync`): survives kill -9 and power loss.
+    #[default]
+    Fsync,
+    /// The event's group is written to the kernel: survives kill -9, not power loss.
+    Write,
+    /// The event is in this process's memory only: lost on any restart.
+    Memory,
+}
+
+impl DurabilityMode {
+    /// What a 202 promises in this mode (start-up log, `/stats`, README).
+    pub fn promise(self) -> &'static str {
+        match self {
+            Self::Fsync => "202 after the event is synced to disk: survives kill -9 and power loss",
+            Self::Write => {
+                "202 after the event is written to the kernel: survives kill -9, not power loss"
+            }
+            Self::Memory => "202 after the event is queued in memory: lost on any restart",
+        }
+    }
+
+    fn store_durability(self) -> floodgate_store::Durability {
+        match self {
+            Self::Write => floodgate_store::Durability::Write,
+            Self::Fsync | Self::Memory => floodgate_store::Durability::Fsync,
+        }
+    }
+}
+
+impl fmt::Display for DurabilityMode {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            Self::Fsync => "fsync",
+            Self::Write => "write",
+            Self::Memory => "memory",
+        })
+    }
+}
+
+impl FromStr for DurabilityMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "fsync" => Ok(Self::Fsync),
+            "write" => Ok(Self::Write),
+            "memory" => Ok(Self::Memory),
+            other => Err(format!(
+                "unknown durability `{other}` (fsync, write, memory)"
+            )),
+        }
+    }
+}
+
+/// Where and how the engine keeps its log.
+#[derive(Debug, Clone)]
+pub struct DurableOptions {
+    /// The data directory (created if missing, locked while in use).
+    pub data_dir: PathBuf,
+    /// `Fsync` or `Write` (`Memory` keeps no log and is never given here).
+    pub mode: DurabilityMode,
+    /// Snapshot after this many events since the last one.
+    pub snapshot_every_events: u64,
+    /// Snapshot after this many log bytes since the last one.
+    pub snapshot_every_bytes: u64,
+    /// The files the log and snapshots go to: `None` for `data_dir` itself (always, outside
+    /// tests); tests give a storage double that fails on command (the directory is still
+    /// locked).
+    pub storage: Option<Arc<dyn Storage>>,
+}
+
+impl DurableOptions {
+    /// A log in `data_dir` with the default snapshot intervals.
+    pub fn new(data_dir: impl Into<PathBuf>, mode: DurabilityMode) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            mode,
+            snapshot_every_events: DEFAULT_SNAPSHOT_EVERY_EVENTS,
+            snapshot_every_bytes: DEFAULT_SNAPSHOT_EVERY_BYTES,
+            storage: None,
+        }
+    }
+}
+
+/// Why a durable engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    /// The data directory cannot be created, written or locked.
+    #[error("data directory {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    /// The log or snapshot cannot be trusted (see the store's recovery rules).
+    #[error(transparent)]
+    Recovery(#[from] floodgate_store::RecoveryError),
+    /// A storage error while starting the log.
+    #[error("starting the log: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The data directory, held locked (an advisory lock on `LOCK`) for the engine's lifetime.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl DataDir {
+    /// Creates the directory if missing and takes its lock; refuses a directory that is not
+    /// writable or is locked by another live process.
+    pub fn open(path: &Path) -> Result<Self, DurableError> {
+        let refuse = |reason: String| DurableError::DataDir {
+            path: path.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(path)
+            .map_err(|error| refuse(format!("cannot create it: {error}")))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join(LOCK_FILE))
+            .map_err(|error| refuse(format!("not writable: {error}")))?;
+        lock.try_lock().map_err(|error| {
+            refuse(format!(
+                "locked by another live floodgate process ({error}); stop it or choose another --data-dir"
+            ))
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The answer the log writer gives a waiting submitter: `Ok` (durable and dispatched in log
+/// order) or the refusal with the job handed back.
+pub(crate) type Reply = Result<(), (Rejected, Job)>;
+
+/// One admitted event on its way through the log.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    pub(crate) job: Job,
+    pub(crate) admitted: Admit,
+    pub(crate) reply: oneshot::Sender<Reply>,
+}
+
+impl floodgate_store::Entry for Ticket {
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode_event(&self.job.user, self.job.amount, out);
+    }
+}
+
+/// Appends one event entry: kind byte, amount, user bytes.
+pub fn encode_event(user: &str, amount: i64, out: &mut Vec<u8>) {
+    out.push(ENTRY_EVENT);
+    out.extend_from_slice(&amount.to_le_bytes());
+    out.extend_from_slice(user.as_bytes());
+}
+
+/// Reads one event entry back.
+pub fn decode_event(bytes: &[u8]) -> Result<(String, i64), String> {
+    let (&kind, rest) = bytes.split_first().ok_or("empty entry")?;
+    if kind != ENTRY_EVENT {
+        return Err(format!("unknown entry kind {kind}"));
+    }
+    let amount = rest
+        .get(..8)
+        .and_then(|field| field.try_into().ok())
+        .map(i64::from_le_bytes)
+        .ok_or("entry shorter than its amount")?;
+    let user =
+        std::str::from_utf8(&rest[8..]).map_err(|error| format!("user not UTF-8: {error}"))?;
+    Ok((user.to_owned(), amount))
+}
+
+/// Encodes balances as a snapshot payload.
+pub fn encode_balances(balances: &[(String, i64)]) -> Vec<u8> {
+    let bytes: usize = balances.iter().map(|(user, _)| user.len() + 12).sum();
+    let mut out = Vec::with_capacity(1 + bytes);
+    out.push(SNAPSHOT_BALANCES_V1);
+    for (user, balance) in balances {
+        out.extend_from_slice(&(user.len() as u32).to_le_bytes());
+        out.extend_from_slice(user.as_bytes());
+        out.extend_from_slice(&balance.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes a snapshot payload, handing each (user, balance) to `restore`.
+pub fn decode_balances(
+    payload: &[u8],
+    mut restore: impl FnMut(String, i64) -> Result<(), String>,
+) -> Result<(), String> {
+    let (&version, mut rest) = payload.split_first().ok_or("empty snapshot payload")?;
+    if version != SNAPSHOT_BALANCES_V1 {
+        return Err(format!("unknown snapshot payload version {version}"));
+    }
+    while !rest.is_empty() {
+        let length = rest
+            .get(..4)
+            .and_then(|field| field.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or("truncated user length")? as usize;
+        let user = rest.get(4..4 + length).ok_or("truncated user")?;
+        let balance = rest
+            .get(4 + length..12 + length)
+            .and_then(|field| field.try_into().ok())
+            .map(i64::from_le_bytes)
+            .ok_or("truncated balance")?;
+        let user = std::str::from_utf8(user).map_err(|error| format!("user not UTF-8: {error}"))?;
+        restore(user.to_owned(), balance)?;
+        rest = &rest[12 + length..];
+    }
+    Ok(())
+}
+
+/// Applies a recovered amount (a snapshot balance or a replayed event) to the ledger, as a
+/// worker would: admitted against the user budget, then applied. An overflow is skipped, as
+/// it was the first time (the same events in the same order overflow again).
+fn restore_into(ledger: &Ledger, user: String, amount: i64) -> Result<(), String> {
+    let hash = user_hash(&user);
+    ledger.admit(hash, &user).map_err(|_| {
+        format!(
+            "more users than --max-users allows ({} slots used): raise it",
+            ledger.budget().used()
+        )
+    })?;
+    if let Err(overflow) = ledger.apply(user, amount) {
+        tracing::warn!(user = %overflow.user, amount, "replayed event overflows, skipped as before");
+    }
+    Ok(())
+}
+
+/// Rebuilds `ledger` from the data directory: the newest snapshot, then the log after it.
+pub(crate) fn recover(
+    storage: Arc<dyn Storage>,
+    ledger: &Ledger,
+) -> Result<floodgate_store::Replayed, DurableError> {
+    let recovery = Recovery::open(storage)?;
+    if let Some(snapshot) = recovery.snapshot() {
+        decode_balances(&snapshot.payload, |user, balance| {
+            restore_into(ledger, user, balance)
+        })
+        .map_err(|message| floodgate_store::RecoveryError::Apply {
+            file: floodgate_store::names::snapshot(snapshot.position),
+            position: snapshot.position,
+            message,
+        })?;
+    }
+    let replayed = recovery.replay(|_, bytes| {
+        let (user, amount) = decode_event(bytes)?;
+        restore_into(ledger, user, amount)
+    })?;
+    Ok(replayed)
+}
+
+/// The writer's dispatch state; holding its lock pauses dispatch (how a snapshot gets a
+/// consistent cut).
+#[derive(Debug, Default)]
+struct Dispatch {
+    /// Last position handed to the workers.
+    position: u64,
+    /// Events handed to the workers since start.
+    dispatched: u64,
+    /// Events and log bytes since the last snapshot.
+    events_since_snapshot: u64,
+    bytes_since_snapshot: u64,
+    snapshot_requested: bool,
+}
+
+/// Numbers for `/stats` and `/metrics`.
+#[derive(Debug)]
+pub(crate) struct DurableCells {
+    /// Events per group (one record, one sync).
+    pub(crate) events_per_group: Mutex<Histogram<u64>>,
+    /// Sync latency in microseconds.
+    pub(crate) sync_us: Mutex<Histogram<u64>>,
+    pub(crate) snapshot_position: AtomicU64,
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) snapshot_failures: AtomicU64,
+    pub(crate) snapshot_at: Mutex<Option<Instant>>,
+    pub(crate) disk_full_groups: AtomicU64,
+}
+
+impl DurableCells {
+    fn new(snapshot_position: u64) -> Self {
+        let histogram = || {
+            Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant bounds are valid"),
+            )
+        };
+        Self {
+            events_per_group: histogram(),
+            sync_us: histogram(),
+            snapshot_position: AtomicU64::new(snapshot_position),
+            snapshots: AtomicU64::new(0),
+            snapshot_failures: AtomicU64::new(0),
+            snapshot_at: Mutex::new(None),
+            disk_full_groups: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What `/stats` reports about durability.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DurabilityStats {
+    /// `fsync`, `write` or `memory`.
+    pub mode: DurabilityMode,
+    /// What a 202 promises in this mode.
+    pub promise: String,
+    /// The data directory (absent in `memory` mode).
+    pub data_dir: Option<String>,
+    /// Log record bytes written since start.
+    pub log_bytes: u64,
+    /// Log records (groups) written since start.
+    pub log_records: u64,
+    /// Last log position acknowledged.
+    pub log_position: u64,
+    /// Events per group: mean, p50, p99, max.
+    pub events_per_group: GroupSummary,
+    /// Sync latency in ms: mean, p50, p99, max (`fsync` mode).
+    pub sync_ms: GroupSummary,
+    /// Position of the newest snapshot (0: none).
+    pub snapshot_position: u64,
+    /// Seconds since the last snapshot this process wrote (absent: none yet).
+    pub snapshot_age_seconds: Option<f64>,
+    /// Snapshots written and failed since start.
+    pub snapshots: u64,
+    pub snapshot_failures: u64,
+    /// Groups refused because the disk was full.
+    pub disk_full_groups: u64,
+    /// Start-up recovery: seconds, events replayed, snapshot position.
+    pub recovery_seconds: f64,
+    pub recovered_events: u64,
+    /// `true` once a write or sync failed (nothing more is accepted).
+    pub storage_failed: bool,
+}
+
+/// Mean and percentiles of a histogram.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct GroupSummary {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl GroupSummary {
+    fn of(histogram: &Histogram<u64>, scale: f64) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: histogram.len(),
+            mean: histogram.mean() / scale,
+            p50: histogram.value_at_quantile(0.5) as f64 / scale,
+            p99: histogram.value_at_quantile(0.99) as f64 / scale,
+            max: histogram.max() as f64 / scale,
+        }
+    }
+}
+
+/// The engine's durable side: the log, its dispatch gate, the snapshotter, the numbers.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    mode: DurabilityMode,
+    /// Held locked until the log is closed.
+    data_dir: Mutex<Option<DataDir>>,
+    data_dir_path: PathBuf,
+    log: Arc<Log<Ticket>>,
+    /// Events submitted to the log and not yet dispatched to the workers.
+    in_flight: Arc<AtomicUsize>,
+    failed: Arc<AtomicBool>,
+    failure: Arc<tokio::sync::Notify>,
+    pub(crate) cells: Arc<DurableCells>,
+    recovery: RecoveryReport,
+    snapshotter: Snapshotter,
+}
+
+/// Everything the writer thread and the snapshotter share with the engine.
+struct Wiring {
+    ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
+    gate: Arc<Mutex<Dispatch>>,
+}
+
+impl Durable {
+    /// Opens the data directory, rebuilds `ledger` from it, and starts the log writer, which
+    /// hands committed events to `admission`.
+    pub(crate) fn start(
+        options: &DurableOptions,
+        ledger: &Arc<Ledger>,
+        metrics: &Arc<Metrics>,
+        admission: &Arc<Admission>,
+    ) -> Result<Self, DurableError> {
+        let data_dir = DataDir::open(&options.data_dir)?;
+        let storage: Arc<dyn Storage> = match &options.storage {
+            Some(storage) => Arc::clone(storage),
+            None => Arc::new(FsStorage::open(data_dir.path())?),
+        };
+        let replayed = recover(storage, ledger)?;
+        let recovery = replayed.report.clone();
+        log_recovery(&recovery, data_dir.path());
+        let wiring = Wiring {
+            ledger: Arc::clone(ledger),
+            metrics: Arc::clone(metrics),
+            gate: Arc::new(Mutex::new(Dispatch {
+                position: recovery.last_position,
+                ..Dispatch::default()
+            })),
+        };
+        let cells = Arc::new(DurableCells::new(recovery.snapshot_position));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(tokio::sync::Notify::new());
+        let (trigger, triggers) = std_mpsc::channel();
+        let acknowledger = Acknowledger {
+            ledger: Arc::clone(ledger),
+            admission: Arc::clone(admission),
+            gate: Arc::clone(&wiring.gate),
+            cells: Arc::clone(&cells),
+            in_flight: Arc::clone(&in_flight),
+            failed: Arc::clone(&failed),
+            failure: Arc::clone(&failure),
+            trigger: trigger.clone(),
+            options: options.clone(),
+            jobs: Vec::new(),
+        };
+        let log_options = floodgate_store::LogOptions {
+            durability: options.mode.store_durability(),
+            submission_capacity: admission.capacity_events().max(1),
+            ..floodgate_store::LogOptions::default()
+        };
+        let log = Arc::new(replayed.start(log_options, acknowledger)?);
+        let snapshotter = Snapshotter::start(
+            wiring,
+            Arc::clone(&log),
+            Arc::clone(&cells),
+            trigger,
+            triggers,
+        )?;
+        Ok(Self {
+            mode: options.mode,
+            data_dir_path: data_dir.path().to_path_buf(),
+            data_dir: Mutex::new(Some(data_dir)),
+            log,
+            in_flight,
+            failed,
+            failure,
+            cells,
+            recovery,
+            snapshotter,
+        })
+    }
+
+    /// `fsync` or `write`.
+    pub(crate) fn mode(&self) -> DurabilityMode {
+        self.mode
+    }
+
+    /// Events admitted to the log and not yet handed to the workers.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Whether a write or sync failed.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a write or sync failed.
+    pub(crate) async fn failed(&self) {
+        loop {
+            let notified = self.failure.notified();
+            if self.has_failed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Submits an admitted event; the returned receiver answers once its group is durable
+    /// (or refused). Refused at once when the log's queue is full, failed or closed.
+    pub(crate) fn submit(
+        &self,
+        job: Job,
+        admitted: Admit,
+    ) -> Result<oneshot::Receiver<Reply>, (Rejected, Job)> {
+        let (reply, answer) = oneshot::channel();
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let ticket = Ticket {
+            job,
+            admitted,
+            reply,
+        };
+        match self.log.try_submit(ticket) {
+            Ok(()) => Ok(answer),
+            Err((error, ticket)) => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                let reason = match error {
+                    floodgate_store::SubmitError::Full => Rejected::QueueFull,
+                    floodgate_store::SubmitError::Failed => Rejected::StorageFailed,
+                    floodgate_store::SubmitError::Closed => Rejected::Draining,
+                };
+                Err((reason, ticket.job))
+            }
+        }
+    }
+
+    /// Answers everything submitted, stops the writer, then writes a last snapshot so the
+    /// next start replays nothing. Blocking: call from a blocking context.
+    pub(crate) fn close(&self) {
+        self.log.close();
+        if !self.has_failed() {
+            self.snapshotter.snapshot_now();
+        }
+        self.snapshotter.stop();
+        // Nothing touches the directory any more: another process may take it.
+        lock(&self.data_dir).take();
+    }
+
+    /// Numbers for `/stats`.
+    pub(crate) fn stats(&self) -> DurabilityStats {
+        let counters = self.log.counters();
+        let cells = &self.cells;
+        let events_per_group = GroupSummary::of(&lock(&cells.events_per_group), 1.0);
+        let sync_ms = GroupSummary::of(&lock(&cells.sync_us), 1000.0);
+        DurabilityStats {
+            mode: self.mode,
+            promise: self.mode.promise().to_owned(),
+            data_dir: Some(self.data_dir_path.display().to_string()),
+            log_bytes: counters.bytes.load(Ordering::Relaxed),
+            log_records: counters.records.load(Ordering::Relaxed),
+            log_position: counters.durable_position.load(Ordering::Relaxed),
+            events_per_group,
+            sync_ms,
+            snapshot_position: cells.snapshot_position.load(Ordering::Relaxed),
+            snapshot_age_seconds: lock(&cells.snapshot_at).map(|at| at.elapsed().as_secs_f64()),
+            snapshots: cells.snapshots.load(Ordering::Relaxed),
+            snapshot_failures: cells.snapshot_failures.load(Ordering::Relaxed),
+            disk_full_groups: cells.disk_full_groups.load(Ordering::Relaxed),
+            recovery_seconds: self.recovery.elapsed.as_secs_f64(),
+            recovered_events: self.recovery.entries,
+            storage_failed: self.has_failed(),
+        }
+    }
+}
+
+/// The stats of an engine without a log.
+pub(crate) fn memory_stats() -> DurabilityStats {
+    DurabilityStats {
+        mode: DurabilityMode::Memory,
+        promise: DurabilityMode::Memory.promise().to_owned(),
+        data_dir: None,
+        log_bytes: 0,
+        log_records: 0,
+        log_position: 0,
+        events_per_group: GroupSummary::default(),
+        sync_ms: GroupSummary::default(),
+        snapshot_position: 0,
+        snapshot_age_seconds: None,
+        snapshots: 0,
+        snapshot_failures: 0,
+        disk_full_groups: 0,
+        recovery_seconds: 0.0,
+        recovered_events: 0,
+        storage_failed: false,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn log_recovery(report: &RecoveryReport, path: &Path) {
+    tracing::info!(
+        data_dir = %path.display(),
+        snapshot_position = report.snapshot_position,
+        replayed_events = report.entries,
+        replayed_records = report.records,
+        replayed_bytes = report.bytes,
+        log_position = report.last_position,
+        recovery_ms = report.elapsed.as_secs_f64() * 1000.0,
+        "recovered balances from the data directory"
+    );
+}
+
+/// Runs on the log writer thread after every group: answers the submitters, then hands the
+/// events to the workers in log order.
+struct Acknowledger {
+    ledger: Arc<Ledger>,
+    admission: Arc<Admission>,
+    gate: Arc<Mutex<Dispatch>>,
+    cells: Arc<DurableCells>,
+    in_flight: Arc<AtomicUsize>,
+    failed: Arc<AtomicBool>,
+    failure: Arc<tokio::sync::Notify>,
+    trigger: std_mpsc::Sender<SnapshotRequest>,
+    options: DurableOptions,
+    jobs: Vec<Job>,
+}
+
+impl floodgate_store::Acknowledge<Ticket> for Acknowledger {
+    fn acknowledge(
+        &mut self,
+        outcome: Result<Commit, AppendError>,
+        entries: std::vec::Drain<'_, Ticket>,
+    ) {
+        match outcome {
+            Ok(commit) => self.committed(commit, entries),
+            Err(error) => self.refused(&error, entries),
+        }
+    }
+}
+
+impl Acknowledger {
+    fn committed(&mut self, commit: Commit, entries: std::vec::Drain<'_, Ticket>) {
+        self.record(commit);
+        // The 202s first: the group is durable; applying follows in log order.
+        for ticket in entries {
+            let _ = ticket.reply.send(Ok(()));
+            self.jobs.push(ticket.job);
+        }
+        let mut gate = lock(&self.gate);
+        let count = self.jobs.len();
+        for job in self.jobs.drain(..) {
+            if let Err(job) = self.admission.push_blocking(job) {
+                tracing::error!(user = %job.user, "queue closed before a logged event was dispatched; it is applied at the next start");
+            }
+        }
+        self.in_flight.fetch_sub(count, Ordering::AcqRel);
+        gate.position = commit.first_position + count as u64 - 1;
+        gate.dispatched += count as u64;
+        gate.events_since_snapshot += count as u64;
+        gate.bytes_since_snapshot += commit.record_bytes as u64;
+        let due = gate.events_since_snapshot >= self.options.snapshot_every_events
+            || gate.bytes_since_snapshot >= self.options.snapshot_every_bytes;
+        if due && !gate.snapshot_requested {
+            gate.snapshot_requested = true;
+            let _ = self.trigger.send(SnapshotRequest::Take);
+        }
+    }
+
+    fn record(&self, commit: Commit) {
+        let _ = lock(&self.cells.events_per_group).record(commit.entries as u64);
+        if let Some(duration) = commit.sync_duration {
+            let _ = lock(&self.cells.sync_us).record(duration.as_micros().max(1) as u64);
+        }
+    }
+
+    fn refused(&mut self, error: &AppendError, entries: std::vec::Drain<'_, Ticket>) {
+        let reason = match error {
+            AppendError::DiskFull(_) => {
+                self.cells.disk_full_groups.fetch_add(1, Ordering::Relaxed);
+                Rejected::DiskFull
+            }
+            AppendError::Failed(_) => {
+                self.failed.store(true, Ordering::Release);
+                self.failure.notify_waiters();
+                Rejected::StorageFailed
+            }
+            AppendError::Closed => Rejected::Draining,
+        };
+        for ticket in entries {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let (hash, admitted) = (ticket.job.hash, ticket.admitted);
+            if let Err(Err((_, job))) = ticket.reply.send(Err((reason, ticket.job)))
+                && admitted == Admit::Pending
+            {
+                // Nobody waits for this answer any more: give the user's slot back here.
+                self.ledger.cancel(hash, &job.user);
+            }
+        }
+    }
+}
+
+enum SnapshotRequest {
+    Take,
+    Stop,
+}
+
+/// The snapshot thread: on request, pauses dispatch, waits until the workers applied every
+/// dispatched event, copies the balances at that position, resumes, then writes the file.
+#[derive(Debug)]
+struct Snapshotter {
+    trigger: std_mpsc::Sender<SnapshotRequest>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    taker: Arc<SnapshotTaker>,
+}
+
+struct SnapshotTaker {
+    wiring: Wiring,
+    log: Arc<Log<Ticket>>,
+    cells: Arc<DurableCells>,
+}
+
+impl fmt::Debug for SnapshotTaker {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("SnapshotTaker")
+    }
+}
+
+impl Snapshotter {
+    fn start(
+        wiring: Wiring,
+        log: Arc<Log<Ticket>>,
+        cells: Arc<DurableCells>,
+        trigger: std_mpsc::Sender<SnapshotRequest>,
+        triggers: std_mpsc::Receiver<SnapshotRequest>,
+    ) -> std::io::Result<Self> {
+        let taker = Arc::new(SnapshotTaker { wiring, log, cells });
+        let worker = Arc::clone(&taker);
+        let thread = std::thread::Builder::new()
+            .name("floodgate-snapshot".to_owned())
+            .spawn(move || {
+                while let Ok(SnapshotRequest::Take) = triggers.recv() {
+                    worker.take();
+                }
+            })?;
+        Ok(Self {
+            trigger,
+            thread: Mutex::new(Some(thread)),
+            taker,
+        })
+    }
+
+    fn snapshot_now(&self) {
+        self.taker.take();
+    }
+
+    fn stop(&self) {
+        let _ = self.trigger.send(SnapshotRequest::Stop);
+        if let Some(thread) = lock(&self.thread).take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the snapshot thread panicked");
+        }
+    }
+}
+
+impl SnapshotTaker {
+    fn take(&self) {
+        let started = Instant::now();
+        let Some((position, balances)) = self.consistent_cut() else {
+            self.cells.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("snapshot skipped: the workers did not catch up within {CUT_WAIT:?}");
+            return;
+        };
+        if position == self.cells.snapshot_position.load(Ordering::Acquire) {
+            return;
+        }
+        let payload = encode_balances(&balances);
+        match self.log.write_snapshot(position, &payload) {
+            Ok(()) => {
+                self.cells
+                    .snapshot_position
+                    .store(position, Ordering::Release);
+                self.cells.snapshots.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.cells.snapshot_at) = Some(Instant::now());
+                tracing::info!(
+                    position,
+                    users = balances.len(),
+                    bytes = payload.len(),
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "snapshot written"
+                );
+            }
+            Err(error) => {
+                self.cells.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, position, "snapshot failed; the log still holds every event");
+            }
+        }
+    }
+
+    /// Pauses dispatch, waits for the workers to apply every dispatched event, copies the
+    /// balances: exactly the events at positions 1..=position. `None` if the workers do not
+    /// catch up within [`CUT_WAIT`].
+    fn consistent_cut(&self) -> Option<(u64, Vec<(String, i64)>)> {
+        let wiring = &self.wiring;
+        let mut gate = lock(&wiring.gate);
+        let done = |metrics: &Metrics| {
+            metrics.sum_workers(|worker| &worker.applied)
+                + metrics.sum_workers(|worker| &worker.overflowed)
+        };
+        let deadline = Instant::now() + CUT_WAIT;
+        while done(&wiring.metrics) < gate.dispatched {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let balances = wiring.ledger.balances(None, wiring.ledger.users());
+        gate.events_since_snapshot = 0;
+        gate.bytes_since_snapshot = 0;
+        gate.snapshot_requested = false;
+        Some((gate.position, balances))
+    }
+}
