@@ -26,7 +26,15 @@ const PRESET_WORK_PLUS_HOLD_SECONDS: f64 = 0.110;
 
 fn start_floodgate(binaries: &Binaries, extra: &[&str]) -> Result<ServerProcess> {
     let addr = free_loopback_addr()?;
-    let mut args = vec!["serve".to_owned(), "--addr".to_owned(), addr.to_string()];
+    // Balances in memory: these sections measure the front door and the engine against the
+    // bare hyper ceiling (and write no data directory into the working tree).
+    let mut args = vec![
+        "serve".to_owned(),
+        "--addr".to_owned(),
+        addr.to_string(),
+        "--durability".to_owned(),
+        "memory".to_owned(),
+    ];
     args.extend(extra.iter().map(|&flag| flag.to_owned()));
     ServerProcess::start(&binaries.floodgate, &args, addr)
 }

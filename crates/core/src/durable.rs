@@ -396,6 +396,15 @@ pub struct DurabilityStats {
     pub storage_failed: bool,
 }
 
+/// Copies of the log's histograms, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct LogHistograms {
+    /// Events per group (per record, per sync).
+    pub events_per_group: Histogram<u64>,
+    /// Sync latency in microseconds.
+    pub sync_us: Histogram<u64>,
+}
+
 /// Mean and percentiles of a histogram.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct GroupSummary {
@@ -578,6 +587,14 @@ impl Durable {
         self.snapshotter.stop();
         // Nothing touches the directory any more: another process may take it.
         lock(&self.data_dir).take();
+    }
+
+    /// Copies of the histograms.
+    pub(crate) fn histograms(&self) -> LogHistograms {
+        LogHistograms {
+            events_per_group: lock(&self.cells.events_per_group).clone(),
+            sync_us: lock(&self.cells.sync_us).clone(),
+        }
     }
 
     /// Numbers for `/stats`.

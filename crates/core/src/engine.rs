@@ -582,6 +582,11 @@ impl Engine {
         self.durable().map_or(DurabilityMode::Memory, Durable::mode)
     }
 
+    /// The log's histograms (events per group, sync latency); `None` without a log.
+    pub fn log_histograms(&self) -> Option<durable::LogHistograms> {
+        self.durable().map(Durable::histograms)
+    }
+
     /// `true` once a log write or sync failed: nothing more is accepted until restart.
     pub fn has_storage_failed(&self) -> bool {
         self.durable().is_some_and(Durable::has_failed)

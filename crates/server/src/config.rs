@@ -7,9 +7,13 @@
 //! [`ServerConfig::validate`] refuses values that would disable a limit or break hyper (the
 //! bounds are declared with each setting in [`crate::settings`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use floodgate_core::config::EngineConfig;
+use floodgate_core::durable::{
+    DEFAULT_SNAPSHOT_EVERY_BYTES, DEFAULT_SNAPSHOT_EVERY_EVENTS, DurabilityMode, DurableOptions,
+};
 use serde::{Deserialize, Serialize};
 
 /// Default time a client has to send a complete request head (and, on a new connection, to
@@ -42,6 +46,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 /// Default queue fill (percent of capacity) above which `/readyz` answers 503, so a load
 /// balancer steers traffic away before clients see `queue_full`.
 pub const DEFAULT_READY_HIGH_WATER_PERCENT: u8 = 90;
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "floodgate-data";
+
 /// Hard upper bound for any timeout setting: one hour. Longer is a typo, not a policy.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Hard upper bound for the body limit: 64 MiB (the engine's events are tiny).
@@ -116,6 +123,61 @@ impl FrontDoorConfig {
     }
 }
 
+/// Where balances are kept and what a 202 waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageConfig {
+    /// The data directory (log, snapshots, lock). `None`: balances in memory only (the stage
+    /// presets, unless a directory is named).
+    pub data_dir: Option<PathBuf>,
+    /// `fsync`, `write` or `memory` (see [`DurabilityMode::promise`]).
+    pub durability: DurabilityMode,
+    /// Snapshot the balances after this many events since the last snapshot.
+    pub snapshot_every_events: u64,
+    /// Snapshot the balances after this many log bytes since the last snapshot.
+    pub snapshot_every_bytes: u64,
+}
+
+impl StorageConfig {
+    /// The production default: `floodgate-data` in the working directory, `fsync`.
+    pub fn production() -> Self {
+        Self {
+            data_dir: Some(PathBuf::from(DEFAULT_DATA_DIR)),
+            ..Self::in_memory()
+        }
+    }
+
+    /// No data directory: what the stage presets start from.
+    pub fn in_memory() -> Self {
+        Self {
+            data_dir: None,
+            durability: DurabilityMode::Fsync,
+            snapshot_every_events: DEFAULT_SNAPSHOT_EVERY_EVENTS,
+            snapshot_every_bytes: DEFAULT_SNAPSHOT_EVERY_BYTES,
+        }
+    }
+
+    /// The mode in force: `memory` without a data directory.
+    pub fn effective_durability(&self) -> DurabilityMode {
+        match self.data_dir {
+            Some(_) => self.durability,
+            None => DurabilityMode::Memory,
+        }
+    }
+
+    /// The log's options, unless balances are kept in memory only.
+    pub fn durable_options(&self) -> Option<DurableOptions> {
+        let data_dir = self.data_dir.as_ref()?;
+        if self.durability == DurabilityMode::Memory {
+            return None;
+        }
+        Some(DurableOptions {
+            snapshot_every_events: self.snapshot_every_events,
+            snapshot_every_bytes: self.snapshot_every_bytes,
+            ..DurableOptions::new(data_dir, self.durability)
+        })
+    }
+}
+
 /// Everything the HTTP server needs: the engine behind it and the front door's limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerConfig {
@@ -123,16 +185,21 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// Timeouts, size limits and the connection cap.
     pub front_door: FrontDoorConfig,
+    /// The data directory and the durability mode.
+    pub storage: StorageConfig,
     /// The seed stage this configuration started from (`None`: the production default).
     pub stage: Option<u8>,
 }
 
 impl ServerConfig {
-    /// The production default: the engine's production settings and the default limits.
+    /// The production engine and the default limits, balances in memory (for in-process
+    /// use: the lab, tests). `floodgate serve` adds the data directory
+    /// ([`StorageConfig::production`]).
     pub fn production() -> Self {
         Self {
             engine: EngineConfig::production(),
             front_door: FrontDoorConfig::default(),
+            storage: StorageConfig::in_memory(),
             stage: None,
         }
     }
@@ -150,6 +217,7 @@ impl ServerConfig {
         EngineConfig::for_stage(stage).map(|engine| Self {
             engine,
             front_door: FrontDoorConfig::default(),
+            storage: StorageConfig::in_memory(),
             stage: Some(stage),
         })
     }

@@ -18,7 +18,8 @@ use serde_json::json;
 pub enum Outcome {
     /// Answered 202: admitted (queued, or applied inline).
     Accepted,
-    /// Refused on purpose: queue full, draining, ledger full (503, 507).
+    /// Refused on purpose: queue full, draining, ledger full, storage failed, disk full
+    /// (503, 507).
     Rejected,
     /// Bad input: not JSON, not a valid event, too large, wrong content type (4xx).
     Invalid,
@@ -95,6 +96,14 @@ pub enum ApiError {
     /// `Retry-After`: not transient; known users are still accepted).
     #[error("ledger full: no room for a new user")]
     LedgerFull,
+    /// The log's storage failed (503 `storage_failed`): nothing more is accepted until the
+    /// server restarts and recovers from its data directory.
+    #[error("storage failed")]
+    StorageFailed,
+    /// The disk is full (507 `disk_full`, `Retry-After`): this event was not accepted; events
+    /// are accepted again once space returns.
+    #[error("disk full")]
+    DiskFull,
     /// Applying the event would overflow the balance (422 `balance_overflow`, not applied).
     #[error("balance would overflow")]
     BalanceOverflow,
@@ -139,6 +148,8 @@ impl From<Rejected> for ApiError {
             Rejected::Draining => Self::Draining,
             Rejected::Overflow => Self::BalanceOverflow,
             Rejected::LedgerFull => Self::LedgerFull,
+            Rejected::StorageFailed => Self::StorageFailed,
+            Rejected::DiskFull => Self::DiskFull,
         }
     }
 }
@@ -156,8 +167,10 @@ impl ApiError {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::QueueFull | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
-            Self::LedgerFull => StatusCode::INSUFFICIENT_STORAGE,
+            Self::QueueFull | Self::Draining | Self::StorageFailed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::LedgerFull | Self::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             Self::UnknownUser | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -175,6 +188,8 @@ impl ApiError {
             Self::QueueFull => "queue_full",
             Self::Draining => "draining",
             Self::LedgerFull => "ledger_full",
+            Self::StorageFailed => "storage_failed",
+            Self::DiskFull => "disk_full",
             Self::BalanceOverflow => "balance_overflow",
             Self::UnknownUser => "unknown_user",
             Self::InvalidQuery(_) => "invalid_query",
@@ -190,7 +205,11 @@ impl ApiError {
     /// (the transfer itself failed).
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::QueueFull | Self::Draining | Self::LedgerFull => Outcome::Rejected,
+            Self::QueueFull
+            | Self::Draining
+            | Self::LedgerFull
+            | Self::StorageFailed
+            | Self::DiskFull => Outcome::Rejected,
             Self::BodyTimeout | Self::BodyRead(_) => Outcome::Error,
             Self::BalanceOverflow => Outcome::Overflowed,
             _ => Outcome::Invalid,
@@ -237,7 +256,7 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(self.body())).into_response();
         let headers = response.headers_mut();
         match self {
-            Self::QueueFull => {
+            Self::QueueFull | Self::DiskFull => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
             // The rest of the body may still be on the wire: the connection cannot be reused.

@@ -271,6 +271,10 @@ impl Collector for EngineCollector {
             None,
             MetricType::Counter,
         )?)?;
+        durability(&mut encoder, &stats.durability)?;
+        if let Some(histograms) = self.0.log_histograms() {
+            log_histograms(&mut encoder, &histograms)?;
+        }
         let timings = self.0.lock_timings();
         lock_histogram(
             &mut encoder,
@@ -319,6 +323,137 @@ fn by_reason(
         ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// Upper bounds of the events-per-group histogram.
+const GROUP_BUCKETS_EVENTS: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0, 16384.0,
+];
+/// Upper bounds of the sync-latency histogram, in seconds.
+const SYNC_BUCKETS_SECONDS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+
+/// Events per group and sync latency of the log.
+fn log_histograms(
+    encoder: &mut DescriptorEncoder<'_>,
+    histograms: &floodgate_core::durable::LogHistograms,
+) -> Result<(), std::fmt::Error> {
+    scaled_histogram(
+        encoder,
+        "log_group_events",
+        "Events per log group (one record, one sync)",
+        &histograms.events_per_group,
+        (&GROUP_BUCKETS_EVENTS, 1.0),
+    )?;
+    scaled_histogram(
+        encoder,
+        "log_sync_seconds",
+        "Time of one fdatasync of the log (fsync mode)",
+        &histograms.sync_us,
+        (&SYNC_BUCKETS_SECONDS, 1_000_000.0),
+    )
+}
+
+/// The durability mode (as a labelled 1), the log's counters, snapshot and recovery figures.
+fn durability(
+    encoder: &mut DescriptorEncoder<'_>,
+    stats: &floodgate_core::DurabilityStats,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "durability_mode",
+        "1 for the mode in force: fsync (202 after sync), write (202 after write), memory",
+        None,
+        MetricType::Gauge,
+    )?;
+    let mode = stats.mode.to_string();
+    ConstGauge::new(1).encode(family.encode_family(&vec![("mode", mode.as_str())])?)?;
+    counter(
+        encoder,
+        "log_bytes",
+        "Log record bytes written",
+        stats.log_bytes,
+    )?;
+    counter(
+        encoder,
+        "log_records",
+        "Log records (groups) written",
+        stats.log_records,
+    )?;
+    counter(
+        encoder,
+        "log_disk_full_groups",
+        "Log groups refused: disk full",
+        stats.disk_full_groups,
+    )?;
+    counter(encoder, "snapshots", "Snapshots written", stats.snapshots)?;
+    float_gauge(
+        encoder,
+        "log_position",
+        "Last log position acknowledged",
+        stats.log_position as f64,
+    )?;
+    float_gauge(
+        encoder,
+        "snapshot_position",
+        "Log position of the newest snapshot",
+        stats.snapshot_position as f64,
+    )?;
+    float_gauge(
+        encoder,
+        "snapshot_age_seconds",
+        "Seconds since this process wrote a snapshot (-1: none yet)",
+        stats.snapshot_age_seconds.unwrap_or(-1.0),
+    )?;
+    float_gauge(
+        encoder,
+        "recovery_seconds",
+        "Start-up recovery time",
+        stats.recovery_seconds,
+    )?;
+    float_gauge(
+        encoder,
+        "storage_failed",
+        "1 once a log write or sync failed (nothing more is accepted)",
+        f64::from(u8::from(stats.storage_failed)),
+    )
+}
+
+fn float_gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// Exports an HDR histogram as a Prometheus histogram with `bounds`, its values divided by
+/// `scale` (1e6 turns microseconds into seconds).
+fn scaled_histogram(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    histogram: &HdrHistogram<u64>,
+    (bounds, scale): (&[f64], f64),
+) -> Result<(), std::fmt::Error> {
+    let mut buckets = Vec::with_capacity(bounds.len());
+    let mut below = 0_u64;
+    for bound in bounds {
+        let raw_bound = (bound * scale) as u64;
+        let cumulative = if histogram.is_empty() {
+            0
+        } else {
+            histogram.count_between(0, raw_bound)
+        };
+        buckets.push((*bound, cumulative.saturating_sub(below)));
+        below = below.max(cumulative);
+    }
+    let count = histogram.len();
+    let sum = histogram.mean() * count as f64 / scale;
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
 }
 
 /// Exports an HDR histogram of microseconds as a Prometheus histogram in seconds.

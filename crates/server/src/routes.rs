@@ -336,7 +336,8 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 503 while draining or while the queue is above its high-water mark.
+/// `GET /readyz`: 503 while draining, after the log's storage failed, or while the queue is
+/// above its high-water mark.
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let not_ready = |reason: &str| {
         (
@@ -345,6 +346,9 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     };
+    if app.engine.has_storage_failed() {
+        return not_ready("storage_failed");
+    }
     if app.stop.is_raised() || app.engine.is_draining() {
         return not_ready("draining");
     }

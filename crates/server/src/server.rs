@@ -32,8 +32,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Summary> {
     config.validate()?;
-    let engine = Engine::start(config.engine.clone()).context("engine refused to start")?;
-    Ok(run_with_engine(listener, engine, config, shutdown).await)
+    let engine = match config.storage.durable_options() {
+        Some(options) => Engine::start_durable(config.engine.clone(), &options)
+            .context("engine refused to start")?,
+        None => Engine::start(config.engine.clone()).context("engine refused to start")?,
+    };
+    let summary = run_with_engine(listener, engine.clone(), config, shutdown).await;
+    anyhow::ensure!(
+        !engine.has_storage_failed(),
+        "the log's storage failed: stopped after answering the requests in flight; restart to \
+         recover every acknowledged event from the data directory"
+    );
+    Ok(summary)
 }
 
 /// Serves with an already started engine; see [`run`].
@@ -65,7 +75,13 @@ async fn run_with_engine(
         tracker: tracker.clone(),
     };
     let accept_loop = tokio::spawn(acceptor.run(listener));
-    shutdown.await;
+    // A failed log write or sync stops the server like a signal would (then exits non-zero).
+    tokio::select! {
+        () = shutdown => {}
+        () = engine.storage_failed() => {
+            tracing::error!("the log's storage failed: stopping (503 storage_failed meanwhile)");
+        }
+    }
     tracing::info!("stopping: no new connections, finishing in-flight requests");
     app.stop.raise();
     let _ = accept_loop.await;

@@ -19,6 +19,7 @@ use std::str::FromStr;
 use anyhow::Context as _;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
+use floodgate_core::DurabilityMode;
 use floodgate_core::config::{
     LedgerStrategy, MAX_USERS_MAX, ProcessingMode, QUEUE_CAPACITY_EVENTS_MAX, QueueKind,
     SHARDS_MAX, SIMULATED_MS_MAX, WORKERS_MAX,
@@ -26,7 +27,7 @@ use floodgate_core::config::{
 
 use crate::config::{
     MAX_BODY_LIMIT_BYTES, MAX_CONNECTIONS_CEILING, MAX_HEADER_BYTES_CEILING, MAX_HEADERS_CEILING,
-    MAX_TIMEOUT_MS, MIN_HEADER_BYTES, ServerConfig,
+    MAX_TIMEOUT_MS, MIN_HEADER_BYTES, ServerConfig, StorageConfig,
 };
 
 /// Address the seed's server listened on.
@@ -198,6 +199,17 @@ settings! {
         bounds 0..=MAX_TIMEOUT_MS;
     /// `/readyz` answers 503 above this queue fill, in percent of capacity.
     ready_high_water_percent: u8 => config.front_door.ready_high_water_percent, bounds 1..=100;
+    /// Where balances are kept: the log, its snapshots and a lock file. Created if missing;
+    /// refused if not writable or in use by another live process.
+    data_dir: PathBuf => config.storage.data_dir,
+        default_note "floodgate-data (production), none with --stage";
+    /// What a 202 waits for: `fsync` (the event is synced to disk: survives kill -9 and power
+    /// loss), `write` (handed to the kernel: survives kill -9) or `memory` (nothing kept).
+    durability: DurabilityMode => config.storage.durability;
+    /// Snapshot the balances after this many events since the last snapshot.
+    snapshot_every_events: u64 => config.storage.snapshot_every_events, bounds 1..=u64::MAX;
+    /// Snapshot the balances after this many log bytes since the last snapshot.
+    snapshot_every_bytes: u64 => config.storage.snapshot_every_bytes, bounds 1..=u64::MAX;
 }
 
 /// The older switch `--inline`: `true` is `mode = inline`, `false` is `mode = queued`.
@@ -253,9 +265,12 @@ impl Setting {
 }
 
 impl ServeSettings {
-    /// The production default (no stage), on [`DEFAULT_ADDR`].
+    /// The production default (no stage), on [`DEFAULT_ADDR`], keeping its balances in
+    /// `floodgate-data`.
     pub fn production() -> Self {
-        Self::from_config(ServerConfig::production())
+        let mut config = ServerConfig::production();
+        config.storage = StorageConfig::production();
+        Self::from_config(config)
     }
 
     fn from_config(config: ServerConfig) -> Self {
@@ -600,8 +615,20 @@ stored_as_is!(
     f64,
     ProcessingMode,
     LedgerStrategy,
-    QueueKind
+    QueueKind,
+    DurabilityMode
 );
+
+impl Stored for Option<PathBuf> {
+    type Value = String;
+    fn current(&self) -> Option<&String> {
+        None
+    }
+    fn show(&self) -> String {
+        self.as_ref()
+            .map_or_else(|| "none".to_owned(), |path| path.display().to_string())
+    }
+}
 
 impl Stored for Option<u8> {
     type Value = u8;

@@ -89,6 +89,7 @@ async fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     command
         .args(["serve", "--addr", "127.0.0.1:0"])
         .args(args)
+        .env("FLOODGATE_DURABILITY", crate::support::durability_for(args))
         .kill_on_drop(true);
     for (key, value) in env {
         command.env(key, value);

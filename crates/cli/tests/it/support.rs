@@ -34,7 +34,8 @@ pub struct Launched {
 }
 
 /// Starts the server binary with `args` (and env vars, `RUST_LOG=info` unless given) and
-/// returns it with the bound address, read from its start-up log line.
+/// returns it with the bound address, read from its start-up log line. Balances stay in
+/// memory unless `args` name a `--data-dir` (a test never writes into the repository).
 pub async fn launch(args: &[&str], env: &[(&str, &str)]) -> Launched {
     launch_command(Command::new(env!("CARGO_BIN_EXE_floodgate")), args, env).await
 }
@@ -61,6 +62,7 @@ async fn launch_command(mut command: Command, args: &[&str], env: &[(&str, &str)
         .args(["serve", "--addr", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
+        .env("FLOODGATE_DURABILITY", durability_for(args))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -82,6 +84,15 @@ async fn launch_command(mut command: Command, args: &[&str], env: &[(&str, &str)
     .expect("start-up log in time")
     .expect("an addr= in the start-up log");
     Launched { child, addr, log }
+}
+
+/// `memory` unless `args` name a data directory (then the production default, `fsync`).
+pub fn durability_for(args: &[&str]) -> &'static str {
+    if args.iter().any(|arg| arg.starts_with("--data-dir")) {
+        "fsync"
+    } else {
+        "memory"
+    }
 }
 
 /// Starts the server (see [`launch`]) and keeps draining its log so it never blocks on a
