@@ -39,6 +39,8 @@ use crate::queue::{Admission, Job};
 pub const DEFAULT_SNAPSHOT_EVERY_EVENTS: u64 = 1_000_000;
 /// Default snapshot interval in log bytes.
 pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 64 * 1024 * 1024;
+/// Default size of a log segment file.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Name of the lock file that keeps a second live process out of a data directory.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -119,6 +121,8 @@ pub struct DurableOptions {
     pub snapshot_every_events: u64,
     /// Snapshot after this many log bytes since the last one.
     pub snapshot_every_bytes: u64,
+    /// A new log segment starts once the current one would pass this size.
+    pub segment_bytes: u64,
     /// The files the log and snapshots go to: `None` for `data_dir` itself (always, outside
     /// tests); tests give a storage double that fails on command (the directory is still
     /// locked).
@@ -133,6 +137,7 @@ impl DurableOptions {
             mode,
             snapshot_every_events: DEFAULT_SNAPSHOT_EVERY_EVENTS,
             snapshot_every_bytes: DEFAULT_SNAPSHOT_EVERY_BYTES,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
             storage: None,
         }
     }
@@ -499,6 +504,7 @@ impl Durable {
         let log_options = floodgate_store::LogOptions {
             durability: options.mode.store_durability(),
             submission_capacity: admission.capacity_events().max(1),
+            segment_bytes: options.segment_bytes,
             ..floodgate_store::LogOptions::default()
         };
         let log = Arc::new(replayed.start(log_options, acknowledger)?);

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use floodgate_core::config::EngineConfig;
 use floodgate_core::durable::{
-    DEFAULT_SNAPSHOT_EVERY_BYTES, DEFAULT_SNAPSHOT_EVERY_EVENTS, DurabilityMode, DurableOptions,
+    DEFAULT_SEGMENT_BYTES, DEFAULT_SNAPSHOT_EVERY_BYTES, DEFAULT_SNAPSHOT_EVERY_EVENTS,
+    DurabilityMode, DurableOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +136,8 @@ pub struct StorageConfig {
     pub snapshot_every_events: u64,
     /// Snapshot the balances after this many log bytes since the last snapshot.
     pub snapshot_every_bytes: u64,
+    /// A new log segment file starts once the current one would pass this size.
+    pub log_segment_bytes: u64,
 }
 
 impl StorageConfig {
@@ -153,6 +156,7 @@ impl StorageConfig {
             durability: DurabilityMode::Fsync,
             snapshot_every_events: DEFAULT_SNAPSHOT_EVERY_EVENTS,
             snapshot_every_bytes: DEFAULT_SNAPSHOT_EVERY_BYTES,
+            log_segment_bytes: DEFAULT_SEGMENT_BYTES,
         }
     }
 
@@ -173,6 +177,7 @@ impl StorageConfig {
         Some(DurableOptions {
             snapshot_every_events: self.snapshot_every_events,
             snapshot_every_bytes: self.snapshot_every_bytes,
+            segment_bytes: self.log_segment_bytes,
             ..DurableOptions::new(data_dir, self.durability)
         })
     }

@@ -210,6 +210,9 @@ settings! {
     snapshot_every_events: u64 => config.storage.snapshot_every_events, bounds 1..=u64::MAX;
     /// Snapshot the balances after this many log bytes since the last snapshot.
     snapshot_every_bytes: u64 => config.storage.snapshot_every_bytes, bounds 1..=u64::MAX;
+    /// A new log segment file starts once the current one would pass this size.
+    log_segment_bytes: u64 => config.storage.log_segment_bytes,
+        bounds 4096_u64..=1_099_511_627_776;
 }
 
 /// The older switch `--inline`: `true` is `mode = inline`, `false` is `mode = queued`.

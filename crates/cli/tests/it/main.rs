@@ -4,6 +4,7 @@
 
 mod broken_pipes;
 mod descriptors;
+mod durability;
 mod settings;
 mod shutdown;
 mod signals;
