@@ -9,19 +9,30 @@
 //!
 //! Modules, in the order an event travels: [`partition`] (which subject), [`publish`] (the
 //! front door's acknowledged publish), [`lease`] (who owns a partition), [`state`] (applying
-//! in order, exactly once), [`owner`] (replay, apply, snapshot, purge, fenced). [`layout`]
+//! in order, exactly once), [`snapshot`] (the fenced snapshot slot), [`owner`] (replay, apply,
+//! snapshot, purge), [`member`] (a node's leases and owners). [`layout`]
 //! creates the stream and buckets; [`local_cluster`] starts real servers for tests.
 
 pub mod config;
 pub mod layout;
+pub mod lease;
 pub mod local_cluster;
+pub mod member;
+pub mod owner;
 pub mod partition;
 pub mod publish;
+pub mod snapshot;
+pub mod state;
 pub mod wire;
 
 pub use config::{ClusterConfig, replicas_for};
 pub use layout::{Layout, LayoutError};
+pub use lease::{Lease, LeaseError, Leases};
 pub use local_cluster::{LocalCluster, LocalClusterError};
+pub use member::{Member, MemberStats, ReadError};
+pub use owner::{Owner, OwnerExit};
 pub use partition::{Partition, partition_of};
 pub use publish::{PublishError, Published, Publisher};
+pub use snapshot::{SnapshotError, SnapshotSlot};
+pub use state::{Applied, PartitionState};
 pub use wire::Snapshot;

@@ -3,10 +3,10 @@
 //! Invariant: what a front door publishes is exactly what an owner applies: one user and one
 //! amount per message, JSON so that `nats stream view` shows it to an operator.
 
-use std::collections::HashMap;
-
 use floodgate_core::Event;
 use serde::{Deserialize, Serialize};
+
+use crate::state::PartitionState;
 
 /// An event as carried on the stream.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,17 +32,12 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, serde_json::Error> {
     Ok(Event::new(wire.user.into_owned(), wire.amount))
 }
 
-/// A partition's state at a stream position: every event of the partition with a sequence up
-/// to `applied_sequence` is in `balances`, and no other.
+/// A partition's state as stored in the snapshot bucket, with who wrote it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// The last stream sequence applied (0: none).
-    pub applied_sequence: u64,
-    /// Balance per user of the partition.
-    pub balances: HashMap<String, i64>,
-    /// Events of the partition not applied because the balance would overflow (counted, as
-    /// the standalone ledger does).
-    pub overflowed_events: u64,
+    /// Balances up to a stream sequence.
+    #[serde(flatten)]
+    pub state: PartitionState,
     /// The node that wrote this snapshot (for operators; not used for decisions).
     pub writer: String,
     /// The lease revision its writer held (for operators; the bucket revision fences).

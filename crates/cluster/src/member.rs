@@ -1,0 +1,229 @@
+//! A node as a ledger member: keeps its leases (renew every third of the TTL), takes free
+//! partitions over, runs one [`Owner`] per partition it holds, and stops an owner the moment
+//! its lease is lost or lapses.
+//!
+//! Invariants:
+//! - A partition runs an owner here only while this node holds its lease; the owner's validity
+//!   deadline is the lease's, refreshed on each renewal, so an owner whose renewals stall stops
+//!   by itself even if this keeper is stuck.
+//! - Takeover bound: a lease not renewed is removed by JetStream after the TTL; every live
+//!   member tries the free partitions each tick (a third of the TTL), so a dead owner's
+//!   partitions are taken within TTL + one tick + JetStream's expiry latency.
+//! - Not yet: balancing. The first members to try take the free partitions; a member that
+//!   joins later gets only what others give up (see docs/cluster.md).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{RwLock, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ClusterConfig;
+use crate::layout::Layout;
+use crate::lease::{Lease, LeaseError, Leases};
+use crate::owner::{Owner, OwnerExit};
+use crate::partition::{Partition, partition_of};
+use crate::state::PartitionState;
+
+/// A partition this member holds and runs.
+#[derive(Debug)]
+struct Held {
+    lease: Lease,
+    valid_until: watch::Sender<Instant>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<OwnerExit>,
+    state: Arc<RwLock<PartitionState>>,
+}
+
+/// Why a balance could not be read here.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    /// This member does not own the user's partition (ask the owner).
+    #[error("partition {0} is not owned by this node")]
+    NotOwner(Partition),
+}
+
+/// Counters a member exposes (for /stats and /metrics).
+#[derive(Debug, Default)]
+pub struct MemberStats {
+    /// Partitions taken over by this member since it started.
+    pub takeovers: AtomicU64,
+    /// Partitions this member lost (lease lost or lapsed, fenced, failed).
+    pub losses: AtomicU64,
+}
+
+/// A node's part in the ledger: leases and owners.
+#[derive(Debug)]
+pub struct Member {
+    layout: Layout,
+    config: ClusterConfig,
+    leases: Leases,
+    held: HashMap<Partition, Held>,
+    stats: Arc<MemberStats>,
+}
+
+impl Member {
+    /// A member named `node` (unique among live nodes) on `layout`.
+    pub fn new(layout: Layout, config: ClusterConfig, node: impl Into<String>) -> Self {
+        let leases = Leases::new(layout.leases.clone(), node, config.lease_ttl);
+        Self {
+            layout,
+            config,
+            leases,
+            held: HashMap::new(),
+            stats: Arc::new(MemberStats::default()),
+        }
+    }
+
+    /// The counters of this member.
+    pub fn stats(&self) -> Arc<MemberStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The partitions this member runs now, in order.
+    pub fn owned(&self) -> Vec<Partition> {
+        let mut owned: Vec<Partition> = self.held.keys().copied().collect();
+        owned.sort_unstable();
+        owned
+    }
+
+    /// The balance of `user` if this member owns the user's partition.
+    pub async fn balance(&self, user: &str) -> Result<i64, ReadError> {
+        let partition = partition_of(user, self.config.partitions);
+        let held = self
+            .held
+            .get(&partition)
+            .ok_or(ReadError::NotOwner(partition))?;
+        Ok(held.state.read().await.balance(user))
+    }
+
+    /// A copy of the state of `partition` if this member runs it.
+    pub async fn partition_state(&self, partition: Partition) -> Option<PartitionState> {
+        let held = self.held.get(&partition)?;
+        Some(held.state.read().await.clone())
+    }
+
+    /// One keeper round: renew held leases (dropping the lost ones and the owners that
+    /// stopped), then try to take every free partition.
+    pub async fn tick(&mut self) {
+        self.renew_all().await;
+        for partition in 0..self.config.partitions {
+            if self.held.contains_key(&partition) {
+                continue;
+            }
+            // Boxed: taking over holds a claim and a consumer set-up in its future.
+            if let Err(error) = Box::pin(self.try_take(partition)).await {
+                tracing::debug!(partition, %error, "partition not taken");
+            }
+        }
+    }
+
+    /// Runs [`Member::tick`] every renew interval until `stop` turns true, then stops every
+    /// owner (each writes a last snapshot) and releases the leases.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(self.config.renew_interval());
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = interval.tick() => self.tick().await,
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Stops every owner (last snapshot while the lease is valid) and releases its lease.
+    pub async fn shutdown(&mut self) {
+        for (partition, held) in self.held.drain() {
+            let _ = held.stop.send(true);
+            let exit = held.task.await;
+            tracing::info!(partition, ?exit, "owner stopped");
+            if let Err(error) = self.leases.release(&held.lease).await {
+                tracing::debug!(partition, %error, "lease not released; it will expire");
+            }
+        }
+    }
+
+    async fn renew_all(&mut self) {
+        let partitions: Vec<Partition> = self.held.keys().copied().collect();
+        for partition in partitions {
+            let Some(held) = self.held.get_mut(&partition) else {
+                continue;
+            };
+            let keep = if held.task.is_finished() {
+                false
+            } else {
+                match self.leases.renew(&mut held.lease).await {
+                    Ok(()) => {
+                        let _ = held.valid_until.send(held.lease.valid_until);
+                        true
+                    }
+                    Err(LeaseError::Lost(_)) => false,
+                    // The bucket did not answer: keep trying while the lease is still valid.
+                    Err(LeaseError::Bucket(_)) => held.lease.is_valid(),
+                }
+            };
+            if !keep {
+                self.drop_partition(partition).await;
+            }
+        }
+    }
+
+    async fn drop_partition(&mut self, partition: Partition) {
+        let Some(held) = self.held.remove(&partition) else {
+            return;
+        };
+        self.stats.losses.fetch_add(1, Ordering::Relaxed);
+        let _ = held.stop.send(true);
+        // The owner checks the lease before writing, so with a lost or lapsed lease this stop
+        // writes nothing; with a finished task it returns at once.
+        let exit = held.task.await;
+        tracing::info!(partition, ?exit, "partition given up");
+        let _ = self.leases.release(&held.lease).await;
+    }
+
+    async fn try_take(&mut self, partition: Partition) -> Result<(), String> {
+        let Some(lease) = self
+            .leases
+            .try_acquire(partition)
+            .await
+            .map_err(|error| error.to_string())?
+        else {
+            return Ok(());
+        };
+        let owner = match Owner::take_over(
+            self.layout.clone(),
+            partition,
+            self.leases.node(),
+            lease.revision,
+            self.config.snapshot_every_events,
+        )
+        .await
+        {
+            Ok(owner) => owner,
+            Err(error) => {
+                let _ = self.leases.release(&lease).await;
+                return Err(error.to_string());
+            }
+        };
+        let (valid_until, valid_receiver) = watch::channel(lease.valid_until);
+        let (stop, stop_receiver) = watch::channel(false);
+        let state = owner.state();
+        let task = tokio::spawn(owner.run(valid_receiver, stop_receiver));
+        self.held.insert(
+            partition,
+            Held {
+                lease,
+                valid_until,
+                stop,
+                task,
+                state,
+            },
+        );
+        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(partition, node = self.leases.node(), "partition taken over");
+        Ok(())
+    }
+}

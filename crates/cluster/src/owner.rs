@@ -1,0 +1,276 @@
+//! The owner of one partition: takes it over (claim the snapshot, load it), applies the
+//! partition's events in stream order, snapshots them, then purges what the snapshot covers.
+//!
+//! Invariants:
+//! - Nothing acknowledged is lost: an event leaves the stream only by a purge, and a purge
+//!   only removes sequences at or below a snapshot this owner has just written (compare-and-set,
+//!   so it is the partition's latest snapshot or was superseded by a later one).
+//! - Nothing is applied twice: events are read from `applied_sequence + 1` in stream order and
+//!   [`PartitionState::apply`] skips anything at or below it; the snapshot stores that sequence
+//!   with the balances, so a new owner resumes exactly where the last snapshot stopped.
+//! - A stale owner does no harm: its snapshot writes are fenced by the claim (see `snapshot`),
+//!   and it checks its lease before each write and stops when the lease is no longer valid.
+//!   Its purge, if it ever runs, follows its own successful write, so it covers only events
+//!   that write contains.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use futures_util::StreamExt;
+use tokio::sync::{RwLock, watch};
+
+use crate::layout::Layout;
+use crate::partition::{Partition, subject};
+use crate::snapshot::{SnapshotError, SnapshotSlot};
+use crate::state::PartitionState;
+use crate::wire::decode_event;
+
+/// How long the owner waits for an event before snapshotting what it applied (if anything).
+const IDLE_SNAPSHOT: Duration = Duration::from_millis(500);
+/// Pause before recreating a consumer that failed (a server died, a leader moved).
+const CONSUMER_RETRY: Duration = Duration::from_millis(200);
+/// Idle periods after which the owner asks the stream whether it is behind: a consumer whose
+/// server died can stay silent without an error, so silence with events waiting means
+/// "recreate the consumer".
+const STALL_CHECK_IDLE_PERIODS: u32 = 4;
+
+/// Why an owner stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OwnerExit {
+    /// Asked to stop; the last snapshot was written if the lease was still valid.
+    Stopped,
+    /// The lease's validity ran out before it was renewed: stopped without writing.
+    LeaseExpired,
+    /// Another owner claimed the partition: stopped without writing.
+    Fenced,
+    /// The snapshot could not be written or read (the lease holder should give the lease up).
+    Failed(String),
+}
+
+/// An owner could not take its partition over.
+#[derive(Debug, thiserror::Error)]
+#[error("taking over partition {partition}: {source}")]
+pub struct TakeOverError {
+    partition: Partition,
+    source: SnapshotError,
+}
+
+/// The owner of one partition.
+#[derive(Debug)]
+pub struct Owner {
+    layout: Layout,
+    partition: Partition,
+    slot: SnapshotSlot,
+    state: Arc<RwLock<PartitionState>>,
+    snapshot_every_events: u64,
+    unsnapshotted_events: u64,
+}
+
+impl Owner {
+    /// Takes `partition` over for `node`, holding lease revision `lease_revision`: claims the
+    /// snapshot (fencing any previous owner) and loads it. Replay happens in [`Owner::run`].
+    pub async fn take_over(
+        layout: Layout,
+        partition: Partition,
+        node: &str,
+        lease_revision: u64,
+        snapshot_every_events: u64,
+    ) -> Result<Self, TakeOverError> {
+        // Boxed: the claim's bucket round trips make a large future.
+        let claim = SnapshotSlot::claim(layout.snapshots.clone(), partition, node, lease_revision);
+        let (slot, state) = Box::pin(claim)
+            .await
+            .map_err(|source| TakeOverError { partition, source })?;
+        Ok(Self {
+            layout,
+            partition,
+            slot,
+            state: Arc::new(RwLock::new(state)),
+            snapshot_every_events: snapshot_every_events.max(1),
+            unsnapshotted_events: 0,
+        })
+    }
+
+    /// The partition's state, shared for reads while the owner runs.
+    pub fn state(&self) -> Arc<RwLock<PartitionState>> {
+        Arc::clone(&self.state)
+    }
+
+    /// Applies the partition's events in stream order until `stop` turns true or the lease
+    /// (its validity deadline, kept current by the lease keeper in `valid_until`) runs out.
+    pub async fn run(
+        mut self,
+        valid_until: watch::Receiver<Instant>,
+        mut stop: watch::Receiver<bool>,
+    ) -> OwnerExit {
+        loop {
+            let start = self.state.read().await.applied_sequence + 1;
+            let mut messages = match self.consumer(start).await {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(partition = self.partition, %error, "consumer not created");
+                    tokio::time::sleep(CONSUMER_RETRY).await;
+                    if *stop.borrow() {
+                        return self.finish(&valid_until).await;
+                    }
+                    continue;
+                }
+            };
+            let mut idle_periods = 0;
+            loop {
+                if *valid_until.borrow() <= Instant::now() {
+                    return OwnerExit::LeaseExpired;
+                }
+                tokio::select! {
+                    _ = stop.changed() => return self.finish(&valid_until).await,
+                    next = tokio::time::timeout(IDLE_SNAPSHOT, messages.next()) => match next {
+                        Ok(Some(Ok(message))) => {
+                            idle_periods = 0;
+                            if let Err(exit) = self.on_message(&message, &valid_until).await {
+                                return exit;
+                            }
+                        }
+                        Ok(Some(Err(error))) => {
+                            tracing::warn!(partition = self.partition, %error, "consumer failed");
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(_idle) => {
+                            if let Err(exit) = self.snapshot_if_due(&valid_until, 1).await {
+                                return exit;
+                            }
+                            idle_periods += 1;
+                            if idle_periods >= STALL_CHECK_IDLE_PERIODS {
+                                idle_periods = 0;
+                                if self.is_behind().await {
+                                    tracing::warn!(partition = self.partition, "consumer stalled");
+                                    break;
+                                }
+                            }
+                        }
+                    },
+                }
+            }
+            tokio::time::sleep(CONSUMER_RETRY).await;
+        }
+    }
+
+    /// An ordered consumer of the partition's subject from stream sequence `start`.
+    async fn consumer(
+        &self,
+        start: u64,
+    ) -> Result<async_nats::jetstream::consumer::pull::Ordered, async_nats::Error> {
+        let consumer = self
+            .layout
+            .stream
+            .create_consumer(OrderedConfig {
+                filter_subject: subject(self.partition),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await?;
+        Ok(consumer.messages().await?)
+    }
+
+    /// Whether the stream holds an event of the partition past the last applied one.
+    async fn is_behind(&self) -> bool {
+        let applied = self.state.read().await.applied_sequence;
+        self.layout
+            .stream
+            .get_last_raw_message_by_subject(&subject(self.partition))
+            .await
+            .is_ok_and(|last| last.sequence > applied)
+    }
+
+    /// Applies one delivered message, then snapshots if enough events have gathered.
+    async fn on_message(
+        &mut self,
+        message: &async_nats::jetstream::Message,
+        valid_until: &watch::Receiver<Instant>,
+    ) -> Result<(), OwnerExit> {
+        let Ok(info) = message.info() else {
+            return Ok(());
+        };
+        self.apply(info.stream_sequence, &message.payload).await;
+        self.snapshot_if_due(valid_until, self.snapshot_every_events)
+            .await
+    }
+
+    /// Folds the event stored at `sequence` into the state (once; see [`PartitionState`]).
+    pub async fn apply(&mut self, sequence: u64, payload: &[u8]) {
+        let mut state = self.state.write().await;
+        match decode_event(payload) {
+            Ok(event) => {
+                state.apply(sequence, &event);
+            }
+            Err(error) => {
+                tracing::warn!(partition = self.partition, sequence, %error, "not an event");
+                state.skip(sequence);
+            }
+        }
+        drop(state);
+        self.unsnapshotted_events += 1;
+    }
+
+    /// Snapshots and purges when at least `threshold` events are not yet snapshotted and the
+    /// lease is valid; maps a refusal to the owner's exit.
+    async fn snapshot_if_due(
+        &mut self,
+        valid_until: &watch::Receiver<Instant>,
+        threshold: u64,
+    ) -> Result<(), OwnerExit> {
+        if self.unsnapshotted_events < threshold {
+            return Ok(());
+        }
+        if *valid_until.borrow() <= Instant::now() {
+            return Err(OwnerExit::LeaseExpired);
+        }
+        match self.snapshot_and_purge().await {
+            Ok(()) => Ok(()),
+            Err(SnapshotError::Fenced(_)) => Err(OwnerExit::Fenced),
+            Err(error) => Err(OwnerExit::Failed(error.to_string())),
+        }
+    }
+
+    /// Writes the snapshot (fenced), then purges the events it covers.
+    pub async fn snapshot_and_purge(&mut self) -> Result<(), SnapshotError> {
+        let covered = self.write_snapshot().await?;
+        self.purge_through(covered).await
+    }
+
+    /// Writes the current state as the partition's snapshot (compare-and-set on the claim);
+    /// returns the last sequence it covers.
+    pub async fn write_snapshot(&mut self) -> Result<u64, SnapshotError> {
+        let state = self.state.read().await.clone();
+        self.slot.write(&state).await?;
+        self.unsnapshotted_events = 0;
+        Ok(state.applied_sequence)
+    }
+
+    /// Removes the partition's events up to and including `sequence` from the stream (only
+    /// ever called with the sequence of a snapshot this owner has just written).
+    async fn purge_through(&self, sequence: u64) -> Result<(), SnapshotError> {
+        if sequence == 0 {
+            return Ok(());
+        }
+        self.layout
+            .stream
+            .purge()
+            .filter(subject(self.partition))
+            .sequence(sequence + 1)
+            .await
+            .map(|_| ())
+            .map_err(|error| SnapshotError::Bucket(format!("purge: {error}")))
+    }
+
+    /// On a stop: a last snapshot (and purge) if the lease is still valid.
+    async fn finish(&mut self, valid_until: &watch::Receiver<Instant>) -> OwnerExit {
+        match self.snapshot_if_due(valid_until, 1).await {
+            Ok(()) => OwnerExit::Stopped,
+            Err(exit) => exit,
+        }
+    }
+}
