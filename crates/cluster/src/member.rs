@@ -1,6 +1,7 @@
 //! A node as a ledger member: keeps its leases (renew every third of the TTL), takes free
 //! partitions over, runs one [`Owner`] per partition it holds, and stops an owner the moment
-//! its lease is lost or lapses.
+//! its lease is lost or lapses; answers balance reads for what it owns and asks the owner for
+//! the rest.
 //!
 //! Invariants:
 //! - A partition runs an owner here only while this node holds its lease; the owner's validity
@@ -25,6 +26,7 @@ use crate::layout::Layout;
 use crate::lease::{Lease, LeaseError, Leases};
 use crate::owner::{Owner, OwnerExit};
 use crate::partition::{Partition, partition_of};
+use crate::reads::{ReadError, request_balance, serve_balances};
 use crate::state::PartitionState;
 
 /// A partition this member holds and runs.
@@ -35,14 +37,8 @@ struct Held {
     stop: watch::Sender<bool>,
     task: JoinHandle<OwnerExit>,
     state: Arc<RwLock<PartitionState>>,
-}
-
-/// Why a balance could not be read here.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ReadError {
-    /// This member does not own the user's partition (ask the owner).
-    #[error("partition {0} is not owned by this node")]
-    NotOwner(Partition),
+    /// Answers other nodes' balance reads for this partition; aborted when it is given up.
+    responder: JoinHandle<Result<(), async_nats::SubscribeError>>,
 }
 
 /// Counters a member exposes (for /stats and /metrics).
@@ -89,14 +85,20 @@ impl Member {
         owned
     }
 
-    /// The balance of `user` if this member owns the user's partition.
+    /// The balance of `user`: from this member's state when it owns the user's partition,
+    /// else from the owner over a NATS request.
     pub async fn balance(&self, user: &str) -> Result<i64, ReadError> {
         let partition = partition_of(user, self.config.partitions);
-        let held = self
-            .held
-            .get(&partition)
-            .ok_or(ReadError::NotOwner(partition))?;
-        Ok(held.state.read().await.balance(user))
+        if let Some(held) = self.held.get(&partition) {
+            return Ok(held.state.read().await.balance(user));
+        }
+        request_balance(
+            &self.layout.client,
+            self.config.partitions,
+            user,
+            self.config.request_timeout,
+        )
+        .await
     }
 
     /// A copy of the state of `partition` if this member runs it.
@@ -137,6 +139,7 @@ impl Member {
     /// Stops every owner (last snapshot while the lease is valid) and releases its lease.
     pub async fn shutdown(&mut self) {
         for (partition, held) in self.held.drain() {
+            held.responder.abort();
             let _ = held.stop.send(true);
             let exit = held.task.await;
             tracing::info!(partition, ?exit, "owner stopped");
@@ -176,6 +179,7 @@ impl Member {
             return;
         };
         self.stats.losses.fetch_add(1, Ordering::Relaxed);
+        held.responder.abort();
         let _ = held.stop.send(true);
         // The owner checks the lease before writing, so with a lost or lapsed lease this stop
         // writes nothing; with a finished task it returns at once.
@@ -211,6 +215,12 @@ impl Member {
         let (valid_until, valid_receiver) = watch::channel(lease.valid_until);
         let (stop, stop_receiver) = watch::channel(false);
         let state = owner.state();
+        let responder = tokio::spawn(serve_balances(
+            self.layout.client.clone(),
+            partition,
+            Arc::clone(&state),
+            valid_receiver.clone(),
+        ));
         let task = tokio::spawn(owner.run(valid_receiver, stop_receiver));
         self.held.insert(
             partition,
@@ -220,6 +230,7 @@ impl Member {
                 stop,
                 task,
                 state,
+                responder,
             },
         );
         self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
