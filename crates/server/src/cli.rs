@@ -17,6 +17,7 @@ use tracing_subscriber::EnvFilter;
 use crate::raw::blocking::BlockingServerHandle;
 use crate::raw::echo::EchoServerHandle;
 use crate::settings::{ServeArgs, ServePlan, ServeSettings};
+use crate::signals::Reload;
 
 /// Exit code after a second signal cut the graceful stop short.
 pub const EXIT_CODE_FORCED: u8 = 130;
@@ -47,7 +48,8 @@ fn init_tracing() {
 
 async fn run_plan(plan: ServePlan) -> anyhow::Result<ExitCode> {
     let signals = Signals::register()?;
-    crate::signals::handle_non_stopping()?;
+    let reload = Reload::default();
+    crate::signals::handle_non_stopping(reload.clone())?;
     match plan {
         ServePlan::Blocking { addr } => {
             let server = BlockingServerHandle::bind(addr)
@@ -66,11 +68,15 @@ async fn run_plan(plan: ServePlan) -> anyhow::Result<ExitCode> {
             server.stop().await;
             Ok(ExitCode::SUCCESS)
         }
-        ServePlan::Http { settings } => run_front_door(*settings, signals).await,
+        ServePlan::Http { settings } => run_front_door(*settings, signals, &reload).await,
     }
 }
 
-async fn run_front_door(settings: ServeSettings, signals: Signals) -> anyhow::Result<ExitCode> {
+async fn run_front_door(
+    settings: ServeSettings,
+    signals: Signals,
+    reload: &Reload,
+) -> anyhow::Result<ExitCode> {
     let addr = settings.addr;
     let listener =
         crate::conn::bind_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -82,7 +88,8 @@ async fn run_front_door(settings: ServeSettings, signals: Signals) -> anyhow::Re
         "listening"
     );
     let config = settings.config;
-    let summary = crate::server::run(listener, config, signals.first_then_arm_second()).await?;
+    let stop = signals.first_then_arm_second();
+    let summary = crate::server::run(listener, config, reload, stop).await?;
     print_summary(&summary);
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 //! [`ServerConfig::validate`] refuses values that would disable a limit or break hyper (the
 //! bounds are declared with each setting in [`crate::settings`]).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,9 +42,15 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Default most headers in one request: 64. Real clients send under 20; beyond it hyper
 /// answers 431 and closes.
 pub const DEFAULT_MAX_HEADERS: usize = 64;
-/// Default time in-flight requests get to finish after a stop is asked for: 10 s, under the
-/// 30 s most orchestrators wait between SIGTERM and SIGKILL, leaving time to drain the queue.
-pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Default time in-flight requests get to finish after a stop is asked for: 15 s, the body
+/// timeout (10 s) plus [`SHUTDOWN_ANSWER_MARGIN_MS`] and room to spare, under the 30 s most
+/// orchestrators wait between SIGTERM and SIGKILL, leaving time to drain the queue.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 15_000;
+/// What a graceful stop adds to the body timeout, at the least, before it cuts connections:
+/// time to parse, admit and write the answer of a body that arrived at its deadline. A request
+/// whose head arrived before the stop therefore always gets its answer (202, or 408 if its
+/// body never came), whatever `shutdown-timeout-ms` says.
+pub const SHUTDOWN_ANSWER_MARGIN_MS: u64 = 1_000;
 /// Default queue fill (percent of capacity) above which `/readyz` answers 503, so a load
 /// balancer steers traffic away before clients see `queue_full`.
 pub const DEFAULT_READY_HIGH_WATER_PERCENT: u8 = 90;
@@ -118,9 +125,73 @@ impl FrontDoorConfig {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }
-    /// [`Self::shutdown_timeout_ms`] as a duration.
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_millis(self.shutdown_timeout_ms)
+    /// How long a graceful stop waits for in-flight requests: `shutdown_timeout_ms`, but never
+    /// less than the body timeout plus [`SHUTDOWN_ANSWER_MARGIN_MS`], so a body still arriving
+    /// when the stop begins is read (or refused with 408) and answered before its connection
+    /// is cut. Each deadline keeps its own sense: the body timeout bounds one client's body,
+    /// the shutdown timeout bounds the whole stop.
+    pub fn shutdown_grace(&self) -> Duration {
+        let body_and_answer_ms = self.body_timeout_ms + SHUTDOWN_ANSWER_MARGIN_MS;
+        Duration::from_millis(self.shutdown_timeout_ms.max(body_and_answer_ms))
+    }
+}
+
+/// Default most connections the admin listener (`admin-addr`) holds at once: 16. Its clients
+/// are a Prometheus scraper or two, health probes and an operator's `curl`; a small budget of
+/// its own keeps it answering while the main port is full, and bounds what a client that
+/// reaches it can hold.
+pub const ADMIN_MAX_CONNECTIONS: usize = 16;
+/// Default burst of the per-token rate limit, in events: a client may send this many at once
+/// after a quiet spell, then `rate-limit-per-second` on average.
+pub const DEFAULT_RATE_LIMIT_BURST_EVENTS: u64 = 100;
+/// Hard upper bound of the per-token rate (events/s): beyond it the limit is no limit.
+pub const MAX_RATE_LIMIT_PER_SECOND: f64 = 1e9;
+/// Hard upper bound of the per-token burst.
+pub const MAX_RATE_LIMIT_BURST_EVENTS: u64 = 1_000_000_000;
+
+/// Who may reach the server and how: tokens, the admin listener and rate limits. Every
+/// part is off by default (the server is open, on one port).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccessConfig {
+    /// A file of scoped bearer tokens (see [`crate::auth`]); `None`: no token is asked for.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// A second listener for `/metrics`, `/stats`, `/healthz` and `/readyz` only, with its own
+    /// connection budget ([`ADMIN_MAX_CONNECTIONS`]).
+    pub admin_addr: Option<SocketAddr>,
+    /// Events per second each token may post on average; 0: no limit. Needs tokens.
+    pub rate_limit_per_second: f64,
+    /// Events a token may post at once above its average rate.
+    pub rate_limit_burst_events: u64,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            auth_tokens_file: None,
+            admin_addr: None,
+            rate_limit_per_second: 0.0,
+            rate_limit_burst_events: DEFAULT_RATE_LIMIT_BURST_EVENTS,
+        }
+    }
+}
+
+impl AccessConfig {
+    /// Refuses combinations that cannot work: a rate limit without tokens
+    /// (the limit is per token), a rate that is not a finite number.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let refuse = |why: &str| Err(InvalidConfig::Setting(why.to_owned()));
+        if !self.rate_limit_per_second.is_finite()
+            || !(0.0..=MAX_RATE_LIMIT_PER_SECOND).contains(&self.rate_limit_per_second)
+        {
+            return refuse("invalid `rate-limit-per-second`: must be 0 (off) to 1e9 events/s");
+        }
+        if self.rate_limit_per_second > 0.0 && self.auth_tokens_file.is_none() {
+            return refuse(
+                "`rate-limit-per-second` limits each token: it needs `auth-tokens-file`",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -192,6 +263,9 @@ pub struct ServerConfig {
     pub front_door: FrontDoorConfig,
     /// The data directory and the durability mode.
     pub storage: StorageConfig,
+    /// Tokens, the admin listener and rate limits.
+    #[serde(default)]
+    pub access: AccessConfig,
     /// The seed stage this configuration started from (`None`: the production default).
     pub stage: Option<u8>,
 }
@@ -205,6 +279,7 @@ impl ServerConfig {
             engine: EngineConfig::production(),
             front_door: FrontDoorConfig::default(),
             storage: StorageConfig::in_memory(),
+            access: AccessConfig::default(),
             stage: None,
         }
     }
@@ -213,6 +288,7 @@ impl ServerConfig {
     /// bounds (the error names it), or an engine the engine itself refuses.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         crate::settings::check_bounds(self).map_err(InvalidConfig::Setting)?;
+        self.access.validate()?;
         self.engine.validate()?;
         Ok(())
     }
@@ -223,6 +299,7 @@ impl ServerConfig {
             engine,
             front_door: FrontDoorConfig::default(),
             storage: StorageConfig::in_memory(),
+            access: AccessConfig::default(),
             stage: Some(stage),
         })
     }

@@ -126,6 +126,20 @@ pub enum ApiError {
     /// The route exists but not with this method (405 `method_not_allowed`).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Tokens are required and the request has none, or one nobody issued (401
+    /// `unauthorized`, `WWW-Authenticate: Bearer`).
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// The token is valid but lacks the route's scope (403 `forbidden`).
+    #[error("the token does not have this route's scope")]
+    Forbidden,
+    /// The token posted more than its rate limit allows (429 `rate_limited`, `Retry-After`
+    /// in whole seconds until its next event would be admitted).
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// When to try again, in whole seconds (at least 1).
+        retry_after_seconds: u64,
+    },
 }
 
 impl From<EventError> for ApiError {
@@ -173,6 +187,9 @@ impl ApiError {
             Self::LedgerFull | Self::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             Self::UnknownUser | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -197,6 +214,9 @@ impl ApiError {
             Self::InvalidHost(_) => "invalid_host",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -209,7 +229,8 @@ impl ApiError {
             | Self::Draining
             | Self::LedgerFull
             | Self::StorageFailed
-            | Self::DiskFull => Outcome::Rejected,
+            | Self::DiskFull
+            | Self::RateLimited { .. } => Outcome::Rejected,
             Self::BodyTimeout | Self::BodyRead(_) => Outcome::Error,
             Self::BalanceOverflow => Outcome::Overflowed,
             _ => Outcome::Invalid,
@@ -259,6 +280,14 @@ impl IntoResponse for ApiError {
             Self::QueueFull | Self::DiskFull => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
+            Self::RateLimited {
+                retry_after_seconds,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+            }
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             // The rest of the body may still be on the wire: the connection cannot be reused.
             Self::BodyTimeout | Self::BodyTooLarge | Self::BodyRead(_) | Self::InvalidHost(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -302,6 +331,15 @@ mod tests {
             (ApiError::BodyTimeout, 408, "body_timeout"),
             (ApiError::InvalidPath(String::new()), 400, "invalid_path"),
             (ApiError::InvalidHost(""), 400, "invalid_host"),
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::Forbidden, 403, "forbidden"),
+            (
+                ApiError::RateLimited {
+                    retry_after_seconds: 2,
+                },
+                429,
+                "rate_limited",
+            ),
         ];
         for (error, status, reason) in cases {
             assert_eq!(error.status().as_u16(), status, "{reason}");
@@ -344,6 +382,11 @@ mod tests {
             ApiError::InvalidHost(""),
             ApiError::NotFound,
             ApiError::MethodNotAllowed,
+            ApiError::Unauthorized,
+            ApiError::Forbidden,
+            ApiError::RateLimited {
+                retry_after_seconds: 1,
+            },
         ]
     }
 

@@ -37,6 +37,8 @@ const LOCK_BUCKETS_SECONDS: [f64; 16] = [
 
 /// A label set with one bounded label.
 type Labels = Vec<(&'static str, &'static str)>;
+/// A token's name as a label (bounded by the tokens file; never the secret).
+type TokenLabels = Vec<(&'static str, String)>;
 
 /// The front door's metrics and the registry that exposes them with the engine's.
 #[derive(Debug)]
@@ -48,6 +50,8 @@ pub struct ServerMetrics {
     pub connections_refused: Counter,
     connection_timeouts: Family<Labels, Counter>,
     connection_errors: Family<Labels, Counter>,
+    access_refused: Family<Labels, Counter>,
+    rate_limited: Family<TokenLabels, Counter>,
     /// One latency histogram per outcome, created up front (every series exists from the
     /// start). Striped, not prometheus-client's `Histogram`, which takes a mutex per
     /// observation shared by every connection: recording takes no lock or allocation.
@@ -92,6 +96,18 @@ impl ServerMetrics {
              deadline, io); `deadline` also counts the timeouts above",
             connection_errors.clone(),
         );
+        let access_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_access_refused",
+            "Requests refused at the gate, by reason (unauthorized, forbidden, rate_limited)",
+            access_refused.clone(),
+        );
+        let rate_limited = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "rate_limited_requests",
+            "Ingest requests answered 429 rate_limited, by token name (from the tokens file)",
+            rate_limited.clone(),
+        );
         let request_duration = RequestDurations::new();
         registry.register_collector(Box::new(request_duration.clone()));
         registry.register_collector(Box::new(EngineCollector(engine)));
@@ -102,6 +118,8 @@ impl ServerMetrics {
             connections_refused,
             connection_timeouts,
             connection_errors,
+            access_refused,
+            rate_limited,
             request_duration,
         }
     }
@@ -122,6 +140,20 @@ impl ServerMetrics {
     pub fn record_connection_error(&self, kind: &'static str) {
         self.connection_errors
             .get_or_create(&vec![("kind", kind)])
+            .inc();
+    }
+
+    /// Counts a request refused at the gate (`reason`: unauthorized, forbidden, rate_limited).
+    pub fn record_access_refused(&self, reason: &'static str) {
+        self.access_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a 429 for the token named `name`.
+    pub fn record_rate_limited(&self, name: &str) {
+        self.rate_limited
+            .get_or_create(&vec![("token", name.to_owned())])
             .inc();
     }
 

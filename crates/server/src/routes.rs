@@ -3,8 +3,10 @@
 //! Lesson (docs/stages.md): stage 3 (read the whole body, bounded; validate at the boundary), stage
 //! 5 (the handler only reads, validates and admits: it never waits for room in the queue, a full
 //! queue is a 503 at once) and operations (health, readiness and metrics for operators).
-//! Invariant: a body is read under both a size limit and a time limit before it is parsed, and
-//! every failure goes through [`ApiError`], the one place that maps errors to responses.
+//! Invariant: every request passes the access gate ([`crate::auth::Access::check`]) before
+//! any route runs; a body is read under both a size limit and a time limit before it is
+//! parsed, and every failure goes through [`ApiError`], the one place that maps errors to
+//! responses.
 
 use std::sync::Arc;
 use std::task::Poll;
@@ -28,6 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tower::ServiceExt;
 
+use crate::auth::Access;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, Outcome};
 use crate::metrics::ServerMetrics;
@@ -47,6 +50,8 @@ pub struct AppState {
     pub config: ServerConfig,
     /// Front-door metrics (the engine's own are read from it at scrape time).
     pub metrics: Arc<ServerMetrics>,
+    /// Who may do what: tokens and rate limits.
+    pub access: Arc<Access>,
     /// Raised when a graceful stop starts: `/readyz` turns 503 before the engine drains, and
     /// connections stop accepting requests.
     pub(crate) stop: StopSignal,
@@ -65,22 +70,46 @@ pub struct AppState {
 pub struct Routes {
     app: Arc<AppState>,
     router: Router,
+    /// Whether `POST /events` is served (not on the admin listener).
+    ingest: bool,
 }
 
 impl Routes {
-    /// The handler for one server's state.
+    /// The handler of the main listener: the whole contract.
     pub fn new(app: Arc<AppState>) -> Self {
         let router = router(Arc::clone(&app));
-        Self { app, router }
+        Self {
+            app,
+            router,
+            ingest: true,
+        }
     }
 
-    /// Answers one request.
+    /// The handler of the admin listener: `/metrics`, `/stats`, `/healthz`, `/readyz` only.
+    pub fn admin(app: Arc<AppState>) -> Self {
+        let router = admin_router(Arc::clone(&app));
+        Self {
+            app,
+            router,
+            ingest: false,
+        }
+    }
+
+    /// Answers one request: the access gate first, then the route.
     pub async fn handle(&self, request: hyper::Request<Incoming>) -> Response {
         if let Err(error) = check_host(&request) {
             return error.into_response();
         }
-        if request.method() == Method::POST && request.uri().path() == "/events" {
-            return post_event(&self.app, request).await;
+        let app = &self.app;
+        let (method, path) = (request.method(), request.uri().path());
+        if let Err(refused) = app
+            .access
+            .check(method, path, request.headers(), &app.metrics)
+        {
+            return refused.into_response();
+        }
+        if self.ingest && method == Method::POST && path == "/events" {
+            return post_event(app, request).await;
         }
         match self.router.clone().oneshot(request.map(Body::new)).await {
             Ok(response) => response,
@@ -116,6 +145,18 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route("/balances", get(list_balances))
         .route("/balances/{user}", get(get_balance))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+/// The router of the admin listener: operators' routes only, everything else 404.
+fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

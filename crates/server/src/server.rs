@@ -18,26 +18,31 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ServerConfig;
+use crate::auth::Access;
+use crate::config::{ADMIN_MAX_CONNECTIONS, FrontDoorConfig, ServerConfig};
 use crate::conn::Acceptor;
 use crate::metrics::ServerMetrics;
 use crate::routes::{AppState, Routes};
 use crate::shutdown::StopSignal;
+use crate::signals::{Reload, Reloadable};
 
 /// Serves HTTP on `listener` until `shutdown` completes, then stops gracefully and returns the
-/// engine's final summary. Starts the engine itself (call inside a tokio runtime).
+/// engine's final summary. Starts the engine itself (call inside a tokio runtime); the files
+/// the configuration names are registered with `reload` (SIGHUP).
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
+    reload: &Reload,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Summary> {
     config.validate()?;
+    let gate = Gate::open(&config, reload)?;
     let engine = match config.storage.durable_options() {
         Some(options) => Engine::start_durable(config.engine.clone(), &options)
             .context("engine refused to start")?,
         None => Engine::start(config.engine.clone()).context("engine refused to start")?,
     };
-    let summary = run_with_engine(listener, engine.clone(), config, shutdown).await;
+    let summary = run_with_engine(listener, engine.clone(), config, gate, shutdown).await;
     anyhow::ensure!(
         !engine.has_storage_failed(),
         "the log's storage failed: stopped after answering the requests in flight; restart to \
@@ -46,35 +51,79 @@ pub async fn run(
     Ok(summary)
 }
 
+/// What stands before the routes, made ready before anything is served: the access gate
+/// (tokens read, a bad file stops start-up) and the admin listener (bound).
+#[derive(Debug)]
+struct Gate {
+    access: Arc<Access>,
+    admin: Option<TcpListener>,
+}
+
+impl Gate {
+    /// Reads the files the configuration names and binds the admin listener; registers what
+    /// SIGHUP re-reads with `reload`.
+    fn open(config: &ServerConfig, reload: &Reload) -> anyhow::Result<Self> {
+        let access = Arc::new(Access::load(&config.access)?);
+        if access.requires_tokens() {
+            reload.register(Arc::clone(&access) as Arc<dyn Reloadable>);
+        }
+        let admin = match config.access.admin_addr {
+            Some(addr) => {
+                let listener = crate::conn::bind_listener(addr)
+                    .with_context(|| format!("cannot listen on admin-addr {addr}"))?;
+                tracing::info!(
+                    admin_listener = %listener.local_addr()?,
+                    max_connections = ADMIN_MAX_CONNECTIONS,
+                    "admin listener: /metrics /stats /healthz /readyz"
+                );
+                Some(listener)
+            }
+            None => None,
+        };
+        Ok(Self { access, admin })
+    }
+}
+
 /// Serves with an already started engine; see [`run`].
 async fn run_with_engine(
     listener: TcpListener,
     engine: Engine,
     config: ServerConfig,
+    gate: Gate,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Summary {
     let metrics = Arc::new(ServerMetrics::new(
         engine.clone(),
         config.front_door.max_connections,
     ));
-    let shutdown_timeout = config.front_door.shutdown_timeout();
+    let grace = config.front_door.shutdown_grace();
     let app = Arc::new(AppState {
         engine: engine.clone(),
         config,
         metrics: Arc::clone(&metrics),
+        access: gate.access,
         stop: StopSignal::default(),
     });
     let hard_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let acceptor = Acceptor {
-        routes: Arc::new(Routes::new(Arc::clone(&app))),
-        front_door: app.config.front_door.clone(),
-        metrics,
+    let acceptor = |routes: Routes, front_door: FrontDoorConfig| Acceptor {
+        routes: Arc::new(routes),
+        front_door,
+        metrics: Arc::clone(&metrics),
         graceful: app.stop.clone(),
         hard_stop: hard_stop.clone(),
         tracker: tracker.clone(),
     };
-    let accept_loop = tokio::spawn(acceptor.run(listener));
+    let main = acceptor(Routes::new(Arc::clone(&app)), app.config.front_door.clone());
+    let mut accept_loops = vec![tokio::spawn(main.run(listener))];
+    if let Some(admin_listener) = gate.admin {
+        let budget = FrontDoorConfig {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            ..app.config.front_door.clone()
+        };
+        let admin = acceptor(Routes::admin(Arc::clone(&app)), budget);
+        accept_loops.push(tokio::spawn(admin.run(admin_listener)));
+    }
     // A failed log write or sync stops the server like a signal would (then exits non-zero).
     tokio::select! {
         () = shutdown => {}
@@ -82,14 +131,16 @@ async fn run_with_engine(
             tracing::error!("the log's storage failed: stopping (503 storage_failed meanwhile)");
         }
     }
-    tracing::info!("stopping: no new connections, finishing in-flight requests");
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "stopping: no new connections, finishing in-flight requests"
+    );
     app.stop.raise();
-    let _ = accept_loop.await;
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
     tracker.close();
-    if tokio::time::timeout(shutdown_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             open = tracker.len(),
             "shutdown timeout passed: closing the remaining connections"
@@ -118,6 +169,8 @@ async fn run_with_engine(
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    reload: Reload,
     engine: Engine,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Summary>,
@@ -136,15 +189,30 @@ impl ServerHandle {
         let listener =
             crate::conn::bind_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
+        let reload = Reload::default();
+        let gate = Gate::open(&config, &reload)?;
+        let admin_addr = gate
+            .admin
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let engine = Engine::start(config.engine.clone()).context("engine refused to start")?;
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             // A dropped handle counts as a stop request too.
             let _ = stopped.await;
         };
-        let task = tokio::spawn(run_with_engine(listener, engine.clone(), config, shutdown));
+        let task = tokio::spawn(run_with_engine(
+            listener,
+            engine.clone(),
+            config,
+            gate,
+            shutdown,
+        ));
         Ok(ServerHandle {
             addr,
+            admin_addr,
+            reload,
             engine,
             stop: Some(stop),
             task,
@@ -154,6 +222,16 @@ impl ServerHandle {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, when `admin-addr` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Re-reads the files the configuration names, as SIGHUP does.
+    pub fn reload(&self) {
+        self.reload.reload();
     }
 
     /// The base URL, `http://127.0.0.1:PORT`.

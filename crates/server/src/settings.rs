@@ -27,7 +27,7 @@ use floodgate_core::config::{
 
 use crate::config::{
     MAX_BODY_LIMIT_BYTES, MAX_CONNECTIONS_CEILING, MAX_HEADER_BYTES_CEILING, MAX_HEADERS_CEILING,
-    MAX_TIMEOUT_MS, MIN_HEADER_BYTES, ServerConfig, StorageConfig,
+    MAX_RATE_LIMIT_BURST_EVENTS, MAX_TIMEOUT_MS, MIN_HEADER_BYTES, ServerConfig, StorageConfig,
 };
 
 /// Address the seed's server listened on.
@@ -194,7 +194,8 @@ settings! {
     /// Most headers per request; more gets 431.
     max_headers: usize => config.front_door.max_headers, bounds 1..=MAX_HEADERS_CEILING;
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish before their
-    /// connections are closed; the queue is drained after.
+    /// connections are closed; the queue is drained after. Never less than body-timeout-ms +
+    /// 1 s in effect, so a body still arriving when the stop begins gets its answer.
     shutdown_timeout_ms: u64 => config.front_door.shutdown_timeout_ms,
         bounds 0..=MAX_TIMEOUT_MS;
     /// `/readyz` answers 503 above this queue fill, in percent of capacity.
@@ -213,6 +214,20 @@ settings! {
     /// A new log segment file starts once the current one would pass this size.
     log_segment_bytes: u64 => config.storage.log_segment_bytes,
         bounds 4096_u64..=1_099_511_627_776;
+    /// A file of scoped bearer tokens, one per line: `<token> <scope>[,<scope>...] [name]`
+    /// (scopes `ingest`, `read`, `admin`). Unset: no token is asked for (the server is open).
+    /// Re-read on SIGHUP.
+    auth_tokens_file: PathBuf => config.access.auth_tokens_file, default_note "none (open)";
+    /// A second listener for /metrics, /stats, /healthz and /readyz only, with its own small
+    /// connection budget, so it answers while the main port is full.
+    admin_addr: SocketAddr => config.access.admin_addr, default_note "none";
+    /// Events per second each token may post on average (429 `rate_limited` above it);
+    /// 0: no limit. Needs `auth-tokens-file`.
+    rate_limit_per_second: f64 => config.access.rate_limit_per_second,
+        alias "rate_limit";
+    /// Events a token may post at once above its average rate.
+    rate_limit_burst_events: u64 => config.access.rate_limit_burst_events,
+        bounds 1..=MAX_RATE_LIMIT_BURST_EVENTS, alias "rate_limit_burst";
 }
 
 /// The older switch `--inline`: `true` is `mode = inline`, `false` is `mode = queued`.
@@ -591,7 +606,7 @@ fn show_bounds<T: Display>(bounds: &RangeInclusive<T>) -> String {
 
 /// A setting's value as stored: shown in the log, and checked against bounds when present.
 trait Stored {
-    type Value: Display;
+    type Value: Display + ?Sized;
     fn current(&self) -> Option<&Self::Value>;
     fn show(&self) -> String;
 }
@@ -622,24 +637,26 @@ stored_as_is!(
     DurabilityMode
 );
 
-impl Stored for Option<PathBuf> {
-    type Value = String;
-    fn current(&self) -> Option<&String> {
-        None
+/// A path is shown as given (never bounded).
+impl Stored for PathBuf {
+    type Value = str;
+    fn current(&self) -> Option<&str> {
+        self.to_str()
     }
     fn show(&self) -> String {
-        self.as_ref()
-            .map_or_else(|| "none".to_owned(), |path| path.display().to_string())
+        self.display().to_string()
     }
 }
 
-impl Stored for Option<u8> {
-    type Value = u8;
-    fn current(&self) -> Option<&u8> {
-        self.as_ref()
+/// An optional setting: `none` when unset.
+impl<T: Stored> Stored for Option<T> {
+    type Value = T::Value;
+    fn current(&self) -> Option<&T::Value> {
+        self.as_ref().and_then(Stored::current)
     }
     fn show(&self) -> String {
-        self.map_or_else(|| "none".to_owned(), |value| value.to_string())
+        self.as_ref()
+            .map_or_else(|| "none".to_owned(), Stored::show)
     }
 }
 

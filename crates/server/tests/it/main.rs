@@ -2,11 +2,13 @@
 //!
 //! Each module covers one part of the front door; `support` holds the raw-TCP helpers.
 
+mod access;
 mod http_contract;
 mod lingering_close;
 mod metrics_and_shutdown;
 mod raw_http;
 mod raw_servers;
 mod slow_clients;
+mod stop_deadlines;
 mod strict_requests;
 mod support;

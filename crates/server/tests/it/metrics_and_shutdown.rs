@@ -288,14 +288,14 @@ async fn graceful_stop_under_load_applies_every_202() {
     assert_eq!(total as u64, accepted_amount.load(Ordering::SeqCst));
 }
 
-// Proves the shutdown timeout bounds a graceful stop: a client holding an in-flight request
-// (a body that never finishes, with a long body timeout) cannot keep stop() from returning;
-// its connection is closed once the shutdown timeout passes, and the queue is still drained.
+// Proves a client holding an in-flight request (a body that never finishes) cannot keep
+// stop() from returning: the stop waits for its body deadline (longer than the shutdown
+// timeout here), answers it 408, closes the connection, and the queue is still drained.
 #[tokio::test]
 async fn shutdown_timeout_bounds_a_stop_held_by_a_slow_request() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = test_config();
-    config.front_door.body_timeout_ms = 60_000;
+    config.front_door.body_timeout_ms = 1_500;
     config.front_door.shutdown_timeout_ms = 300;
     let server = ServerHandle::spawn(config).await.expect("spawn");
     let response = client()
@@ -324,4 +324,9 @@ async fn shutdown_timeout_bounds_a_stop_held_by_a_slow_request() {
     let closed =
         tokio::time::timeout(crate::support::ANSWER_WAIT, holder.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the held connection was closed");
+    assert_eq!(
+        crate::support::status_of(&rest),
+        Some(408),
+        "answered, not cut"
+    );
 }
