@@ -10,7 +10,7 @@
 //! Modules, in the order an event travels: [`partition`] (which subject), [`publish`] (the
 //! front door's acknowledged publish), [`lease`] (who owns a partition), [`state`] (applying
 //! in order, exactly once), [`snapshot`] (the fenced snapshot slot), [`owner`] (replay, apply,
-//! snapshot, purge), [`member`] (a node's leases and owners), [`reads`] (balances from any node). [`layout`]
+//! snapshot, purge), [`member`] (a node's leases and owners), [`reads`] (balances from any node), [`view`] (what a running member shows its node). [`layout`]
 //! creates the stream and buckets; [`local_cluster`] starts real servers for tests.
 
 pub mod config;
@@ -24,17 +24,19 @@ pub mod publish;
 pub mod reads;
 pub mod snapshot;
 pub mod state;
+pub mod view;
 pub mod wire;
 
 pub use config::{ClusterConfig, replicas_for};
 pub use layout::{Layout, LayoutError};
 pub use lease::{Lease, LeaseError, Leases};
 pub use local_cluster::{LocalCluster, LocalClusterError};
-pub use member::{Member, MemberStats};
+pub use member::Member;
 pub use owner::{Owner, OwnerExit};
 pub use partition::{Partition, partition_of};
 pub use publish::{PublishError, Published, Publisher};
 pub use reads::{ReadError, request_balance};
 pub use snapshot::{SnapshotError, SnapshotSlot};
 pub use state::{Applied, PartitionState};
+pub use view::{MemberStats, MemberView};
 pub use wire::Snapshot;

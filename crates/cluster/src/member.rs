@@ -13,21 +13,22 @@
 //! - Not yet: balancing. The first members to try take the free partitions; a member that
 //!   joins later gets only what others give up (see docs/cluster.md).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tokio::sync::{RwLock, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ClusterConfig;
 use crate::layout::Layout;
 use crate::lease::{Lease, LeaseError, Leases};
 use crate::owner::{Owner, OwnerExit};
-use crate::partition::{Partition, partition_of};
-use crate::reads::{ReadError, request_balance, serve_balances};
+use crate::partition::Partition;
+use crate::reads::{ReadError, serve_balances};
 use crate::state::PartitionState;
+use crate::view::{MemberStats, MemberView, OwnedPartition, OwnedStates};
 
 /// A partition this member holds and runs.
 #[derive(Debug)]
@@ -36,18 +37,8 @@ struct Held {
     valid_until: watch::Sender<Instant>,
     stop: watch::Sender<bool>,
     task: JoinHandle<OwnerExit>,
-    state: Arc<RwLock<PartitionState>>,
     /// Answers other nodes' balance reads for this partition; aborted when it is given up.
     responder: JoinHandle<Result<(), async_nats::SubscribeError>>,
-}
-
-/// Counters a member exposes (for /stats and /metrics).
-#[derive(Debug, Default)]
-pub struct MemberStats {
-    /// Partitions taken over by this member since it started.
-    pub takeovers: AtomicU64,
-    /// Partitions this member lost (lease lost or lapsed, fenced, failed).
-    pub losses: AtomicU64,
 }
 
 /// A node's part in the ledger: leases and owners.
@@ -57,54 +48,51 @@ pub struct Member {
     config: ClusterConfig,
     leases: Leases,
     held: HashMap<Partition, Held>,
-    stats: Arc<MemberStats>,
+    view: MemberView,
 }
 
 impl Member {
     /// A member named `node` (unique among live nodes) on `layout`.
     pub fn new(layout: Layout, config: ClusterConfig, node: impl Into<String>) -> Self {
         let leases = Leases::new(layout.leases.clone(), node, config.lease_ttl);
+        let view = MemberView {
+            layout: layout.clone(),
+            config: config.clone(),
+            owned: OwnedStates::default(),
+            stats: Arc::new(MemberStats::default()),
+        };
         Self {
             layout,
             config,
             leases,
             held: HashMap::new(),
-            stats: Arc::new(MemberStats::default()),
+            view,
         }
     }
 
+    /// A read-only window on this member, usable while [`Member::run`] drives it.
+    pub fn view(&self) -> MemberView {
+        self.view.clone()
+    }
+
     /// The counters of this member.
-    pub fn stats(&self) -> Arc<MemberStats> {
-        Arc::clone(&self.stats)
+    pub fn stats(&self) -> &MemberStats {
+        self.view.stats()
     }
 
     /// The partitions this member runs now, in order.
     pub fn owned(&self) -> Vec<Partition> {
-        let mut owned: Vec<Partition> = self.held.keys().copied().collect();
-        owned.sort_unstable();
-        owned
+        self.view.owned()
     }
 
-    /// The balance of `user`: from this member's state when it owns the user's partition,
-    /// else from the owner over a NATS request.
+    /// The balance of `user` (see [`MemberView::balance`]).
     pub async fn balance(&self, user: &str) -> Result<i64, ReadError> {
-        let partition = partition_of(user, self.config.partitions);
-        if let Some(held) = self.held.get(&partition) {
-            return Ok(held.state.read().await.balance(user));
-        }
-        request_balance(
-            &self.layout.client,
-            self.config.partitions,
-            user,
-            self.config.request_timeout,
-        )
-        .await
+        self.view.balance(user).await
     }
 
     /// A copy of the state of `partition` if this member runs it.
     pub async fn partition_state(&self, partition: Partition) -> Option<PartitionState> {
-        let held = self.held.get(&partition)?;
-        Some(held.state.read().await.clone())
+        self.view.partition_state(partition).await
     }
 
     /// One keeper round: renew held leases (dropping the lost ones and the owners that
@@ -130,15 +118,18 @@ impl Member {
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = interval.tick() => self.tick().await,
+                // Boxed: a tick's future is large (renewals, take-overs).
+                _ = interval.tick() => Box::pin(self.tick()).await,
             }
         }
-        self.shutdown().await;
+        Box::pin(self.shutdown()).await;
     }
 
     /// Stops every owner (last snapshot while the lease is valid) and releases its lease.
     pub async fn shutdown(&mut self) {
+        self.set_owned(BTreeMap::clear);
         for (partition, held) in self.held.drain() {
+            self.view.stats.losses.fetch_add(1, Ordering::Relaxed);
             held.responder.abort();
             let _ = held.stop.send(true);
             let exit = held.task.await;
@@ -178,7 +169,10 @@ impl Member {
         let Some(held) = self.held.remove(&partition) else {
             return;
         };
-        self.stats.losses.fetch_add(1, Ordering::Relaxed);
+        self.set_owned(|owned| {
+            owned.remove(&partition);
+        });
+        self.view.stats.losses.fetch_add(1, Ordering::Relaxed);
         held.responder.abort();
         let _ = held.stop.send(true);
         // The owner checks the lease before writing, so with a lost or lapsed lease this stop
@@ -215,6 +209,7 @@ impl Member {
         let (valid_until, valid_receiver) = watch::channel(lease.valid_until);
         let (stop, stop_receiver) = watch::channel(false);
         let state = owner.state();
+        let lag_events = owner.lag_events();
         let responder = tokio::spawn(serve_balances(
             self.layout.client.clone(),
             partition,
@@ -222,6 +217,13 @@ impl Member {
             valid_receiver.clone(),
         ));
         let task = tokio::spawn(owner.run(valid_receiver, stop_receiver));
+        self.set_owned(|owned| {
+            let visible = OwnedPartition {
+                state: Arc::clone(&state),
+                lag_events,
+            };
+            owned.insert(partition, visible);
+        });
         self.held.insert(
             partition,
             Held {
@@ -229,12 +231,21 @@ impl Member {
                 valid_until,
                 stop,
                 task,
-                state,
                 responder,
             },
         );
-        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        self.view.stats.takeovers.fetch_add(1, Ordering::Relaxed);
         tracing::info!(partition, node = self.leases.node(), "partition taken over");
         Ok(())
+    }
+
+    /// Changes the owned-partition map readers see (a short lock, no `.await` under it).
+    fn set_owned(&self, change: impl FnOnce(&mut BTreeMap<Partition, OwnedPartition>)) {
+        let mut owned = self
+            .view
+            .owned
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut owned);
     }
 }

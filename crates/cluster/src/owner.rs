@@ -14,6 +14,7 @@
 //!   that write contains.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
@@ -65,6 +66,9 @@ pub struct Owner {
     state: Arc<RwLock<PartitionState>>,
     snapshot_every_events: u64,
     unsnapshotted_events: u64,
+    /// Events of the partition in the stream not yet delivered to this owner (JetStream's
+    /// pending count for the consumer, as of the last delivery).
+    lag_events: Arc<AtomicU64>,
 }
 
 impl Owner {
@@ -89,12 +93,18 @@ impl Owner {
             state: Arc::new(RwLock::new(state)),
             snapshot_every_events: snapshot_every_events.max(1),
             unsnapshotted_events: 0,
+            lag_events: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// The partition's state, shared for reads while the owner runs.
     pub fn state(&self) -> Arc<RwLock<PartitionState>> {
         Arc::clone(&self.state)
+    }
+
+    /// The apply lag in events, shared for /stats while the owner runs.
+    pub fn lag_events(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.lag_events)
     }
 
     /// Applies the partition's events in stream order until `stop` turns true or the lease
@@ -172,6 +182,8 @@ impl Owner {
                 ..Default::default()
             })
             .await?;
+        let pending = consumer.cached_info().num_pending;
+        self.lag_events.store(pending, Ordering::Relaxed);
         Ok(consumer.messages().await?)
     }
 
@@ -195,6 +207,7 @@ impl Owner {
             return Ok(());
         };
         self.apply(info.stream_sequence, &message.payload).await;
+        self.lag_events.store(info.pending, Ordering::Relaxed);
         self.snapshot_if_due(valid_until, self.snapshot_every_events)
             .await
     }

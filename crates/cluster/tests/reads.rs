@@ -61,3 +61,49 @@ async fn balances_are_read_from_any_member_and_moving_while_unowned() {
     }
     other.shutdown().await;
 }
+
+// Proves a running member (driven by its own task) is readable through its view: the owned
+// partitions, the balances, the takeover counter, and an apply lag per owned partition that is
+// zero once every event is applied (whether a non-zero lag is seen first depends on timing: it
+// is printed, not asserted). A stopped member owns nothing.
+#[tokio::test]
+async fn a_running_member_shows_ownership_balances_and_apply_lag() {
+    let (_cluster, config, layout) = start(4, LEASE_TTL).await;
+    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+    let mut expected = Expected::default();
+    publish_events(&publisher, "lag", 80, 8, &mut expected).await;
+
+    let member = Member::new(layout.clone(), config.clone(), "member");
+    let view = member.view();
+    assert!(view.owned().is_empty());
+    let (stop, stop_receiver) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(member.run(stop_receiver));
+
+    let started = Instant::now();
+    let mut saw_lag = false;
+    loop {
+        let lag = view.apply_lag();
+        saw_lag |= lag.values().any(|&events| events > 0);
+        let mut all_match = view.owned().len() == 4;
+        for (user, balance) in &expected.balances {
+            all_match &= view.balance(user).await == Ok(*balance);
+        }
+        if all_match && lag.len() == 4 && lag.values().all(|&events| events == 0) {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "caught up: lag {lag:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(view.owned(), vec![0, 1, 2, 3]);
+    assert_eq!(
+        view.stats()
+            .takeovers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+    println!("lag observed before catching up: {saw_lag}");
+
+    stop.send(true).expect("member running");
+    running.await.expect("member stopped cleanly");
+    assert!(view.owned().is_empty(), "a stopped member owns nothing");
+}

@@ -107,7 +107,7 @@ impl RemoteMember {
             let layout = Layout::connect(&urls, &config, READY_TIMEOUT)
                 .await
                 .expect("JetStream ready");
-            Member::new(layout, config, node).run(stop_receiver).await;
+            Box::pin(Member::new(layout, config, node).run(stop_receiver)).await;
         });
         Self {
             runtime: Some(runtime),

@@ -1,0 +1,104 @@
+//! What a running member shows the rest of its node (the HTTP front door, /stats, /metrics):
+//! the partitions it owns, their balances, its counters and the apply lag, readable while the
+//! member's own task keeps ticking.
+//!
+//! Invariant: the member alone changes the map of owned partitions (under a short lock, never
+//! held across an `.await`); readers clone the partition's state handle and read it after
+//! letting the map go.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::RwLock as AsyncRwLock;
+
+use crate::config::ClusterConfig;
+use crate::layout::Layout;
+use crate::partition::{Partition, partition_of};
+use crate::reads::{ReadError, request_balance};
+use crate::state::PartitionState;
+
+/// Counters a member keeps (for /stats and /metrics).
+#[derive(Debug, Default)]
+pub struct MemberStats {
+    /// Partitions taken over by this member since it started.
+    pub takeovers: AtomicU64,
+    /// Partitions this member gave up (lease lost or lapsed, fenced, failed, released).
+    pub losses: AtomicU64,
+}
+
+/// What readers can see of one owned partition.
+#[derive(Clone, Debug)]
+pub(crate) struct OwnedPartition {
+    pub(crate) state: Arc<AsyncRwLock<PartitionState>>,
+    pub(crate) lag_events: Arc<AtomicU64>,
+}
+
+/// The partitions a member owns now.
+pub(crate) type OwnedStates = Arc<RwLock<BTreeMap<Partition, OwnedPartition>>>;
+
+/// A cloneable, read-only window on a member.
+#[derive(Clone, Debug)]
+pub struct MemberView {
+    pub(crate) layout: Layout,
+    pub(crate) config: ClusterConfig,
+    pub(crate) owned: OwnedStates,
+    pub(crate) stats: Arc<MemberStats>,
+}
+
+impl MemberView {
+    /// The member's counters.
+    pub fn stats(&self) -> &MemberStats {
+        &self.stats
+    }
+
+    /// The partitions the member owns now, in order.
+    pub fn owned(&self) -> Vec<Partition> {
+        self.owned_map().keys().copied().collect()
+    }
+
+    /// The balance of `user`: from the member's state when it owns the user's partition, else
+    /// from the owner over a NATS request.
+    pub async fn balance(&self, user: &str) -> Result<i64, ReadError> {
+        let partition = partition_of(user, self.config.partitions);
+        if let Some(state) = self.state_handle(partition) {
+            return Ok(state.read().await.balance(user));
+        }
+        request_balance(
+            &self.layout.client,
+            self.config.partitions,
+            user,
+            self.config.request_timeout,
+        )
+        .await
+    }
+
+    /// A copy of the state of `partition` if the member owns it.
+    pub async fn partition_state(&self, partition: Partition) -> Option<PartitionState> {
+        let state = self.state_handle(partition)?;
+        Some(state.read().await.clone())
+    }
+
+    /// Apply lag of each owned partition: its events in the stream not yet delivered to the
+    /// owner (JetStream's pending count as of the owner's last delivery; 0 when caught up).
+    pub fn apply_lag(&self) -> BTreeMap<Partition, u64> {
+        self.owned_map()
+            .iter()
+            .map(|(&partition, owned)| (partition, owned.lag_events.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn state_handle(&self, partition: Partition) -> Option<Arc<AsyncRwLock<PartitionState>>> {
+        self.owned_map()
+            .get(&partition)
+            .map(|owned| Arc::clone(&owned.state))
+    }
+
+    fn owned_map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Partition, OwnedPartition>> {
+        // A poisoned lock only means a panic elsewhere mid-update of a map of handles; the map
+        // itself is still consistent (insert and remove are single operations).
+        self.owned
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
