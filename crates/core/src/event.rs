@@ -91,6 +91,35 @@ impl EventError {
         }
     }
 
+    /// One error of every variant, in declaration order: what tests and the HTTP contract's
+    /// document walk to list every reason. [`Self::variant_index`] has no wildcard, so a new
+    /// variant does not compile until it has an index, and the test of this list fails until
+    /// it is listed here.
+    pub fn one_of_each() -> Vec<EventError> {
+        vec![
+            Self::MalformedJson(String::new()),
+            Self::NotAnObject("an array"),
+            Self::MissingField("user"),
+            Self::UnknownField(String::new()),
+            Self::DuplicateField("user"),
+            Self::InvalidAmount("must be an integer"),
+            Self::InvalidUser("must be a string"),
+        ]
+    }
+
+    /// The variant's position in [`Self::one_of_each`].
+    pub fn variant_index(&self) -> usize {
+        match self {
+            Self::MalformedJson(_) => 0,
+            Self::NotAnObject(_) => 1,
+            Self::MissingField(_) => 2,
+            Self::UnknownField(_) => 3,
+            Self::DuplicateField(_) => 4,
+            Self::InvalidAmount(_) => 5,
+            Self::InvalidUser(_) => 6,
+        }
+    }
+
     /// `true` => HTTP 400 `invalid_json`; `false` => HTTP 422 with [`Self::reason`] and detail.
     pub fn is_malformed_json(&self) -> bool {
         matches!(self, Self::MalformedJson(_))
@@ -360,6 +389,17 @@ mod tests {
         parse_event(body)
             .expect_err("body must be rejected")
             .reason()
+    }
+
+    #[test]
+    fn one_of_each_lists_every_variant_once() {
+        // Proves the list of variants is complete: its indices are exactly 0..len, so a variant
+        // given an index but not listed (or listed twice) fails here.
+        let indices: Vec<usize> = EventError::one_of_each()
+            .iter()
+            .map(EventError::variant_index)
+            .collect();
+        assert_eq!(indices, (0..indices.len()).collect::<Vec<_>>());
     }
 
     #[test]

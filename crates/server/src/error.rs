@@ -169,6 +169,72 @@ impl From<Rejected> for ApiError {
 }
 
 impl ApiError {
+    /// One error of every kind the server can answer: each variant once, and one
+    /// [`ApiError::InvalidEvent`] per event error that is not malformed JSON. The OpenAPI
+    /// document's test derives every status, reason and header from this list.
+    /// [`Self::variant_index`] has no wildcard, so a new variant does not compile until it has
+    /// an index, and the test of this list fails until it is listed here.
+    pub fn one_of_each() -> Vec<ApiError> {
+        let mut all = vec![
+            Self::InvalidJson(String::new()),
+            Self::BodyTooLarge,
+            Self::UnsupportedMediaType,
+            Self::BodyTimeout,
+            Self::BodyRead(String::new()),
+            Self::QueueFull,
+            Self::Draining,
+            Self::LedgerFull,
+            Self::StorageFailed,
+            Self::DiskFull,
+            Self::Unauthorized,
+            Self::Forbidden,
+            Self::RateLimited {
+                retry_after_seconds: 1,
+            },
+            Self::BalanceOverflow,
+            Self::UnknownUser,
+            Self::InvalidQuery(String::new()),
+            Self::InvalidPath(String::new()),
+            Self::InvalidHost(""),
+            Self::NotFound,
+            Self::MethodNotAllowed,
+        ];
+        all.extend(
+            EventError::one_of_each()
+                .into_iter()
+                .filter(|error| !error.is_malformed_json())
+                .map(Self::from),
+        );
+        all
+    }
+
+    /// The variant's index (every [`ApiError::InvalidEvent`] shares one).
+    pub fn variant_index(&self) -> usize {
+        match self {
+            Self::InvalidJson(_) => 0,
+            Self::InvalidEvent { .. } => 1,
+            Self::BodyTooLarge => 2,
+            Self::UnsupportedMediaType => 3,
+            Self::BodyTimeout => 4,
+            Self::BodyRead(_) => 5,
+            Self::QueueFull => 6,
+            Self::Draining => 7,
+            Self::LedgerFull => 8,
+            Self::BalanceOverflow => 9,
+            Self::UnknownUser => 10,
+            Self::InvalidQuery(_) => 11,
+            Self::InvalidPath(_) => 12,
+            Self::InvalidHost(_) => 13,
+            Self::NotFound => 14,
+            Self::MethodNotAllowed => 15,
+            Self::StorageFailed => 16,
+            Self::DiskFull => 17,
+            Self::Unauthorized => 18,
+            Self::Forbidden => 19,
+            Self::RateLimited { .. } => 20,
+        }
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -347,47 +413,29 @@ mod tests {
         }
     }
 
+    // Proves the list of kinds has no gap: the variant indices listed are exactly 0..n, so a
+    // variant given an index below the largest but not listed fails here.
+    #[test]
+    fn one_of_each_covers_every_variant() {
+        let mut indices: Vec<usize> = ApiError::one_of_each()
+            .iter()
+            .map(ApiError::variant_index)
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        assert_eq!(indices, (0..indices.len()).collect::<Vec<_>>());
+    }
+
     // Proves every error's outcome label is one the latency histogram was created with (an
     // unknown label would be dropped from the metrics).
     #[test]
     fn every_outcome_has_a_histogram() {
-        let errors = every_error();
-        for error in errors {
+        for error in ApiError::one_of_each() {
             assert!(
                 Outcome::ALL[error.outcome().index()] == error.outcome(),
                 "{error:?}"
             );
         }
-    }
-
-    /// One error of every kind (one event reason stands for all of them).
-    fn every_error() -> Vec<ApiError> {
-        vec![
-            ApiError::InvalidJson(String::new()),
-            ApiError::InvalidEvent {
-                reason: "missing_field",
-                detail: String::new(),
-            },
-            ApiError::BodyTooLarge,
-            ApiError::UnsupportedMediaType,
-            ApiError::BodyTimeout,
-            ApiError::BodyRead(String::new()),
-            ApiError::QueueFull,
-            ApiError::Draining,
-            ApiError::LedgerFull,
-            ApiError::BalanceOverflow,
-            ApiError::UnknownUser,
-            ApiError::InvalidQuery(String::new()),
-            ApiError::InvalidPath(String::new()),
-            ApiError::InvalidHost(""),
-            ApiError::NotFound,
-            ApiError::MethodNotAllowed,
-            ApiError::Unauthorized,
-            ApiError::Forbidden,
-            ApiError::RateLimited {
-                retry_after_seconds: 1,
-            },
-        ]
     }
 
     // Proves the README's HTTP contract table and the code agree: every error's reason is in a
@@ -396,7 +444,7 @@ mod tests {
     #[test]
     fn the_readme_lists_every_error_with_its_status() {
         let readme = include_str!("../../../README.md");
-        for error in every_error() {
+        for error in ApiError::one_of_each() {
             let reason = error.reason();
             let status = error.status().as_u16().to_string();
             assert!(

@@ -18,7 +18,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use bytes::Bytes;
 use floodgate_core::config::ProcessingMode;
@@ -132,35 +132,101 @@ fn check_host<B>(request: &hyper::Request<B>) -> Result<(), ApiError> {
     }
 }
 
-/// The router of the HTTP contract.
-fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(
-            "/events",
-            post(
+/// Declares [`Route`]: one line per route of the HTTP contract (variant, method, path), so
+/// the router and the OpenAPI document's test read the same table.
+macro_rules! contract_routes {
+    ($($variant:ident => $method:ident $path:literal,)+) => {
+        /// Every route the server answers. The router is built from [`Route::ALL`] (a route
+        /// not listed here is not served), and a test checks the OpenAPI document against it.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Route {
+            $(
+                #[doc = concat!("`", stringify!($method), " ", $path, "`")]
+                $variant,
+            )+
+        }
+
+        impl Route {
+            /// Every route, in the order of the table.
+            pub const ALL: &[Route] = &[$(Route::$variant,)+];
+
+            /// The route's method.
+            pub fn method(self) -> Method {
+                match self {
+                    $(Self::$variant => Method::$method,)+
+                }
+            }
+
+            /// The route's method, as the router filters it.
+            fn method_filter(self) -> MethodFilter {
+                match self {
+                    $(Self::$variant => MethodFilter::$method,)+
+                }
+            }
+
+            /// The route's path, in the router's (and OpenAPI's) template syntax.
+            pub const fn path(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $path,)+
+                }
+            }
+        }
+    };
+}
+
+contract_routes! {
+    PostEvents => POST "/events",
+    ListBalances => GET "/balances",
+    GetBalance => GET "/balances/{user}",
+    Stats => GET "/stats",
+    Metrics => GET "/metrics",
+    Healthz => GET "/healthz",
+    Readyz => GET "/readyz",
+    OpenApi => GET "/openapi.json",
+}
+
+impl Route {
+    /// The routes the admin listener serves (`--admin-addr`): the operators' routes.
+    pub const ADMIN: &[Route] = &[Route::Stats, Route::Metrics, Route::Healthz, Route::Readyz];
+
+    /// The handler of this route, for the method of the table.
+    fn handler(self) -> MethodRouter<Arc<AppState>> {
+        let method = self.method_filter();
+        match self {
+            Self::PostEvents => on(
+                method,
                 |State(app): State<Arc<AppState>>, request: Request| async move {
                     post_event(&app, request).await
                 },
             ),
-        )
-        .route("/balances", get(list_balances))
-        .route("/balances/{user}", get(get_balance))
-        .route("/stats", get(stats))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
+            Self::ListBalances => on(method, list_balances),
+            Self::GetBalance => on(method, get_balance),
+            Self::Stats => on(method, stats),
+            Self::Metrics => on(method, metrics),
+            Self::Healthz => on(method, healthz),
+            Self::Readyz => on(method, readyz),
+            Self::OpenApi => on(method, openapi),
+        }
+    }
+}
+
+/// The router of the HTTP contract: every [`Route`], and JSON errors for the rest.
+fn router(state: Arc<AppState>) -> Router {
+    router_of(Route::ALL, state)
 }
 
 /// The router of the admin listener: operators' routes only, everything else 404.
 fn admin_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/stats", get(stats))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    router_of(Route::ADMIN, state)
+}
+
+/// A router serving `routes`, with the contract's JSON 404 and 405 for everything else.
+fn router_of(routes: &[Route], state: Arc<AppState>) -> Router {
+    routes
+        .iter()
+        .fold(Router::new(), |router, route| {
+            router.route(route.path(), route.handler())
+        })
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -330,16 +396,19 @@ struct PageQuery {
 }
 
 /// `GET /balances?after=<user>&limit=<n>`: one page sorted by user; `next` is the cursor of
-/// the following page, `null` on the last one. `limit` is clamped to 1..=1000.
+/// the following page, `null` on the last one. A `limit` outside 1..=1000 is 400
+/// `invalid_query` (clamping it would answer a different question than the one asked).
 async fn list_balances(
     State(app): State<Arc<AppState>>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))?;
-    let limit = query
-        .limit
-        .unwrap_or(BALANCES_PAGE_DEFAULT)
-        .clamp(1, BALANCES_PAGE_MAX);
+    let limit = query.limit.unwrap_or(BALANCES_PAGE_DEFAULT);
+    if !(1..=BALANCES_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::InvalidQuery(format!(
+            "limit must be between 1 and {BALANCES_PAGE_MAX}, got {limit}"
+        )));
+    }
     // One extra row tells whether another page follows.
     let mut rows = app.engine.balances(query.after.as_deref(), limit + 1);
     let more = rows.len() > limit;
@@ -370,6 +439,18 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// The OpenAPI 3 document of the HTTP contract (the file `crates/server/openapi.json`).
+pub const OPENAPI_DOCUMENT: &str = include_str!("../openapi.json");
+
+/// `GET /openapi.json`: the contract, machine-readable, for client authors and API tools.
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, JSON_CONTENT_TYPE)],
+        OPENAPI_DOCUMENT,
+    )
+        .into_response()
 }
 
 /// `GET /healthz`: the process is alive and serving HTTP.

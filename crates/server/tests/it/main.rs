@@ -6,6 +6,7 @@ mod access;
 mod http_contract;
 mod lingering_close;
 mod metrics_and_shutdown;
+mod openapi;
 mod raw_http;
 mod raw_servers;
 mod slow_clients;
