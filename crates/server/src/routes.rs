@@ -20,6 +20,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
+use base64::Engine as _;
+use base64::prelude::BASE64_URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use floodgate_core::config::ProcessingMode;
 use floodgate_core::engine::{Engine, Ingested};
@@ -395,9 +397,10 @@ struct PageQuery {
     limit: Option<usize>,
 }
 
-/// `GET /balances?after=<user>&limit=<n>`: one page sorted by user; `next` is the cursor of
-/// the following page, `null` on the last one. A `limit` outside 1..=1000 is 400
-/// `invalid_query` (clamping it would answer a different question than the one asked).
+/// `GET /balances?after=<cursor>&limit=<n>`: one page sorted by user; `next` is the cursor of
+/// the following page, `null` on the last one. The cursor is opaque and URL-safe (base64url,
+/// no padding, of the page's last user), so a client pastes it into the next URL as is.
+/// `limit` outside 1..=1000 or a cursor that does not decode is 400 `invalid_query`.
 async fn list_balances(
     State(app): State<Arc<AppState>>,
     query: Result<Query<PageQuery>, QueryRejection>,
@@ -405,16 +408,17 @@ async fn list_balances(
     let Query(query) = query.map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))?;
     let limit = query.limit.unwrap_or(BALANCES_PAGE_DEFAULT);
     if !(1..=BALANCES_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::InvalidQuery(format!(
-            "limit must be between 1 and {BALANCES_PAGE_MAX}, got {limit}"
-        )));
+        let detail = format!("limit must be between 1 and {BALANCES_PAGE_MAX}, got {limit}");
+        return Err(ApiError::InvalidQuery(detail));
     }
+    let after = query.after.as_deref().map(decode_cursor).transpose()?;
     // One extra row tells whether another page follows.
-    let mut rows = app.engine.balances(query.after.as_deref(), limit + 1);
+    let mut rows = app.engine.balances(after.as_deref(), limit + 1);
     let more = rows.len() > limit;
     rows.truncate(limit);
     let next = if more {
-        rows.last().map(|(user, _)| user.clone())
+        rows.last()
+            .map(|(user, _)| BASE64_URL_SAFE_NO_PAD.encode(user))
     } else {
         None
     };
@@ -423,6 +427,17 @@ async fn list_balances(
         .map(|(user, balance)| json!({"user": user, "balance": balance}))
         .collect();
     Ok(Json(json!({"balances": balances, "next": next})))
+}
+
+/// The user a `GET /balances` cursor stands for.
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::InvalidQuery(format!(
+            "`after` is not a cursor this server gave: {cursor:?}"
+        ))
+    };
+    let bytes = BASE64_URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    String::from_utf8(bytes).map_err(|_| bad())
 }
 
 /// `GET /stats`: the engine's statistics.

@@ -296,8 +296,9 @@ async fn balance_lookup_200_and_404() {
     server.stop().await.expect("stop");
 }
 
-// Proves GET /balances pagination: pages are sorted, `next` chains them without gaps or
-// repeats, the last page has next = null, and a limit outside 1..=1000 (or not a number) is
+// Proves GET /balances pagination: pages are sorted, `next` (pasted into the URL as is)
+// chains them without gaps or repeats, the last page has next = null, and a limit outside
+// 1..=1000 or a cursor that does not decode (not base64url, or not UTF-8 once decoded) is a
 // 400 invalid_query.
 #[tokio::test]
 async fn balances_paginate_with_cursor() {
@@ -323,10 +324,12 @@ async fn balances_paginate_with_cursor() {
     let (status, page) = get(&server, "/balances?limit=1000").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["balances"].as_array().map(Vec::len), Some(25));
-    for bad in ["abc", "0", "1001", "5000", "-1", "1.5"] {
-        let (status, reply) = get(&server, &format!("/balances?limit={bad}")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "limit={bad}");
-        assert_eq!(reply["reason"], "invalid_query", "limit={bad}");
+    let limits = ["abc", "0", "1001", "5000", "-1", "1.5"].map(|bad| format!("limit={bad}"));
+    let cursors = ["after=%25%25", "after=_w"].map(str::to_owned);
+    for bad in limits.iter().chain(&cursors) {
+        let (status, reply) = get(&server, &format!("/balances?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply["reason"], "invalid_query", "{bad}");
     }
     server.stop().await.expect("stop");
 }
