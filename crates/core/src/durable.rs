@@ -29,7 +29,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::dedup::{Claim, IdKey, Window};
 use crate::engine::Rejected;
+use crate::event::EventId;
 use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
 use crate::queue::{Admission, Job};
@@ -49,8 +51,14 @@ const CUT_WAIT: Duration = Duration::from_secs(10);
 
 /// Entry kind byte of an event record: amount (i64 LE) then user bytes.
 const ENTRY_EVENT: u8 = 1;
+/// Entry kind byte of an events record (a batch, or events with ids): see `encode_events`.
+const ENTRY_EVENTS: u8 = 2;
 /// Snapshot payload format: version byte, then (user length u32, user, balance i64) per user.
 const SNAPSHOT_BALANCES_V1: u8 = 1;
+/// Snapshot payload format with the dedup window: version byte, the window's hash key (16
+/// bytes), the number of users (u64), the users as in v1, then per id kept: key (u128), user
+/// hash (u64), amount (i64), first seen (u64 ms), oldest first.
+const SNAPSHOT_WITH_IDS_V2: u8 = 2;
 
 /// What a 202 waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -198,20 +206,118 @@ impl DataDir {
 }
 
 /// The answer the log writer gives a waiting submitter: `Ok` (durable and dispatched in log
-/// order) or the refusal with the job handed back.
-pub(crate) type Reply = Result<(), (Rejected, Job)>;
+/// order) or the refusal with the jobs handed back.
+pub(crate) type Reply = Result<(), (Rejected, Vec<Job>)>;
 
-/// One admitted event on its way through the log.
+/// An event id on its way through the log: the claim settled when its group is durable (kept)
+/// or refused (freed), and what the log record keeps so a restart remembers it.
+#[derive(Debug)]
+pub(crate) struct LoggedId {
+    /// Index of the event in its ticket.
+    pub(crate) index: usize,
+    pub(crate) claim: Claim,
+    pub(crate) id: EventId,
+    pub(crate) at_unix_ms: u64,
+}
+
+/// Admitted events on their way through the log, as ONE log entry: one event from
+/// `POST /events`, a whole batch from `POST /events/batch`.
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    pub(crate) job: Job,
-    pub(crate) admitted: Admit,
+    pub(crate) jobs: Vec<Job>,
+    pub(crate) admitted: Vec<Admit>,
+    /// The ids among `jobs`, by index (empty: none).
+    pub(crate) ids: Vec<LoggedId>,
     pub(crate) reply: oneshot::Sender<Reply>,
 }
 
 impl floodgate_store::Entry for Ticket {
     fn encode(&self, out: &mut Vec<u8>) {
-        encode_event(&self.job.user, self.job.amount, out);
+        match self.jobs.as_slice() {
+            [job] if self.ids.is_empty() => encode_event(&job.user, job.amount, out),
+            jobs => encode_events(jobs, &self.ids, out),
+        }
+    }
+}
+
+/// Appends an events entry: kind byte, count (u32), then per event: amount (i64), id length
+/// (u8, 0: none), id bytes and first-seen time (u64 ms, only with an id), user length (u8),
+/// user bytes.
+fn encode_events(jobs: &[Job], ids: &[LoggedId], out: &mut Vec<u8>) {
+    out.push(ENTRY_EVENTS);
+    out.extend_from_slice(&(jobs.len() as u32).to_le_bytes());
+    let mut ids = ids.iter().peekable();
+    for (index, job) in jobs.iter().enumerate() {
+        out.extend_from_slice(&job.amount.to_le_bytes());
+        match ids.next_if(|id| id.index == index) {
+            Some(id) => {
+                out.push(id.id.as_str().len() as u8);
+                out.extend_from_slice(id.id.as_str().as_bytes());
+                out.extend_from_slice(&id.at_unix_ms.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        out.push(job.user.len() as u8);
+        out.extend_from_slice(job.user.as_bytes());
+    }
+}
+
+/// One event read back from the log: user, amount, and its id with its first-seen time.
+pub type LoggedEvent = (String, i64, Option<(String, u64)>);
+
+/// Reads an entry back (either kind), handing each event to `visit` in order.
+pub fn decode_entry(
+    bytes: &[u8],
+    mut visit: impl FnMut(LoggedEvent) -> Result<(), String>,
+) -> Result<(), String> {
+    if bytes.first() == Some(&ENTRY_EVENT) {
+        let (user, amount) = decode_event(bytes)?;
+        return visit((user, amount, None));
+    }
+    let (&kind, rest) = bytes.split_first().ok_or("empty entry")?;
+    if kind != ENTRY_EVENTS {
+        return Err(format!("unknown entry kind {kind}"));
+    }
+    let mut reader = Reader(rest);
+    let count = u32::from_le_bytes(reader.take_array()?);
+    for _ in 0..count {
+        let amount = i64::from_le_bytes(reader.take_array()?);
+        let id_length = usize::from(reader.take_array::<1>()?[0]);
+        let id = if id_length == 0 {
+            None
+        } else {
+            let text = reader.take_text(id_length)?;
+            Some((text, u64::from_le_bytes(reader.take_array()?)))
+        };
+        let user_length = usize::from(reader.take_array::<1>()?[0]);
+        let user = reader.take_text(user_length)?;
+        visit((user, amount, id))?;
+    }
+    Ok(())
+}
+
+/// Reads fields off the front of an entry.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, length: usize) -> Result<&[u8], String> {
+        if self.0.len() < length {
+            return Err("entry cut short".to_owned());
+        }
+        let (head, rest) = self.0.split_at(length);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn take_array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut array = [0; N];
+        array.copy_from_slice(self.take(N)?);
+        Ok(array)
+    }
+
+    fn take_text(&mut self, length: usize) -> Result<String, String> {
+        let bytes = self.take(length)?;
+        String::from_utf8(bytes.to_vec()).map_err(|error| format!("text not UTF-8: {error}"))
     }
 }
 
@@ -279,6 +385,60 @@ pub fn decode_balances(
     Ok(())
 }
 
+/// Encodes balances and the dedup window (its hash key and settled ids) as a snapshot payload.
+pub fn encode_snapshot(
+    balances: &[(String, i64)],
+    hash_key: [u8; 16],
+    ids: &[(IdKey, u64, i64, u64)],
+) -> Vec<u8> {
+    let users = encode_balances(balances);
+    let mut out = Vec::with_capacity(25 + users.len() + ids.len() * 40);
+    out.push(SNAPSHOT_WITH_IDS_V2);
+    out.extend_from_slice(&hash_key);
+    out.extend_from_slice(&(balances.len() as u64).to_le_bytes());
+    out.extend_from_slice(&users[1..]);
+    for &(key, user_hash, amount, at_unix_ms) in ids {
+        out.extend_from_slice(&key.to_le_bytes());
+        out.extend_from_slice(&user_hash.to_le_bytes());
+        out.extend_from_slice(&amount.to_le_bytes());
+        out.extend_from_slice(&at_unix_ms.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes a snapshot payload (v1: balances; v2: balances and the dedup window): adopts the
+/// window's hash key, hands each balance to `restore` and each id to `window`.
+fn decode_snapshot(
+    payload: &[u8],
+    window: &Window,
+    mut restore: impl FnMut(String, i64) -> Result<(), String>,
+) -> Result<(), String> {
+    if payload.first() == Some(&SNAPSHOT_BALANCES_V1) {
+        return decode_balances(payload, restore);
+    }
+    let (&version, rest) = payload.split_first().ok_or("empty snapshot payload")?;
+    if version != SNAPSHOT_WITH_IDS_V2 {
+        return Err(format!("unknown snapshot payload version {version}"));
+    }
+    let mut reader = Reader(rest);
+    window.adopt_hash_key(reader.take_array()?);
+    let users = u64::from_le_bytes(reader.take_array()?);
+    for _ in 0..users {
+        let length = u32::from_le_bytes(reader.take_array()?) as usize;
+        let user = reader.take_text(length)?;
+        let balance = i64::from_le_bytes(reader.take_array()?);
+        restore(user, balance)?;
+    }
+    while !reader.0.is_empty() {
+        let key = u128::from_le_bytes(reader.take_array()?);
+        let user_hash = u64::from_le_bytes(reader.take_array()?);
+        let amount = i64::from_le_bytes(reader.take_array()?);
+        let at_unix_ms = u64::from_le_bytes(reader.take_array()?);
+        window.restore(key, user_hash, amount, at_unix_ms);
+    }
+    Ok(())
+}
+
 /// Applies a recovered amount (a snapshot balance or a replayed event) to the ledger, as a
 /// worker would: admitted against the user budget, then applied. An overflow is skipped, as
 /// it was the first time (the same events in the same order overflow again).
@@ -296,14 +456,16 @@ fn restore_into(ledger: &Ledger, user: String, amount: i64) -> Result<(), String
     Ok(())
 }
 
-/// Rebuilds `ledger` from the data directory: the newest snapshot, then the log after it.
+/// Rebuilds `ledger` and the dedup `window` from the data directory: the newest snapshot,
+/// then the log after it.
 pub(crate) fn recover(
     storage: Arc<dyn Storage>,
     ledger: &Ledger,
+    window: &Window,
 ) -> Result<floodgate_store::Replayed, DurableError> {
     let recovery = Recovery::open(storage)?;
     if let Some(snapshot) = recovery.snapshot() {
-        decode_balances(&snapshot.payload, |user, balance| {
+        decode_snapshot(&snapshot.payload, window, |user, balance| {
             restore_into(ledger, user, balance)
         })
         .map_err(|message| floodgate_store::RecoveryError::Apply {
@@ -313,8 +475,13 @@ pub(crate) fn recover(
         })?;
     }
     let replayed = recovery.replay(|_, bytes| {
-        let (user, amount) = decode_event(bytes)?;
-        restore_into(ledger, user, amount)
+        decode_entry(bytes, |(user, amount, id)| {
+            if let Some((id, at_unix_ms)) = id {
+                let id = EventId::parse(&id).map_err(|error| error.to_string())?;
+                window.restore(window.key(&id), user_hash(&user), amount, at_unix_ms);
+            }
+            restore_into(ledger, user, amount)
+        })
     })?;
     Ok(replayed)
 }
@@ -456,6 +623,7 @@ pub(crate) struct Durable {
 struct Wiring {
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
+    window: Arc<Window>,
     gate: Arc<Mutex<Dispatch>>,
 }
 
@@ -467,18 +635,20 @@ impl Durable {
         ledger: &Arc<Ledger>,
         metrics: &Arc<Metrics>,
         admission: &Arc<Admission>,
+        window: &Arc<Window>,
     ) -> Result<Self, DurableError> {
         let data_dir = DataDir::open(&options.data_dir)?;
         let storage: Arc<dyn Storage> = match &options.storage {
             Some(storage) => Arc::clone(storage),
             None => Arc::new(FsStorage::open(data_dir.path())?),
         };
-        let replayed = recover(storage, ledger)?;
+        let replayed = recover(storage, ledger, window)?;
         let recovery = replayed.report.clone();
         log_recovery(&recovery, data_dir.path());
         let wiring = Wiring {
             ledger: Arc::clone(ledger),
             metrics: Arc::clone(metrics),
+            window: Arc::clone(window),
             gate: Arc::new(Mutex::new(Dispatch {
                 position: recovery.last_position,
                 ..Dispatch::default()
@@ -492,6 +662,7 @@ impl Durable {
         let acknowledger = Acknowledger {
             ledger: Arc::clone(ledger),
             admission: Arc::clone(admission),
+            window: Arc::clone(window),
             gate: Arc::clone(&wiring.gate),
             cells: Arc::clone(&cells),
             in_flight: Arc::clone(&in_flight),
@@ -500,6 +671,7 @@ impl Durable {
             trigger: trigger.clone(),
             options: options.clone(),
             jobs: Vec::new(),
+            claims: Vec::new(),
         };
         let log_options = floodgate_store::LogOptions {
             durability: options.mode.store_durability(),
@@ -555,30 +727,40 @@ impl Durable {
         }
     }
 
-    /// Submits an admitted event; the returned receiver answers once its group is durable
-    /// (or refused). Refused at once when the log's queue is full, failed or closed.
+    /// Submits admitted events as one log entry; the returned receiver answers once its
+    /// group is durable (or refused). Refused at once when the log's queue is full, failed or
+    /// closed: the ids' claims are then freed here and the jobs handed back. Once submitted,
+    /// the claims are settled by the log writer (kept when durable, freed when refused),
+    /// whether or not anyone still waits for the answer.
     pub(crate) fn submit(
         &self,
-        job: Job,
-        admitted: Admit,
-    ) -> Result<oneshot::Receiver<Reply>, (Rejected, Job)> {
+        jobs: Vec<Job>,
+        admitted: Vec<Admit>,
+        ids: Vec<LoggedId>,
+        window: &Window,
+    ) -> Result<oneshot::Receiver<Reply>, (Rejected, Vec<Job>)> {
         let (reply, answer) = oneshot::channel();
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let events = jobs.len();
+        self.in_flight.fetch_add(events, Ordering::AcqRel);
         let ticket = Ticket {
-            job,
+            jobs,
             admitted,
+            ids,
             reply,
         };
         match self.log.try_submit(ticket) {
             Ok(()) => Ok(answer),
             Err((error, ticket)) => {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.in_flight.fetch_sub(events, Ordering::AcqRel);
+                for id in ticket.ids {
+                    window.release(id.claim);
+                }
                 let reason = match error {
                     floodgate_store::SubmitError::Full => Rejected::QueueFull,
                     floodgate_store::SubmitError::Failed => Rejected::StorageFailed,
                     floodgate_store::SubmitError::Closed => Rejected::Draining,
                 };
-                Err((reason, ticket.job))
+                Err((reason, ticket.jobs))
             }
         }
     }
@@ -676,6 +858,7 @@ fn log_recovery(report: &RecoveryReport, path: &Path) {
 struct Acknowledger {
     ledger: Arc<Ledger>,
     admission: Arc<Admission>,
+    window: Arc<Window>,
     gate: Arc<Mutex<Dispatch>>,
     cells: Arc<DurableCells>,
     in_flight: Arc<AtomicUsize>,
@@ -684,6 +867,7 @@ struct Acknowledger {
     trigger: std_mpsc::Sender<SnapshotRequest>,
     options: DurableOptions,
     jobs: Vec<Job>,
+    claims: Vec<Claim>,
 }
 
 impl floodgate_store::Acknowledge<Ticket> for Acknowledger {
@@ -705,7 +889,9 @@ impl Acknowledger {
         // The 202s first: the group is durable; applying follows in log order.
         for ticket in entries {
             let _ = ticket.reply.send(Ok(()));
-            self.jobs.push(ticket.job);
+            self.jobs.extend(ticket.jobs);
+            self.claims
+                .extend(ticket.ids.into_iter().map(|id| id.claim));
         }
         let mut gate = lock(&self.gate);
         let count = self.jobs.len();
@@ -714,8 +900,13 @@ impl Acknowledger {
                 tracing::error!(user = %job.user, "queue closed before a logged event was dispatched; it is applied at the next start");
             }
         }
+        // Kept under the gate: a snapshot's window holds exactly the ids at or before its
+        // position.
+        for claim in self.claims.drain(..) {
+            self.window.commit(claim);
+        }
         self.in_flight.fetch_sub(count, Ordering::AcqRel);
-        gate.position = commit.first_position + count as u64 - 1;
+        gate.position = commit.first_position + commit.entries as u64 - 1;
         gate.dispatched += count as u64;
         gate.events_since_snapshot += count as u64;
         gate.bytes_since_snapshot += commit.record_bytes as u64;
@@ -748,13 +939,19 @@ impl Acknowledger {
             AppendError::Closed => Rejected::Draining,
         };
         for ticket in entries {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let (hash, admitted) = (ticket.job.hash, ticket.admitted);
-            if let Err(Err((_, job))) = ticket.reply.send(Err((reason, ticket.job)))
-                && admitted == Admit::Pending
-            {
-                // Nobody waits for this answer any more: give the user's slot back here.
-                self.ledger.cancel(hash, &job.user);
+            self.in_flight
+                .fetch_sub(ticket.jobs.len(), Ordering::AcqRel);
+            for id in ticket.ids {
+                self.window.release(id.claim);
+            }
+            let admitted = ticket.admitted;
+            if let Err(Err((_, jobs))) = ticket.reply.send(Err((reason, ticket.jobs))) {
+                // Nobody waits for this answer any more: give the users' slots back here.
+                for (job, admitted) in jobs.iter().zip(admitted) {
+                    if admitted == Admit::Pending {
+                        self.ledger.cancel(job.hash, &job.user);
+                    }
+                }
             }
         }
     }
@@ -824,10 +1021,13 @@ impl Snapshotter {
     }
 }
 
+/// A consistent cut: the position, the balances and the dedup window's ids at it.
+type Cut = (u64, Vec<(String, i64)>, Vec<(IdKey, u64, i64, u64)>);
+
 impl SnapshotTaker {
     fn take(&self) {
         let started = Instant::now();
-        let Some((position, balances)) = self.consistent_cut() else {
+        let Some((position, balances, ids)) = self.consistent_cut() else {
             self.cells.snapshot_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("snapshot skipped: the workers did not catch up within {CUT_WAIT:?}");
             return;
@@ -835,7 +1035,7 @@ impl SnapshotTaker {
         if position == self.cells.snapshot_position.load(Ordering::Acquire) {
             return;
         }
-        let payload = encode_balances(&balances);
+        let payload = encode_snapshot(&balances, self.wiring.window.hash_key(), &ids);
         match self.log.write_snapshot(position, &payload) {
             Ok(()) => {
                 self.cells
@@ -861,7 +1061,7 @@ impl SnapshotTaker {
     /// Pauses dispatch, waits for the workers to apply every dispatched event, copies the
     /// balances: exactly the events at positions 1..=position. `None` if the workers do not
     /// catch up within [`CUT_WAIT`].
-    fn consistent_cut(&self) -> Option<(u64, Vec<(String, i64)>)> {
+    fn consistent_cut(&self) -> Option<Cut> {
         let wiring = &self.wiring;
         let mut gate = lock(&wiring.gate);
         let done = |metrics: &Metrics| {
@@ -876,9 +1076,10 @@ impl SnapshotTaker {
             std::thread::sleep(Duration::from_micros(100));
         }
         let balances = wiring.ledger.balances(None, wiring.ledger.users());
+        let ids = wiring.window.settled_ids();
         gate.events_since_snapshot = 0;
         gate.bytes_since_snapshot = 0;
         gate.snapshot_requested = false;
-        Some((gate.position, balances))
+        Some((gate.position, balances, ids))
     }
 }

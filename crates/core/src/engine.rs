@@ -33,13 +33,16 @@ use std::time::Duration;
 use tokio::sync::{Notify, OnceCell};
 use tokio::task::JoinHandle;
 
+use crate::batch::{self, IdCheck};
 use crate::config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode};
+use crate::dedup::{Bounds, Claim, ClaimGuard, ConflictField, IdKey, Verdict, Window};
+use crate::durable::LoggedId;
 use crate::durable::{self, DurabilityMode, Durable, DurableError, DurableOptions};
-use crate::event::Event;
+use crate::event::{Event, EventId};
 use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
 use crate::queue::{self, Admission, Job, PushError};
-pub use crate::stats::{LockSummary, LockTimings, Stats, Summary, WorkerStats};
+pub use crate::stats::{DedupStats, LockSummary, LockTimings, Stats, Summary, WorkerStats};
 use crate::worker::{self, WorkerContext};
 
 /// How an event was taken.
@@ -54,7 +57,13 @@ pub enum Ingested {
     },
     /// Validate-only mode (stage 3): valid, no state kept.
     Validated,
+    /// A resend of an event already accepted (same id, user and amount, within the dedup
+    /// window): nothing applied.
+    Duplicate,
 }
+
+/// What became of one event of a batch (see [`Engine::submit_batch`]).
+pub type EventOutcome = Result<Ingested, Rejected>;
 
 /// Why an event was refused (nothing was applied).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -78,11 +87,15 @@ pub enum Rejected {
     /// The disk is full: this event's group was refused, nothing was applied (HTTP 507).
     #[error("disk full: the log cannot grow")]
     DiskFull,
+    /// The event's id was already used, within the dedup window, for another user or amount
+    /// (HTTP 422): nothing applied.
+    #[error("the id was already used with a different `{}`", .0.name())]
+    IdConflict(ConflictField),
 }
 
 impl Rejected {
     /// Machine-readable reason, as in the HTTP body: `queue_full`, `draining`,
-    /// `balance_overflow`, `ledger_full`, `storage_failed`, `disk_full`.
+    /// `balance_overflow`, `ledger_full`, `storage_failed`, `disk_full`, `id_conflict`.
     pub fn reason(self) -> &'static str {
         match self {
             Self::QueueFull => "queue_full",
@@ -91,6 +104,7 @@ impl Rejected {
             Self::LedgerFull => "ledger_full",
             Self::StorageFailed => "storage_failed",
             Self::DiskFull => "disk_full",
+            Self::IdConflict(_) => "id_conflict",
         }
     }
 }
@@ -134,6 +148,8 @@ pub enum Submission<'a> {
     Inline(Pin<Box<dyn Future<Output = Result<Ingested, Refused>> + Send + 'a>>),
     /// Queued with a log: waiting for the event's group to be written (and synced).
     Logged(Pin<Box<dyn Future<Output = Result<Ingested, Refused>> + Send + 'a>>),
+    /// Another copy of the event's id is in flight: waiting for its outcome.
+    Waiting(Pin<Box<dyn Future<Output = Result<Ingested, Refused>> + Send + 'a>>),
 }
 
 impl std::fmt::Debug for Submission<'_> {
@@ -142,6 +158,7 @@ impl std::fmt::Debug for Submission<'_> {
             Self::Ready(answer) => formatter.debug_tuple("Ready").field(answer).finish(),
             Self::Inline(_) => formatter.write_str("Inline"),
             Self::Logged(_) => formatter.write_str("Logged"),
+            Self::Waiting(_) => formatter.write_str("Waiting"),
         }
     }
 }
@@ -156,8 +173,41 @@ impl Future for Submission<'_> {
                     .take()
                     .expect("a submission is polled after it answered"),
             ),
-            Self::Inline(pending) | Self::Logged(pending) => pending.as_mut().poll(context),
+            Self::Inline(pending) | Self::Logged(pending) | Self::Waiting(pending) => {
+                pending.as_mut().poll(context)
+            }
         }
+    }
+}
+
+/// A batch after its ids were checked and its users admitted.
+struct PreparedBatch {
+    /// One per event, in order (`Queued` for the events in `jobs`).
+    outcomes: Vec<EventOutcome>,
+    jobs: Vec<Job>,
+    admitted: Vec<Admit>,
+    /// The claimed ids among `jobs`, by index in `jobs`.
+    ids: Vec<LoggedId>,
+}
+
+impl PreparedBatch {
+    fn with_capacity(events: usize) -> Self {
+        Self {
+            outcomes: Vec::with_capacity(events),
+            jobs: Vec::with_capacity(events),
+            admitted: Vec::with_capacity(events),
+            ids: Vec::new(),
+        }
+    }
+}
+
+/// An id on its way with its event, first seen now.
+fn logged_id(index: usize, claim: Claim, id: EventId) -> LoggedId {
+    LoggedId {
+        index,
+        claim,
+        id,
+        at_unix_ms: crate::dedup::now_unix_ms(),
     }
 }
 
@@ -242,6 +292,9 @@ struct Inner {
     processor: Processor,
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
+    /// The ids accepted recently (see [`crate::dedup`]); the log writer settles the claims
+    /// of logged events.
+    window: Arc<Window>,
     draining: AtomicBool,
     inline_in_flight: AtomicU64,
     inline_idle: Notify,
@@ -286,6 +339,10 @@ impl Engine {
             config.shard_count(),
             config.max_users,
         ));
+        let window = Arc::new(Window::new(Bounds {
+            age: Duration::from_millis(config.dedup_window_ms),
+            max_ids: config.dedup_max_ids,
+        }));
         let queued = config.mode == ProcessingMode::Queued;
         let metrics = Arc::new(Metrics::new(if queued { config.workers } else { 1 }));
         let mut handles = Vec::new();
@@ -302,8 +359,9 @@ impl Engine {
                     None => Processor::Queued(admission),
                     Some(options) => {
                         let admission = Arc::new(admission);
-                        let durable =
-                            Box::new(Durable::start(options, &ledger, &metrics, &admission)?);
+                        let durable = Box::new(Durable::start(
+                            options, &ledger, &metrics, &admission, &window,
+                        )?);
                         Processor::Logged { admission, durable }
                     }
                 }
@@ -323,6 +381,7 @@ impl Engine {
                 processor,
                 ledger,
                 metrics,
+                window,
                 draining: AtomicBool::new(false),
                 inline_in_flight: AtomicU64::new(0),
                 inline_idle: Notify::new(),
@@ -338,16 +397,257 @@ impl Engine {
     /// and the new balance answered. Validate-only: counted. A refused event is handed back
     /// untouched (a retrying caller offers it again without cloning); every refusal is
     /// counted.
+    ///
+    /// An event with an id is first checked against the dedup window (both applying modes):
+    /// a duplicate is answered [`Ingested::Duplicate`] and a conflict refused
+    /// [`Rejected::IdConflict`], nothing applied; a fresh id is claimed, the event admitted as
+    /// any other, and the claim kept if it was accepted or freed if it was refused. A copy
+    /// whose id is in flight waits for the other copy's outcome.
     pub fn submit(&self, event: Event) -> Submission<'_> {
+        if event.id.is_some() && self.remembers_ids() {
+            return self.submit_identified(event);
+        }
+        self.submit_claimed(event, None)
+    }
+
+    /// Both applying modes remember ids; validate-only keeps no state at all.
+    fn remembers_ids(&self) -> bool {
+        !matches!(self.inner.processor, Processor::ValidateOnly)
+    }
+
+    /// The window's key for the event's id and the user's hash (`None` without an id).
+    fn identify(&self, event: &Event) -> Option<(IdKey, u64)> {
+        let id = event.id.as_ref()?;
+        Some((self.inner.window.key(id), user_hash(&event.user)))
+    }
+
+    /// An event with an id: one check-and-claim in the window, then [`Self::decide`]; in
+    /// flight, the check is repeated once the other copy settled.
+    fn submit_identified(&self, event: Event) -> Submission<'_> {
+        let Some((key, hash)) = self.identify(&event) else {
+            return self.submit_claimed(event, None);
+        };
+        match self.inner.window.check(key, hash, event.amount) {
+            Verdict::InFlight => Submission::Waiting(Box::pin(async move {
+                let verdict = self.inner.window.settled(key, hash, event.amount).await;
+                self.decide(verdict, event).await
+            })),
+            verdict => self.decide(verdict, event),
+        }
+    }
+
+    /// Acts on the window's verdict for one event.
+    fn decide(&self, verdict: Verdict, event: Event) -> Submission<'_> {
+        match verdict {
+            Verdict::Duplicate => {
+                self.inner.metrics.duplicate.fetch_add(1, Ordering::Relaxed);
+                Submission::Ready(Some(Ok(Ingested::Duplicate)))
+            }
+            Verdict::Conflict(field) => {
+                Submission::Ready(Some(Err(Refused::new(Rejected::IdConflict(field), event))))
+            }
+            Verdict::Fresh(claim) => self.submit_claimed(event, Some(claim)),
+            // `check` answers in flight only to `submit_identified`, which waits instead.
+            Verdict::InFlight => self.submit_identified(event),
+        }
+    }
+
+    /// Admits (and in inline mode applies) an event; its id's claim, if any, is kept when the
+    /// event is accepted and freed when it is refused.
+    fn submit_claimed(&self, event: Event, claim: Option<Claim>) -> Submission<'_> {
+        let claim = ClaimGuard::new(&self.inner.window, claim);
         match &self.inner.processor {
-            Processor::Queued(admission) => Submission::Ready(Some(self.enqueue(admission, event))),
+            Processor::Queued(admission) => {
+                let result = self.enqueue(admission, event);
+                claim.settle(result.is_ok());
+                Submission::Ready(Some(result))
+            }
             Processor::Logged { admission, durable } => {
-                Submission::Logged(Box::pin(self.enqueue_logged(admission, durable, event)))
+                self.enqueue_logged(admission, durable, event, claim.into_inner())
             }
             Processor::Inline { work, hold } => {
-                Submission::Inline(Box::pin(self.apply_inline(event, *work, *hold)))
+                let (work, hold) = (*work, *hold);
+                Submission::Inline(Box::pin(async move {
+                    let result = self.apply_inline(event, work, hold).await;
+                    claim.settle(result.is_ok());
+                    result
+                }))
             }
             Processor::ValidateOnly => Submission::Ready(Some(self.validate(event))),
+        }
+    }
+
+    /// The door for a batch: every event is checked (ids) and admitted (user budget) on its
+    /// own, then the admitted events enter the queue together or not at all. `Err` refuses
+    /// the whole batch (`QueueFull`: the admitted events do not all fit; `Draining`), with
+    /// nothing applied and every id left free; `Ok` holds one outcome per event, in order.
+    /// Queued: one reservation and one push per lane for the whole batch. The lesson modes
+    /// (inline, validate-only) take the events one by one through [`Self::submit`].
+    pub async fn submit_batch(&self, events: Vec<Event>) -> Result<Vec<EventOutcome>, Rejected> {
+        if self.refuses_as_draining(Ordering::Acquire) {
+            return Err(Rejected::Draining);
+        }
+        match &self.inner.processor {
+            Processor::Queued(admission) => self.enqueue_batch(admission, events).await,
+            Processor::Logged { admission, durable } => {
+                self.enqueue_logged_batch(admission, durable, events).await
+            }
+            Processor::Inline { .. } | Processor::ValidateOnly => {
+                let mut outcomes = Vec::with_capacity(events.len());
+                for event in events {
+                    outcomes.push(self.submit(event).await.map_err(|refused| refused.reason));
+                }
+                Ok(outcomes)
+            }
+        }
+    }
+
+    /// Checks every event's id and admits every user, in order: the events to queue, with
+    /// the outcome of those decided already.
+    async fn prepare_batch(&self, mut events: Vec<Event>) -> PreparedBatch {
+        let inner = &*self.inner;
+        let checks = batch::claim_all(&inner.window, &events).await;
+        let mut prepared = PreparedBatch::with_capacity(events.len());
+        for (event, check) in events.iter_mut().zip(checks) {
+            let claim = match check {
+                IdCheck::Decided(outcome) => {
+                    prepared.outcomes.push(outcome);
+                    continue;
+                }
+                IdCheck::SameAs(first) => {
+                    let outcome = prepared.outcomes.get(first).copied();
+                    prepared
+                        .outcomes
+                        .push(outcome.unwrap_or(Ok(Ingested::Duplicate)));
+                    continue;
+                }
+                IdCheck::Claimed(claim) => Some(claim),
+                IdCheck::Anonymous => None,
+            };
+            let id = event.id.take();
+            match self.admit(std::mem::replace(event, Event::new("", 0))) {
+                Ok((job, admitted)) => {
+                    prepared.outcomes.push(Ok(Ingested::Queued));
+                    if let (Some(claim), Some(id)) = (claim, id) {
+                        prepared.ids.push(logged_id(prepared.jobs.len(), claim, id));
+                    }
+                    prepared.jobs.push(job);
+                    prepared.admitted.push(admitted);
+                }
+                Err(refused) => {
+                    prepared.outcomes.push(Err(refused.reason));
+                    if let Some(claim) = claim {
+                        inner.window.release(claim);
+                    }
+                }
+            }
+        }
+        prepared
+    }
+
+    /// Queued batch: one all-or-nothing push (one reservation per lane).
+    async fn enqueue_batch(
+        &self,
+        admission: &Admission,
+        events: Vec<Event>,
+    ) -> Result<Vec<EventOutcome>, Rejected> {
+        let inner = &*self.inner;
+        let prepared = self.prepare_batch(events).await;
+        let count = prepared.jobs.len() as u64;
+        inner.metrics.accepted.add(count);
+        match admission.try_push_batch(prepared.jobs) {
+            Ok(()) => {
+                for id in prepared.ids {
+                    inner.window.commit(id.claim);
+                }
+                Ok(self.count_duplicates(prepared.outcomes))
+            }
+            Err((error, jobs)) => {
+                inner.metrics.accepted.sub(count);
+                self.undo_batch(&jobs, &prepared.admitted, prepared.ids);
+                Err(self.count_push_refusal(error, count))
+            }
+        }
+    }
+
+    /// Queued batch with a log: room for all (events in the log writer count against the
+    /// queue bound), then ONE log entry for the batch; answered once it is durable.
+    async fn enqueue_logged_batch(
+        &self,
+        admission: &Admission,
+        durable: &Durable,
+        events: Vec<Event>,
+    ) -> Result<Vec<EventOutcome>, Rejected> {
+        let inner = &*self.inner;
+        if durable.has_failed() {
+            return Err(Rejected::StorageFailed);
+        }
+        let prepared = self.prepare_batch(events).await;
+        let count = prepared.jobs.len();
+        if count == 0 {
+            return Ok(self.count_duplicates(prepared.outcomes));
+        }
+        if admission.depth() + durable.in_flight() + count > admission.capacity_events() {
+            inner.metrics.rejected_queue_full.add(count as u64);
+            self.undo_batch(&prepared.jobs, &prepared.admitted, prepared.ids);
+            return Err(Rejected::QueueFull);
+        }
+        inner.metrics.accepted.add(count as u64);
+        let admitted = prepared.admitted;
+        let answer = durable.submit(prepared.jobs, admitted.clone(), prepared.ids, &inner.window);
+        let refused = match answer {
+            Ok(answer) => match answer.await {
+                Ok(Ok(())) => return Ok(self.count_duplicates(prepared.outcomes)),
+                Ok(Err(refused)) => refused,
+                Err(_) => (Rejected::StorageFailed, Vec::new()),
+            },
+            Err(refused) => refused,
+        };
+        inner.metrics.accepted.sub(count as u64);
+        let (reason, jobs) = refused;
+        self.undo_batch(&jobs, &admitted, Vec::new());
+        Err(reason)
+    }
+
+    /// Gives back what a refused batch took: new users' slots and ids' claims.
+    fn undo_batch(&self, jobs: &[Job], admitted: &[Admit], ids: Vec<LoggedId>) {
+        for (job, &admitted) in jobs.iter().zip(admitted) {
+            if admitted == Admit::Pending {
+                self.inner.ledger.cancel(job.hash, &job.user);
+            }
+        }
+        for id in ids {
+            self.inner.window.release(id.claim);
+        }
+    }
+
+    /// Counts the duplicates among a batch's outcomes; hands the outcomes on.
+    fn count_duplicates(&self, outcomes: Vec<EventOutcome>) -> Vec<EventOutcome> {
+        let duplicates = outcomes
+            .iter()
+            .filter(|outcome| **outcome == Ok(Ingested::Duplicate))
+            .count();
+        self.inner
+            .metrics
+            .duplicate
+            .fetch_add(duplicates as u64, Ordering::Relaxed);
+        outcomes
+    }
+
+    /// Counts `events` refused by the queue and names the refusal.
+    fn count_push_refusal(&self, error: PushError, events: u64) -> Rejected {
+        let metrics = &self.inner.metrics;
+        match error {
+            PushError::Full => {
+                metrics.rejected_queue_full.add(events);
+                Rejected::QueueFull
+            }
+            PushError::Closed => {
+                metrics
+                    .rejected_draining
+                    .fetch_add(events, Ordering::Relaxed);
+                Rejected::Draining
+            }
         }
     }
 
@@ -396,64 +696,91 @@ impl Engine {
         if admitted == Admit::Pending {
             inner.ledger.cancel(job.hash, &job.user);
         }
-        let reason = match error {
-            PushError::Full => {
-                inner.metrics.rejected_queue_full.increment();
-                Rejected::QueueFull
-            }
-            PushError::Closed => {
-                inner
-                    .metrics
-                    .rejected_draining
-                    .fetch_add(1, Ordering::Relaxed);
-                Rejected::Draining
-            }
-        };
+        let reason = self.count_push_refusal(error, 1);
         Err(Refused::new(reason, job.into_event()))
     }
 
     /// Queued with a log: admit, check room (events in the log writer count against the
-    /// queue bound), submit to the log and wait until the event's group is durable.
-    async fn enqueue_logged(
+    /// queue bound) and submit to the log before answering; the answer then waits until the
+    /// event's group is durable. The id's claim travels with the event: the log writer keeps
+    /// it once the group is durable and frees it if the group is refused, even if nobody
+    /// waits for the answer any more.
+    fn enqueue_logged(
         &self,
         admission: &Admission,
         durable: &Durable,
-        event: Event,
-    ) -> Result<Ingested, Refused> {
+        mut event: Event,
+        claim: Option<Claim>,
+    ) -> Submission<'_> {
+        let window = &self.inner.window;
+        let refuse = |refused: Refused, claim: Option<Claim>| {
+            if let Some(claim) = claim {
+                window.release(claim);
+            }
+            Submission::Ready(Some(Err(refused)))
+        };
         if self.refuses_as_draining(Ordering::Acquire) {
-            return Err(Refused::new(Rejected::Draining, event));
+            return refuse(Refused::new(Rejected::Draining, event), claim);
         }
         if durable.has_failed() {
             self.count_refusal(Rejected::StorageFailed);
-            return Err(Refused::new(Rejected::StorageFailed, event));
+            return refuse(Refused::new(Rejected::StorageFailed, event), claim);
         }
-        let (job, admitted) = self.admit(event)?;
+        let id = event.id.take();
+        let (job, admitted) = match self.admit(event) {
+            Ok(admitted) => admitted,
+            Err(refused) => return refuse(refused, claim),
+        };
         if admission.depth() + durable.in_flight() >= admission.capacity_events() {
-            return Err(self.refuse_admitted(Rejected::QueueFull, job, admitted));
+            return refuse(
+                self.refuse_admitted(Rejected::QueueFull, job, admitted),
+                claim,
+            );
         }
+        let ids = match (claim, id) {
+            (Some(claim), Some(id)) => vec![logged_id(0, claim, id)],
+            (claim, _) => {
+                if let Some(claim) = claim {
+                    window.release(claim);
+                }
+                Vec::new()
+            }
+        };
         let metrics = &self.inner.metrics;
         metrics.accepted.increment();
-        let answer = durable.submit(job, admitted).map_err(|(reason, job)| {
-            metrics.accepted.sub(1);
-            self.refuse_admitted(reason, job, admitted)
-        })?;
-        match answer.await {
-            Ok(Ok(())) => Ok(Ingested::Queued),
-            Ok(Err((reason, job))) => {
+        let answer = match durable.submit(vec![job], vec![admitted], ids, window) {
+            Ok(answer) => answer,
+            Err((reason, jobs)) => {
                 metrics.accepted.sub(1);
-                Err(self.refuse_admitted(reason, job, admitted))
+                return Submission::Ready(Some(Err(self.refuse_jobs(reason, jobs, &[admitted]))));
             }
-            // The writer answers every submission; only a panicked writer drops one.
-            Err(_) => {
-                metrics.accepted.sub(1);
-                self.count_refusal(Rejected::StorageFailed);
-                let lost = Event {
-                    user: String::new(),
-                    amount: 0,
-                };
-                Err(Refused::new(Rejected::StorageFailed, lost))
+        };
+        Submission::Logged(Box::pin(async move {
+            match answer.await {
+                Ok(Ok(())) => Ok(Ingested::Queued),
+                Ok(Err((reason, jobs))) => {
+                    metrics.accepted.sub(1);
+                    Err(self.refuse_jobs(reason, jobs, &[admitted]))
+                }
+                // The writer answers every submission; only a panicked writer drops one.
+                Err(_) => {
+                    metrics.accepted.sub(1);
+                    self.count_refusal(Rejected::StorageFailed);
+                    Err(Refused::new(Rejected::StorageFailed, Event::new("", 0)))
+                }
             }
+        }))
+    }
+
+    /// Refuse admitted jobs: give new users' slots back, count each refusal; the first job
+    /// is handed back as the refused event.
+    fn refuse_jobs(&self, reason: Rejected, jobs: Vec<Job>, admitted: &[Admit]) -> Refused {
+        let mut first = None;
+        for (job, &admitted) in jobs.into_iter().zip(admitted) {
+            let refused = self.refuse_admitted(reason, job, admitted);
+            first.get_or_insert(refused);
         }
+        first.unwrap_or_else(|| Refused::new(reason, Event::new("", 0)))
     }
 
     /// Refuse an admitted event: give a new user's slot back, count the refusal, hand the
@@ -479,6 +806,8 @@ impl Engine {
             Rejected::LedgerFull => &metrics.rejected_ledger_full,
             Rejected::StorageFailed => &metrics.rejected_storage_failed,
             Rejected::DiskFull => &metrics.rejected_disk_full,
+            // A conflict is bad input: the front door counts it as invalid.
+            Rejected::IdConflict(_) => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -525,10 +854,7 @@ impl Engine {
                     .metrics
                     .rejected_overflow
                     .fetch_add(1, Ordering::Relaxed);
-                let event = Event {
-                    user: overflow.user,
-                    amount,
-                };
+                let event = Event::new(overflow.user, amount);
                 Err(Refused::new(Rejected::Overflow, event))
             }
         }
@@ -637,6 +963,8 @@ impl Engine {
         let summary = self.summary_now();
         Stats {
             accepted: summary.accepted,
+            duplicate: metrics.duplicate.load(Ordering::Relaxed),
+            dedup: self.dedup_stats(),
             rejected: summary.rejected,
             rejected_by_reason: metrics.rejected_by_reason(),
             invalid: summary.invalid,
@@ -663,6 +991,18 @@ impl Engine {
             durability: self
                 .durable()
                 .map_or_else(durable::memory_stats, Durable::stats),
+        }
+    }
+
+    /// The dedup window: ids kept, bounds, and the effective window (age of the oldest id).
+    pub fn dedup_stats(&self) -> DedupStats {
+        let window = &self.inner.window;
+        let bounds = window.bounds();
+        DedupStats {
+            ids: window.len(),
+            max_ids: bounds.max_ids,
+            window_seconds: bounds.age.as_secs_f64(),
+            effective_window_seconds: window.oldest_age().map(|age| age.as_secs_f64()),
         }
     }
 

@@ -5,9 +5,10 @@
 //! failure gets a predictable, specific answer instead of a crash.
 //!
 //! Invariant: [`parse_event`] returns `Ok` only for a body that is exactly one JSON object
-//! with exactly the two fields `user` (a non-empty string of at most [`USER_MAX_BYTES`] bytes
+//! with the two fields `user` (a non-empty string of at most [`USER_MAX_BYTES`] bytes
 //! in Unicode NFC, not only spaces, without control or format characters or whitespace other
-//! than the ASCII space) and `amount` (an integer that fits `i64`). Anything that is not
+//! than the ASCII space) and `amount` (an integer that fits `i64`), and optionally `id` (the
+//! event's identity, an [`EventId`]: 1 to [`ID_MAX_BYTES`] printable ASCII bytes). Anything that is not
 //! well-formed JSON (invalid UTF-8, cut short, nested deeper than serde_json's recursion limit,
 //! trailing bytes) is [`EventError::is_malformed_json`]; well-formed JSON that is not a valid
 //! event gets a specific [`EventError::reason`]. The whole body is always checked for syntax
@@ -27,6 +28,9 @@ use serde_json::value::RawValue;
 /// keeps log lines readable; 128 bytes is far more than any real account id.
 pub const USER_MAX_BYTES: usize = 128;
 
+/// Longest accepted event `id`, in bytes: a UUID (36) or ULID (26) fits with room to spare.
+pub const ID_MAX_BYTES: usize = 64;
+
 /// One ingested event: add `amount` to the balance of `user`.
 ///
 /// Its `Deserialize` is serde's plain derive (strict about fields, but without the user and
@@ -38,15 +42,85 @@ pub struct Event {
     pub user: String,
     /// Signed amount added to the balance.
     pub amount: i64,
+    /// The client's identity for this event: a resend with the same id is recognised and not
+    /// applied twice (within the dedup window). `None`: every copy is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 impl Event {
-    /// Convenience constructor (no validation: use [`parse_event`] for untrusted input).
+    /// Convenience constructor without an id (no validation: use [`parse_event`] for
+    /// untrusted input).
     pub fn new(user: impl Into<String>, amount: i64) -> Self {
         Self {
             user: user.into(),
             amount,
+            id: None,
         }
+    }
+
+    /// The same event carrying `id`.
+    #[must_use]
+    pub fn with_id(mut self, id: EventId) -> Self {
+        self.id = Some(id);
+        self
+    }
+}
+
+/// A client-chosen event identity: 1 to [`ID_MAX_BYTES`] bytes of printable ASCII (0x20 to
+/// 0x7E). A UUIDv7 or ULID, made and kept by the client before its first attempt, is the
+/// recommended choice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventId(Box<str>);
+
+impl EventId {
+    /// Checks `text` against the id rules.
+    ///
+    /// ```
+    /// use floodgate_core::event::EventId;
+    /// assert!(EventId::parse("0190b6b4-7c1e-7d2a-9f00-3c5e8a1b2c3d").is_ok());
+    /// assert!(EventId::parse("").is_err());
+    /// assert!(EventId::parse("caf\u{e9}").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, EventError> {
+        if text.is_empty() {
+            return Err(EventError::InvalidId("must not be empty"));
+        }
+        if text.len() > ID_MAX_BYTES {
+            return Err(EventError::InvalidId("longer than 64 bytes"));
+        }
+        if !text.bytes().all(|byte| (0x20..=0x7e).contains(&byte)) {
+            return Err(EventError::InvalidId(
+                "must be printable ASCII (0x20 to 0x7E)",
+            ));
+        }
+        Ok(Self(text.into()))
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for EventId {
+    type Error = EventError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse(&text)
+    }
+}
+
+impl From<EventId> for String {
+    fn from(id: EventId) -> Self {
+        id.0.into_string()
     }
 }
 
@@ -62,8 +136,8 @@ pub enum EventError {
     /// A required field is absent.
     #[error("missing field `{0}`")]
     MissingField(&'static str),
-    /// A field other than `user` and `amount` is present.
-    #[error("unknown field `{0}`: an event has exactly the fields `user` and `amount`")]
+    /// A field other than `user`, `amount` and `id` is present.
+    #[error("unknown field `{0}`: an event has the fields `user`, `amount` and optionally `id`")]
     UnknownField(String),
     /// A field appears twice.
     #[error("duplicate field `{0}`")]
@@ -75,6 +149,9 @@ pub enum EventError {
     /// format characters or whitespace other than the ASCII space, or is not in NFC.
     #[error("invalid user: {0}")]
     InvalidUser(&'static str),
+    /// `id` is not a string of 1 to 64 printable ASCII bytes.
+    #[error("invalid id: {0}")]
+    InvalidId(&'static str),
 }
 
 impl EventError {
@@ -88,6 +165,7 @@ impl EventError {
             Self::DuplicateField(_) => "duplicate_field",
             Self::InvalidAmount(_) => "invalid_amount",
             Self::InvalidUser(_) => "invalid_user",
+            Self::InvalidId(_) => "invalid_id",
         }
     }
 
@@ -104,6 +182,7 @@ impl EventError {
             Self::DuplicateField("user"),
             Self::InvalidAmount("must be an integer"),
             Self::InvalidUser("must be a string"),
+            Self::InvalidId("must be a string"),
         ]
     }
 
@@ -117,6 +196,7 @@ impl EventError {
             Self::DuplicateField(_) => 4,
             Self::InvalidAmount(_) => 5,
             Self::InvalidUser(_) => 6,
+            Self::InvalidId(_) => 7,
         }
     }
 
@@ -155,6 +235,7 @@ fn malformed(error: serde_json::Error) -> EventError {
 struct RawEvent<'a> {
     user: Option<&'a RawValue>,
     amount: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
     error: Option<EventError>,
 }
 
@@ -167,9 +248,11 @@ impl RawEvent<'_> {
         let amount = self.amount.ok_or(EventError::MissingField("amount"))?;
         let user = parse_user(user.get())?;
         let amount = parse_amount(amount.get())?;
+        let id = self.id.map(|id| parse_id(id.get())).transpose()?;
         Ok(Event {
             user: user.into_owned(),
             amount,
+            id,
         })
     }
 
@@ -240,6 +323,23 @@ fn check_unicode_user(user: &str) -> Result<(), EventError> {
     Ok(())
 }
 
+/// Validate the raw JSON text of the `id` value: a string of printable ASCII (escapes are
+/// decoded first, so `"\u0041"` is the id `A`).
+fn parse_id(raw: &str) -> Result<EventId, EventError> {
+    let Some(inner) = raw
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    else {
+        return Err(EventError::InvalidId("must be a string"));
+    };
+    if inner.contains('\\') {
+        let decoded: String = serde_json::from_str(raw).map_err(malformed)?;
+        EventId::parse(&decoded)
+    } else {
+        EventId::parse(inner)
+    }
+}
+
 /// Validate the raw JSON text of the `amount` value: an integer literal that fits i64.
 fn parse_amount(raw: &str) -> Result<i64, EventError> {
     let Some(&first) = raw.as_bytes().first() else {
@@ -286,8 +386,13 @@ impl<'de> Visitor<'de> for TopVisitor {
                     map.next_value::<IgnoredAny>()?;
                     raw.note(EventError::DuplicateField("amount"));
                 }
+                Key::Id if raw.id.is_some() => {
+                    map.next_value::<IgnoredAny>()?;
+                    raw.note(EventError::DuplicateField("id"));
+                }
                 Key::User => raw.user = Some(map.next_value()?),
                 Key::Amount => raw.amount = Some(map.next_value()?),
+                Key::Id => raw.id = Some(map.next_value()?),
                 Key::Unknown(name) => {
                     map.next_value::<IgnoredAny>()?;
                     if raw.error.is_none() {
@@ -338,10 +443,11 @@ fn not_an_object(kind: &'static str) -> RawEvent<'static> {
     }
 }
 
-/// An object key: the two known names, or an unknown one kept only for the error detail.
+/// An object key: the three known names, or an unknown one kept only for the error detail.
 enum Key<'a> {
     User,
     Amount,
+    Id,
     Unknown(Cow<'a, str>),
 }
 
@@ -368,6 +474,7 @@ impl<'de> Visitor<'de> for KeyVisitor {
         Ok(match name {
             "user" => Key::User,
             "amount" => Key::Amount,
+            "id" => Key::Id,
             other => Key::Unknown(Cow::Borrowed(other)),
         })
     }
@@ -376,6 +483,7 @@ impl<'de> Visitor<'de> for KeyVisitor {
         Ok(match name {
             "user" => Key::User,
             "amount" => Key::Amount,
+            "id" => Key::Id,
             other => Key::Unknown(Cow::Owned(other.to_owned())),
         })
     }
@@ -624,6 +732,54 @@ mod tests {
                 assert!(!event.user.chars().any(char::is_control), "{body:?}");
             }
         }
+    }
+
+    #[test]
+    fn ids_are_one_to_64_printable_ascii_bytes() {
+        // Proves the id rule: printable ASCII of 1..=64 bytes (escapes decoded first) is kept
+        // on the event; empty, too long, non-ASCII, control characters and non-strings are
+        // `invalid_id` (422), and a repeated `id` is `duplicate_field`.
+        let longest = "i".repeat(ID_MAX_BYTES);
+        for (raw, expected) in [
+            (
+                r#""0190b6b4-7c1e-7d2a-9f00-3c5e8a1b2c3d""#,
+                "0190b6b4-7c1e-7d2a-9f00-3c5e8a1b2c3d",
+            ),
+            (r#""a b~!""#, "a b~!"),
+            (r#""\u0041\"""#, "A\""),
+            (&format!("\"{longest}\""), longest.as_str()),
+        ] {
+            let body = format!(r#"{{"user":"a","amount":1,"id":{raw}}}"#);
+            let event = parse_event(body.as_bytes()).expect("a valid id");
+            assert_eq!(
+                event.id.as_ref().map(EventId::as_str),
+                Some(expected),
+                "{raw}"
+            );
+        }
+        let too_long = format!("\"{longest}x\"");
+        for raw in [
+            r#""""#,
+            too_long.as_str(),
+            "\"caf\u{e9}\"",
+            r#""caf\u00e9""#,
+            r#""a\tb""#,
+            r#""a\u007fb""#,
+            "12",
+            "null",
+            r#"["a"]"#,
+        ] {
+            let body = format!(r#"{{"user":"a","amount":1,"id":{raw}}}"#);
+            assert_eq!(reason(body.as_bytes()), "invalid_id", "{raw}");
+        }
+        assert_eq!(
+            reason(br#"{"id":"a","user":"a","amount":1,"id":"a"}"#),
+            "duplicate_field"
+        );
+        assert_eq!(
+            parse_event(br#"{"user":"a","amount":1}"#).map(|event| event.id),
+            Ok(None)
+        );
     }
 
     #[test]

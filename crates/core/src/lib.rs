@@ -16,7 +16,9 @@
 //! applied or counted as overflowed, and the sum of balances equals the sum of the amounts of
 //! the applied events.
 
+pub mod batch;
 pub mod config;
+pub mod dedup;
 pub mod durable;
 pub mod engine;
 pub mod event;
@@ -28,6 +30,6 @@ pub mod worker;
 
 pub use config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode, QueueKind};
 pub use durable::{DurabilityMode, DurabilityStats, DurableOptions};
-pub use engine::{Engine, Ingested, Refused, Rejected, Submission};
-pub use event::{Event, EventError, USER_MAX_BYTES, parse_event};
+pub use engine::{Engine, EventOutcome, Ingested, Refused, Rejected, Submission};
+pub use event::{Event, EventError, EventId, ID_MAX_BYTES, USER_MAX_BYTES, parse_event};
 pub use stats::{LockSummary, LockTimings, Stats, Summary, WorkerStats};

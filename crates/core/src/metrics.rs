@@ -236,6 +236,8 @@ pub struct Metrics {
     pub rejected_storage_failed: AtomicU64,
     /// Refusals because the disk was full.
     pub rejected_disk_full: AtomicU64,
+    /// Resends recognised by their id and not applied again.
+    pub duplicate: AtomicU64,
     /// Invalid inputs reported by the front door.
     pub invalid: AtomicU64,
     invalid_by_reason: parking_lot::Mutex<BTreeMap<&'static str, u64>>,
@@ -255,6 +257,7 @@ impl Metrics {
             rejected_ledger_full: AtomicU64::new(0),
             rejected_storage_failed: AtomicU64::new(0),
             rejected_disk_full: AtomicU64::new(0),
+            duplicate: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             invalid_by_reason: parking_lot::Mutex::new(BTreeMap::new()),
             workers: (0..worker_slots.max(1))

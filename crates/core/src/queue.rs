@@ -18,6 +18,7 @@
 //!   `shard_index(hash, lanes)`: the worker that owns the job's shard.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, watch};
 
@@ -39,10 +40,7 @@ pub struct Job {
 impl Job {
     /// The event this job carries (for a refusal that hands it back).
     pub fn into_event(self) -> Event {
-        Event {
-            user: self.user,
-            amount: self.amount,
-        }
+        Event::new(self.user, self.amount)
     }
 }
 
@@ -57,8 +55,99 @@ pub enum PushError {
 
 #[derive(Debug)]
 enum Lane {
-    Mpmc(async_channel::Sender<Job>),
+    /// async-channel has no reservations: its room is counted beside it (`Room`), taken
+    /// before a push and given back by the consumers as they receive.
+    Mpmc(async_channel::Sender<Job>, Arc<Room>),
     Tokio(mpsc::Sender<Job>),
+}
+
+/// Free slots of an async-channel lane. Never more than the channel's own free slots: taken
+/// before a send, given back only after a receive.
+#[derive(Debug)]
+pub struct Room(AtomicUsize);
+
+impl Room {
+    fn take(&self, count: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+                free.checked_sub(count)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, count: usize) {
+        self.0.fetch_add(count, Ordering::AcqRel);
+    }
+}
+
+/// Room reserved on one lane for a batch; unused room is given back when dropped.
+enum Reservation<'a> {
+    Mpmc {
+        sender: &'a async_channel::Sender<Job>,
+        room: &'a Room,
+        unused: usize,
+    },
+    Tokio(Option<mpsc::PermitIterator<'a, Job>>),
+}
+
+impl Reservation<'_> {
+    /// Sends one job with reserved room (the reservation covers it: never `Full`).
+    fn send(&mut self, job: Job) {
+        match self {
+            Self::Mpmc {
+                sender,
+                room,
+                unused,
+            } => {
+                *unused -= 1;
+                if sender.try_send(job).is_err() {
+                    // Closed after the reservation: the engine refuses new events before
+                    // pushing once draining, so this job was admitted while closing.
+                    room.give(1);
+                    tracing::warn!("queue closed during a batch push; one job dropped");
+                }
+            }
+            Self::Tokio(permits) => permits
+                .as_mut()
+                .and_then(Iterator::next)
+                .expect("room was reserved for every job of this lane")
+                .send(job),
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Self::Mpmc { room, unused, .. } = self {
+            room.give(*unused);
+        }
+    }
+}
+
+impl Lane {
+    fn reserve(&self, count: usize) -> Result<Reservation<'_>, PushError> {
+        match self {
+            Self::Mpmc(sender, room) => {
+                if sender.is_closed() {
+                    return Err(PushError::Closed);
+                }
+                if !room.take(count) {
+                    return Err(PushError::Full);
+                }
+                Ok(Reservation::Mpmc {
+                    sender,
+                    room,
+                    unused: count,
+                })
+            }
+            Self::Tokio(_) if count == 0 => Ok(Reservation::Tokio(None)),
+            Self::Tokio(sender) => match sender.try_reserve_many(count) {
+                Ok(permits) => Ok(Reservation::Tokio(Some(permits))),
+                Err(mpsc::error::TrySendError::Full(())) => Err(PushError::Full),
+                Err(mpsc::error::TrySendError::Closed(())) => Err(PushError::Closed),
+            },
+        }
+    }
 }
 
 /// The producer side: one lane, or one per worker when `owned` (the owned strategy).
@@ -72,8 +161,8 @@ pub struct Admission {
 /// The consumer side of one worker.
 #[derive(Debug)]
 pub enum Consumer {
-    /// A clone of the multi-consumer receiver.
-    Mpmc(async_channel::Receiver<Job>),
+    /// A clone of the multi-consumer receiver, and the lane's room to give back.
+    Mpmc(async_channel::Receiver<Job>, Arc<Room>),
     /// A lane with one consumer (owned strategy): tokio's receiver, owned by the worker.
     Single {
         /// The receiver.
@@ -123,8 +212,12 @@ pub fn build(
         match (kind, owned) {
             (QueueKind::Mpmc, false) => {
                 let (sender, receiver) = async_channel::bounded(capacity);
-                senders.push(Lane::Mpmc(sender));
-                consumers.extend((0..consumers_of_lane).map(|_| Consumer::Mpmc(receiver.clone())));
+                let room = Arc::new(Room(AtomicUsize::new(capacity)));
+                senders.push(Lane::Mpmc(sender, Arc::clone(&room)));
+                consumers.extend(
+                    (0..consumers_of_lane)
+                        .map(|_| Consumer::Mpmc(receiver.clone(), Arc::clone(&room))),
+                );
             }
             (QueueKind::Mpmc, true) => {
                 let (sender, receiver) = mpsc::channel(capacity);
@@ -155,11 +248,24 @@ impl Admission {
     /// Admit a job without waiting: `Full` when its lane is at capacity, `Closed` once closed;
     /// a refused job is handed back (so a caller may retry without cloning).
     pub fn try_push(&self, job: Job) -> Result<(), (PushError, Job)> {
-        match self.lane(job.hash) {
-            Lane::Mpmc(sender) => sender.try_send(job).map_err(|error| match error {
-                async_channel::TrySendError::Full(job) => (PushError::Full, job),
-                async_channel::TrySendError::Closed(job) => (PushError::Closed, job),
-            }),
+        match &self.lanes[self.lane_index(job.hash)] {
+            Lane::Mpmc(sender, room) => {
+                if !room.take(1) {
+                    let error = if sender.is_closed() {
+                        PushError::Closed
+                    } else {
+                        PushError::Full
+                    };
+                    return Err((error, job));
+                }
+                sender.try_send(job).map_err(|error| {
+                    room.give(1);
+                    match error {
+                        async_channel::TrySendError::Full(job) => (PushError::Full, job),
+                        async_channel::TrySendError::Closed(job) => (PushError::Closed, job),
+                    }
+                })
+            }
             Lane::Tokio(sender) => sender.try_send(job).map_err(|error| match error {
                 mpsc::error::TrySendError::Full(job) => (PushError::Full, job),
                 mpsc::error::TrySendError::Closed(job) => (PushError::Closed, job),
@@ -171,27 +277,61 @@ impl Admission {
     /// are already durable and admitted (room was checked at admission). Only from a thread
     /// outside the async runtime. Gives the job back once the queue is closed.
     pub fn push_blocking(&self, job: Job) -> Result<(), Job> {
-        match self.lane(job.hash) {
-            Lane::Mpmc(sender) => sender.send_blocking(job).map_err(|error| error.0),
+        match &self.lanes[self.lane_index(job.hash)] {
+            Lane::Mpmc(sender, room) => {
+                // Wait for room as the channel would: consumers give it back as they receive.
+                while !room.take(1) {
+                    if sender.is_closed() {
+                        return Err(job);
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                sender.send_blocking(job).map_err(|error| {
+                    room.give(1);
+                    error.0
+                })
+            }
             Lane::Tokio(sender) => sender.blocking_send(job).map_err(|error| error.0),
         }
     }
 
-    /// The lane a job with this hash goes to.
-    fn lane(&self, hash: u64) -> &Lane {
+    /// Admit a whole batch or nothing: room for every job is reserved first (one reservation
+    /// per lane), then the jobs go in with the reserved room, in order per lane. When any lane
+    /// lacks room (`Full`) or the queue is closed, nothing was pushed and every job is handed
+    /// back in its original order.
+    pub fn try_push_batch(&self, jobs: Vec<Job>) -> Result<(), (PushError, Vec<Job>)> {
+        let lanes = self.lanes.len();
+        let mut per_lane = vec![0_usize; lanes];
+        for job in &jobs {
+            per_lane[self.lane_index(job.hash)] += 1;
+        }
+        let mut reserved = Vec::with_capacity(lanes);
+        for (lane, &count) in self.lanes.iter().zip(&per_lane) {
+            match lane.reserve(count) {
+                Ok(reservation) => reserved.push(reservation),
+                // Dropping `reserved` gives the room taken so far back.
+                Err(error) => return Err((error, jobs)),
+            }
+        }
+        for job in jobs {
+            let lane = self.lane_index(job.hash);
+            reserved[lane].send(job);
+        }
+        Ok(())
+    }
+
+    fn lane_index(&self, hash: u64) -> usize {
         if self.lanes.len() == 1 {
-            &self.lanes[0]
+            0
         } else {
-            let lane = shard_index(hash, self.lanes.len());
-            debug_assert!(lane < self.lanes.len(), "lane index in bounds");
-            &self.lanes[lane]
+            shard_index(hash, self.lanes.len())
         }
     }
 
     /// Stop admitting. Jobs already queued stay and are still delivered. Idempotent.
     pub fn close(&self) {
         for lane in &*self.lanes {
-            if let Lane::Mpmc(sender) = lane {
+            if let Lane::Mpmc(sender, _) = lane {
                 sender.close();
             }
         }
@@ -203,7 +343,7 @@ impl Admission {
         self.lanes
             .iter()
             .map(|lane| match lane {
-                Lane::Mpmc(sender) => sender.len(),
+                Lane::Mpmc(sender, _) => sender.len(),
                 Lane::Tokio(sender) => sender.max_capacity() - sender.capacity(),
             })
             .sum()
@@ -221,7 +361,7 @@ impl Consumer {
     pub async fn recv_batch(&mut self, batch: &mut Vec<Job>, max: usize) -> usize {
         debug_assert!(max > 0, "batch of at least one");
         match self {
-            Self::Mpmc(receiver) => {
+            Self::Mpmc(receiver, room) => {
                 let Ok(job) = receiver.recv().await else {
                     return 0;
                 };
@@ -232,6 +372,7 @@ impl Consumer {
                     batch.push(job);
                     taken += 1;
                 }
+                room.give(taken);
                 taken
             }
             Self::Single { receiver, closing } => {
@@ -311,6 +452,39 @@ mod tests {
             assert_eq!(received, 3, "{kind:?}");
             let (error, job) = admission.try_push(job("e")).expect_err("closed");
             assert_eq!((error, job.user.as_str()), (PushError::Closed, "e"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_in_whole_or_not_at_all() {
+        // Proves all-or-nothing for both lane kinds, shared and owned: a batch larger than
+        // the free room pushes nothing (and the room stays as it was), one that fits pushes
+        // every job, and a closed queue refuses the batch whole.
+        for (kind, owned) in [
+            (QueueKind::Mpmc, false),
+            (QueueKind::Mpmc, true),
+            (QueueKind::SharedReceiver, false),
+        ] {
+            let (admission, mut consumers) = build(kind, 8, 2, owned);
+            assert!(admission.try_push(job("first")).is_ok());
+            let too_many: Vec<Job> = (0..8).map(|n| job(&format!("u{n}"))).collect();
+            let (error, back) = admission.try_push_batch(too_many).expect_err("no room");
+            assert_eq!((error, back.len()), (PushError::Full, 8), "{kind:?}");
+            assert_eq!(back[3].user, "u3", "handed back in order");
+            assert_eq!(admission.depth(), 1, "nothing pushed: {kind:?} {owned}");
+            let fits: Vec<Job> = (0..3).map(|n| job(&format!("v{n}"))).collect();
+            assert!(admission.try_push_batch(fits).is_ok(), "{kind:?} {owned}");
+            assert_eq!(admission.depth(), 4);
+            admission.close();
+            let mut received = Vec::new();
+            for consumer in &mut consumers {
+                while consumer.recv_batch(&mut received, 16).await > 0 {}
+            }
+            assert_eq!(received.len(), 4, "{kind:?} {owned}");
+            let (error, _) = admission
+                .try_push_batch(vec![job("late")])
+                .expect_err("closed");
+            assert_eq!(error, PushError::Closed);
         }
     }
 

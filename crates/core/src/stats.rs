@@ -63,12 +63,32 @@ pub struct WorkerStats {
     pub lock_hold: LockSummary,
 }
 
+/// The dedup window in `GET /stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DedupStats {
+    /// Ids kept (settled and in flight).
+    pub ids: usize,
+    /// The count bound (`dedup_max_ids`).
+    pub max_ids: usize,
+    /// The age bound (`dedup_window_ms`), in seconds.
+    pub window_seconds: f64,
+    /// Age of the oldest id kept: a resend older than this is applied again (absent: none
+    /// kept).
+    pub effective_window_seconds: Option<f64>,
+}
+
 /// Everything `GET /stats` returns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Events admitted: queued (then applied or overflowed by a worker), or applied inline.
     /// An inline overflow is answered 422 and counted as rejected, not accepted.
     pub accepted: u64,
+    /// Resends recognised by their id (within the dedup window) and not applied again.
+    #[serde(default)]
+    pub duplicate: u64,
+    /// The dedup window.
+    #[serde(default)]
+    pub dedup: DedupStats,
     /// Events refused (queue full, draining, inline overflow, ledger full).
     pub rejected: u64,
     /// Refusals by reason: `queue_full`, `draining`, `balance_overflow`, `ledger_full`.

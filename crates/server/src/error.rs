@@ -104,6 +104,21 @@ pub enum ApiError {
     /// are accepted again once space returns.
     #[error("disk full")]
     DiskFull,
+    /// The event's id was already used, within the dedup window, with another user or amount
+    /// (422 `id_conflict`; `detail` names the field): nothing applied.
+    #[error("the id was already used with a different `{field}`")]
+    IdConflict {
+        /// `user` or `amount`.
+        field: &'static str,
+    },
+    /// The body's `id` and the `Idempotency-Key` header differ (400 `id_mismatch`).
+    #[error("the `id` field ({body}) and the Idempotency-Key header ({header}) differ")]
+    IdMismatch {
+        /// The body's id.
+        body: String,
+        /// The header's id.
+        header: String,
+    },
     /// Applying the event would overflow the balance (422 `balance_overflow`, not applied).
     #[error("balance would overflow")]
     BalanceOverflow,
@@ -164,6 +179,9 @@ impl From<Rejected> for ApiError {
             Rejected::LedgerFull => Self::LedgerFull,
             Rejected::StorageFailed => Self::StorageFailed,
             Rejected::DiskFull => Self::DiskFull,
+            Rejected::IdConflict(field) => Self::IdConflict {
+                field: field.name(),
+            },
         }
     }
 }
@@ -198,6 +216,11 @@ impl ApiError {
             Self::InvalidHost(""),
             Self::NotFound,
             Self::MethodNotAllowed,
+            Self::IdConflict { field: "amount" },
+            Self::IdMismatch {
+                body: String::new(),
+                header: String::new(),
+            },
         ];
         all.extend(
             EventError::one_of_each()
@@ -232,6 +255,8 @@ impl ApiError {
             Self::Unauthorized => 18,
             Self::Forbidden => 19,
             Self::RateLimited { .. } => 20,
+            Self::IdConflict { .. } => 21,
+            Self::IdMismatch { .. } => 22,
         }
     }
 
@@ -242,8 +267,11 @@ impl ApiError {
             | Self::BodyRead(_)
             | Self::InvalidQuery(_)
             | Self::InvalidPath(_)
-            | Self::InvalidHost(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidEvent { .. } | Self::BalanceOverflow => StatusCode::UNPROCESSABLE_ENTITY,
+            | Self::InvalidHost(_)
+            | Self::IdMismatch { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidEvent { .. } | Self::BalanceOverflow | Self::IdConflict { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -274,6 +302,8 @@ impl ApiError {
             Self::StorageFailed => "storage_failed",
             Self::DiskFull => "disk_full",
             Self::BalanceOverflow => "balance_overflow",
+            Self::IdConflict { .. } => "id_conflict",
+            Self::IdMismatch { .. } => "id_mismatch",
             Self::UnknownUser => "unknown_user",
             Self::InvalidQuery(_) => "invalid_query",
             Self::InvalidPath(_) => "invalid_path",
@@ -309,6 +339,8 @@ impl ApiError {
             self,
             Self::InvalidJson(_)
                 | Self::InvalidEvent { .. }
+                | Self::IdConflict { .. }
+                | Self::IdMismatch { .. }
                 | Self::BodyTooLarge
                 | Self::UnsupportedMediaType
                 | Self::BodyRead(_)
@@ -332,6 +364,9 @@ impl ApiError {
             }
             Self::InvalidHost(detail) => {
                 json!({"status": status, "reason": self.reason(), "detail": detail})
+            }
+            Self::IdConflict { .. } | Self::IdMismatch { .. } => {
+                json!({"status": status, "reason": self.reason(), "detail": self.to_string()})
             }
             _ => json!({"status": status, "reason": self.reason()}),
         }
@@ -405,6 +440,15 @@ mod tests {
                 },
                 429,
                 "rate_limited",
+            ),
+            (ApiError::IdConflict { field: "user" }, 422, "id_conflict"),
+            (
+                ApiError::IdMismatch {
+                    body: "a".into(),
+                    header: "b".into(),
+                },
+                400,
+                "id_mismatch",
             ),
         ];
         for (error, status, reason) in cases {

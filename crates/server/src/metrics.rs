@@ -241,24 +241,21 @@ struct EngineCollector(Engine);
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let stats = self.0.stats();
-        counter(
-            &mut encoder,
-            "events_accepted",
-            "Events admitted",
-            stats.accepted,
-        )?;
-        counter(
-            &mut encoder,
-            "events_applied",
-            "Events applied to the ledger",
-            stats.applied,
-        )?;
-        counter(
-            &mut encoder,
-            "events_overflowed",
-            "Accepted events not applied because the balance would overflow i64",
-            stats.overflowed,
-        )?;
+        for (name, help, value) in [
+            ("events_accepted", "Events admitted", stats.accepted),
+            (
+                "events_applied",
+                "Events applied to the ledger",
+                stats.applied,
+            ),
+            (
+                "events_overflowed",
+                "Accepted events not applied because the balance would overflow i64",
+                stats.overflowed,
+            ),
+        ] {
+            counter(&mut encoder, name, help, value)?;
+        }
         by_reason(
             &mut encoder,
             "events_rejected",
@@ -296,6 +293,7 @@ impl Collector for EngineCollector {
             "1 once shutdown began",
             usize::from(stats.draining),
         )?;
+        dedup(&mut encoder, &stats)?;
         let busy = ConstCounter::new(stats.worker_busy_seconds);
         busy.encode(encoder.encode_descriptor(
             "worker_busy_seconds",
@@ -321,6 +319,32 @@ impl Collector for EngineCollector {
             &timings.hold_us,
         )
     }
+}
+
+/// The dedup window: duplicates seen, ids kept, and the effective window.
+fn dedup(
+    encoder: &mut DescriptorEncoder<'_>,
+    stats: &floodgate_core::Stats,
+) -> Result<(), std::fmt::Error> {
+    counter(
+        encoder,
+        "events_duplicate",
+        "Resends recognised by their id within the dedup window and not applied again",
+        stats.duplicate,
+    )?;
+    gauge(
+        encoder,
+        "dedup_ids",
+        "Event ids kept by the dedup window",
+        stats.dedup.ids,
+    )?;
+    let window = ConstGauge::new(stats.dedup.effective_window_seconds.unwrap_or(0.0));
+    window.encode(encoder.encode_descriptor(
+        "dedup_window_seconds",
+        "Age of the oldest event id kept: a resend older than this is applied again",
+        None,
+        MetricType::Gauge,
+    )?)
 }
 
 fn counter(

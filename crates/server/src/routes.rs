@@ -25,7 +25,7 @@ use base64::prelude::BASE64_URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use floodgate_core::config::ProcessingMode;
 use floodgate_core::engine::{Engine, Ingested};
-use floodgate_core::event::parse_event;
+use floodgate_core::event::{Event, EventError, EventId, parse_event};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -272,10 +272,41 @@ async fn ingest<B: EventBody>(
         return Err(ApiError::BodyTooLarge); // refused before reading a byte of it
     }
     let bytes = read_body(body, limits.body_limit_bytes, limits.body_timeout()).await?;
-    let event = parse_event(&bytes)?;
+    let mut event = parse_event(&bytes)?;
+    take_idempotency_key(headers, &mut event)?;
     let ingested = app.engine.submit(event).await;
     Ok(Accepted(ingested.map_err(|refused| refused.reason)?))
 }
+
+/// The `Idempotency-Key` header: an alias of the body's `id` (same rules, 422 `invalid_id`);
+/// both present and different is 400 `id_mismatch`.
+fn take_idempotency_key(headers: &HeaderMap, event: &mut Event) -> Result<(), ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(());
+    };
+    let text = value.to_str().map_err(|_| {
+        ApiError::from(EventError::InvalidId(
+            "Idempotency-Key must be printable ASCII (0x20 to 0x7E)",
+        ))
+    })?;
+    let key = EventId::parse(text)?;
+    match &event.id {
+        Some(id) if *id != key => Err(ApiError::IdMismatch {
+            body: id.to_string(),
+            header: key.to_string(),
+        }),
+        Some(_) => Ok(()),
+        None => {
+            event.id = Some(key);
+            Ok(())
+        }
+    }
+}
+
+/// The header that carries an event's id on `POST /events`.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The header set on the answer to a duplicate: nothing was applied this time.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// A missing content type is accepted as JSON; a present one must be `application/json` or
 /// `application/<something>+json` (parameters such as `charset` ignored).
@@ -355,6 +386,19 @@ struct Accepted(Ingested);
 /// The body of a queued or validated event's 202: the same bytes every time, so not
 /// serialized per request.
 const ACCEPTED_BODY: &str = r#"{"status":"accepted"}"#;
+/// The body of a duplicate's 202.
+const DUPLICATE_BODY: &str = r#"{"status":"duplicate"}"#;
+
+/// A 202 with a fixed JSON body.
+fn accepted_response(body: &'static str) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
+    );
+    response
+}
 
 impl IntoResponse for Accepted {
     fn into_response(self) -> Response {
@@ -364,13 +408,12 @@ impl IntoResponse for Accepted {
                 Json(json!({"status": "accepted", "balance": balance})),
             )
                 .into_response(),
-            Ingested::Queued | Ingested::Validated => {
-                let mut response = Response::new(Body::from(ACCEPTED_BODY));
-                *response.status_mut() = StatusCode::ACCEPTED;
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(JSON_CONTENT_TYPE),
-                );
+            Ingested::Queued | Ingested::Validated => accepted_response(ACCEPTED_BODY),
+            Ingested::Duplicate => {
+                let mut response = accepted_response(DUPLICATE_BODY);
+                response
+                    .headers_mut()
+                    .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
                 response
             }
         }

@@ -21,8 +21,8 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use floodgate_core::DurabilityMode;
 use floodgate_core::config::{
-    LedgerStrategy, MAX_USERS_MAX, ProcessingMode, QUEUE_CAPACITY_EVENTS_MAX, QueueKind,
-    SHARDS_MAX, SIMULATED_MS_MAX, WORKERS_MAX,
+    DEDUP_MAX_IDS_MAX, DEDUP_WINDOW_MS_MAX, LedgerStrategy, MAX_USERS_MAX, ProcessingMode,
+    QUEUE_CAPACITY_EVENTS_MAX, QueueKind, SHARDS_MAX, SIMULATED_MS_MAX, WORKERS_MAX,
 };
 
 use crate::config::{
@@ -161,6 +161,12 @@ settings! {
     /// Most distinct users the ledger holds; an event for a new user beyond it answers 507
     /// `ledger_full` (known users are still accepted). 10 M users take 0.5-0.9 GiB.
     max_users: usize => config.engine.max_users, bounds 1..=MAX_USERS_MAX;
+    /// The dedup window forgets an event id this long after it was first seen, in ms; a
+    /// resend after that is applied again.
+    dedup_window_ms: u64 => config.engine.dedup_window_ms, bounds 0..=DEDUP_WINDOW_MS_MAX;
+    /// Most event ids the dedup window keeps (the oldest are forgotten first); about 135
+    /// bytes each.
+    dedup_max_ids: usize => config.engine.dedup_max_ids, bounds 0..=DEDUP_MAX_IDS_MAX;
     /// How balances are stored and locked: `global` (one lock), `sharded` (`shards` locks by
     /// hash(user)) or `owned` (each worker owns a shard and its own queue).
     strategy: LedgerStrategy => config.engine.strategy, alias "state";

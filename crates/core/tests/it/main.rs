@@ -5,6 +5,7 @@
 mod api;
 mod conservation;
 mod durable;
+mod ids;
 mod stages;
 mod support;
 mod user_limit;

@@ -112,10 +112,7 @@ async fn feed(engine: Engine, stop: Arc<AtomicBool>) {
     let mut next = 0_usize;
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..FEED_BURST_EVENTS {
-            let event = Event {
-                user: users[next % FEED_USERS].clone(),
-                amount: 1,
-            };
+            let event = Event::new(users[next % FEED_USERS].clone(), 1);
             next = next.wrapping_add(1);
             match engine.submit(event).await {
                 Ok(_) => {}

@@ -4,6 +4,7 @@
 
 mod access;
 mod http_contract;
+mod ids;
 mod lingering_close;
 mod metrics_and_shutdown;
 mod openapi;
