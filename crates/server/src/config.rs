@@ -149,13 +149,17 @@ pub const MAX_RATE_LIMIT_PER_SECOND: f64 = 1e9;
 /// Hard upper bound of the per-token burst.
 pub const MAX_RATE_LIMIT_BURST_EVENTS: u64 = 1_000_000_000;
 
-/// Who may reach the server and how: tokens, the admin listener and rate limits. Every
-/// part is off by default (the server is open, on one port).
+/// Who may reach the server and how: tokens, TLS, the admin listener and rate limits. Every
+/// part is off by default (the server is open, in clear text, on one port).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AccessConfig {
     /// A file of scoped bearer tokens (see [`crate::auth`]); `None`: no token is asked for.
     pub auth_tokens_file: Option<PathBuf>,
+    /// PEM certificate chain; with [`Self::tls_key`], the listeners speak TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of [`Self::tls_cert`].
+    pub tls_key: Option<PathBuf>,
     /// A second listener for `/metrics`, `/stats`, `/healthz` and `/readyz` only, with its own
     /// connection budget ([`ADMIN_MAX_CONNECTIONS`]).
     pub admin_addr: Option<SocketAddr>,
@@ -169,6 +173,8 @@ impl Default for AccessConfig {
     fn default() -> Self {
         Self {
             auth_tokens_file: None,
+            tls_cert: None,
+            tls_key: None,
             admin_addr: None,
             rate_limit_per_second: 0.0,
             rate_limit_burst_events: DEFAULT_RATE_LIMIT_BURST_EVENTS,
@@ -177,10 +183,13 @@ impl Default for AccessConfig {
 }
 
 impl AccessConfig {
-    /// Refuses combinations that cannot work: a rate limit without tokens
+    /// Refuses combinations that cannot work: half a TLS pair, a rate limit without tokens
     /// (the limit is per token), a rate that is not a finite number.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let refuse = |why: &str| Err(InvalidConfig::Setting(why.to_owned()));
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return refuse("`tls-cert` and `tls-key` go together: give both or neither");
+        }
         if !self.rate_limit_per_second.is_finite()
             || !(0.0..=MAX_RATE_LIMIT_PER_SECOND).contains(&self.rate_limit_per_second)
         {
@@ -263,7 +272,7 @@ pub struct ServerConfig {
     pub front_door: FrontDoorConfig,
     /// The data directory and the durability mode.
     pub storage: StorageConfig,
-    /// Tokens, the admin listener and rate limits.
+    /// Tokens, TLS, the admin listener and rate limits.
     #[serde(default)]
     pub access: AccessConfig,
     /// The seed stage this configuration started from (`None`: the production default).

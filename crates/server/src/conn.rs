@@ -82,6 +82,8 @@ pub(crate) struct Acceptor {
     /// Cancelled when the graceful stop has waited long enough: drop every connection.
     pub hard_stop: CancellationToken,
     pub tracker: TaskTracker,
+    /// TLS on this listener, when `tls-cert` and `tls-key` are set.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Acceptor {
@@ -123,12 +125,49 @@ impl Acceptor {
             return;
         }
         // Boxed: the HTTP state machine is large; a task still waiting above stays small.
-        Box::pin(self.run_hyper(stream, header_deadline)).await;
+        match &self.tls {
+            None => Box::pin(self.run_hyper(stream, header_deadline)).await,
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                if let Some(stream) = self.handshake(&acceptor, stream, header_deadline).await {
+                    Box::pin(self.run_hyper(stream, header_deadline)).await;
+                }
+            }
+        }
+    }
+
+    /// The TLS handshake, bounded by the header deadline like a request head (a client that
+    /// never finishes its hello is cut there); `None`: it failed (plain HTTP to the TLS port,
+    /// a bad hello), timed out, or the server is stopping hard.
+    async fn handshake(
+        &self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        header_deadline: Instant,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let handshake = tokio::time::timeout_at(header_deadline, acceptor.accept(stream));
+        let outcome = tokio::select! {
+            outcome = handshake => outcome,
+            () = self.hard_stop.cancelled() => return None,
+        };
+        match outcome {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                self.metrics.record_connection_error("tls");
+                None
+            }
+            Err(_elapsed) => {
+                self.metrics.record_timeout("header");
+                self.metrics.record_connection_error("deadline");
+                None
+            }
+        }
     }
 
     /// Runs hyper on a connection whose first bytes have arrived, then closes it lingering
     /// (see [`crate::linger`]) unless a deadline or the hard stop ended it.
-    async fn run_hyper(&self, stream: TcpStream, header_deadline: Instant) {
+    async fn run_hyper<S: Transport>(&self, stream: S, header_deadline: Instant) {
         let activity = Arc::new(Activity::default());
         let mut io = DeadlineIo::new(
             stream,
@@ -247,14 +286,33 @@ enum Ending {
 
 impl Ending {
     /// Whether the close should linger, given what happened on the connection.
-    fn lingers(self, io: &DeadlineIo) -> bool {
+    fn lingers<S: Transport>(self, io: &DeadlineIo<S>) -> bool {
         match self {
             Self::Linger => true,
             Self::Close => {
-                io.activity.closed_before_body.load(Ordering::Relaxed) || input_pending(&io.stream)
+                io.activity.closed_before_body.load(Ordering::Relaxed)
+                    || input_pending(io.stream.tcp())
             }
             Self::Abort => false,
         }
+    }
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Transport for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
     }
 }
 
@@ -382,9 +440,9 @@ enum Phase {
     InFlight,
 }
 
-/// A TCP stream that fails its reads and writes with `TimedOut` once the armed deadline passes.
-struct DeadlineIo {
-    stream: TcpStream,
+/// A stream that fails its reads and writes with `TimedOut` once the armed deadline passes.
+struct DeadlineIo<S> {
+    stream: S,
     activity: Arc<Activity>,
     metrics: Arc<ServerMetrics>,
     header_timeout: Duration,
@@ -400,10 +458,10 @@ struct DeadlineIo {
     timer: Pin<Box<Sleep>>,
 }
 
-impl DeadlineIo {
+impl<S> DeadlineIo<S> {
     /// `header_deadline`: when the first request head must be complete (accept + timeout).
     fn new(
-        stream: TcpStream,
+        stream: S,
         front_door: &FrontDoorConfig,
         header_deadline: Instant,
         activity: &Arc<Activity>,
@@ -484,7 +542,7 @@ impl DeadlineIo {
     }
 }
 
-impl AsyncRead for DeadlineIo {
+impl<S: AsyncRead + Unpin> AsyncRead for DeadlineIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -509,7 +567,7 @@ impl AsyncRead for DeadlineIo {
     }
 }
 
-impl AsyncWrite for DeadlineIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

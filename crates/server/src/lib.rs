@@ -27,6 +27,7 @@ pub mod server;
 pub mod settings;
 pub mod shutdown;
 pub mod signals;
+pub mod tls;
 
 pub use cli::serve_main;
 pub use config::{FrontDoorConfig, ServerConfig};

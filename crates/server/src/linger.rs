@@ -13,8 +13,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// Longest a closing connection keeps reading: nginx's `lingering_timeout` default. A client
 /// that is writing a large body on loopback or a LAN finishes within it; one that stalls has
@@ -31,7 +30,7 @@ const LINGER_READ_BYTES: usize = 8 * 1024;
 /// an end of stream), then reads and discards input until the client closes, or
 /// [`LINGER_TIMEOUT`] passes, or [`LINGER_MAX_BYTES`] were read. Dropping `stream` afterwards
 /// closes it without a reset (unless the client went past the bounds).
-pub async fn close_lingering(stream: &mut TcpStream) {
+pub async fn close_lingering<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.flush().await;
     if stream.shutdown().await.is_err() {
         return; // the peer is gone already: nothing to protect

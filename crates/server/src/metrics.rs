@@ -92,7 +92,7 @@ impl ServerMetrics {
         let connection_errors = Family::<Labels, Counter>::default();
         registry.register(
             "http_connection_errors",
-            "Connections ended with an error, by kind (malformed, head_too_large, incomplete, \
+            "Connections ended with an error, by kind (malformed, head_too_large, incomplete, tls, \
              deadline, io); `deadline` also counts the timeouts above",
             connection_errors.clone(),
         );

@@ -25,6 +25,7 @@ use crate::metrics::ServerMetrics;
 use crate::routes::{AppState, Routes};
 use crate::shutdown::StopSignal;
 use crate::signals::{Reload, Reloadable};
+use crate::tls::Tls;
 
 /// Serves HTTP on `listener` until `shutdown` completes, then stops gracefully and returns the
 /// engine's final summary. Starts the engine itself (call inside a tokio runtime); the files
@@ -52,10 +53,12 @@ pub async fn run(
 }
 
 /// What stands before the routes, made ready before anything is served: the access gate
-/// (tokens read, a bad file stops start-up) and the admin listener (bound).
+/// (tokens read), TLS (certificate and key read; a bad file stops start-up) and the admin
+/// listener (bound).
 #[derive(Debug)]
 struct Gate {
     access: Arc<Access>,
+    tls: Option<Arc<Tls>>,
     admin: Option<TcpListener>,
 }
 
@@ -67,6 +70,14 @@ impl Gate {
         if access.requires_tokens() {
             reload.register(Arc::clone(&access) as Arc<dyn Reloadable>);
         }
+        let tls = match (&config.access.tls_cert, &config.access.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = Arc::new(Tls::load(cert, key)?);
+                reload.register(Arc::clone(&tls) as Arc<dyn Reloadable>);
+                Some(tls)
+            }
+            _ => None,
+        };
         let admin = match config.access.admin_addr {
             Some(addr) => {
                 let listener = crate::conn::bind_listener(addr)
@@ -80,7 +91,7 @@ impl Gate {
             }
             None => None,
         };
-        Ok(Self { access, admin })
+        Ok(Self { access, tls, admin })
     }
 }
 
@@ -113,6 +124,7 @@ async fn run_with_engine(
         graceful: app.stop.clone(),
         hard_stop: hard_stop.clone(),
         tracker: tracker.clone(),
+        tls: gate.tls.clone(),
     };
     let main = acceptor(Routes::new(Arc::clone(&app)), app.config.front_door.clone());
     let mut accept_loops = vec![tokio::spawn(main.run(listener))];

@@ -224,6 +224,11 @@ settings! {
     /// (scopes `ingest`, `read`, `admin`). Unset: no token is asked for (the server is open).
     /// Re-read on SIGHUP.
     auth_tokens_file: PathBuf => config.access.auth_tokens_file, default_note "none (open)";
+    /// PEM certificate chain: with `tls-key`, every listener speaks TLS 1.2/1.3 only.
+    /// Re-read on SIGHUP.
+    tls_cert: PathBuf => config.access.tls_cert, default_note "none (plain HTTP)";
+    /// PEM private key of `tls-cert`.
+    tls_key: PathBuf => config.access.tls_key, default_note "none";
     /// A second listener for /metrics, /stats, /healthz and /readyz only, with its own small
     /// connection budget, so it answers while the main port is full.
     admin_addr: SocketAddr => config.access.admin_addr, default_note "none";

@@ -14,3 +14,4 @@ mod slow_clients;
 mod stop_deadlines;
 mod strict_requests;
 mod support;
+mod tls;
