@@ -5,6 +5,7 @@
 mod broken_pipes;
 mod descriptors;
 mod durability;
+mod secure_config;
 mod settings;
 mod shutdown;
 mod signals;
