@@ -31,10 +31,9 @@ pub const PRODUCTION_QUEUE_CAPACITY_EVENTS: usize = 65_536;
 pub const DEFAULT_SHARDS: usize = 64;
 /// Longest simulated duration (work or hold), in milliseconds: one minute; the seed uses 500.
 pub const SIMULATED_MS_MAX: u64 = 60_000;
-/// Production (and stage preset) limit on distinct users: 10 M users. Each user costs a
-/// 40-byte table entry (names up to 22 bytes stored inline) plus one control byte, at the
-/// hash table's 7/16..7/8 load: 47–94 bytes a user, so 10 M users is 0.5–0.9 GiB of ledger;
-/// names over 22 bytes add their own heap bytes (at most [`crate::event::USER_MAX_BYTES`]).
+/// Production (and stage preset) limit on distinct users: 10 M users. What they cost in
+/// memory depends on their names: see [`crate::ledger::user_cost_bytes`] (measured 189–331
+/// bytes a user for 8- to 128-byte names); memory is bounded by [`DEFAULT_MAX_LEDGER_BYTES`].
 pub const DEFAULT_MAX_USERS: usize = 10_000_000;
 /// Default age bound of the dedup window: ten minutes covers a client's retries through a
 /// restart of the server (the window survives it) with room to spare.
@@ -47,9 +46,17 @@ pub const DEDUP_WINDOW_MS_MAX: u64 = 86_400_000;
 pub const DEFAULT_DEDUP_MAX_IDS: usize = 1_000_000;
 /// Largest count bound accepted: 100 M ids is about 13 GiB.
 pub const DEDUP_MAX_IDS_MAX: usize = 100_000_000;
-/// Largest `max_users` accepted: 1 Gi users is 50–100 GiB of ledger, beyond any machine we run on;
-/// a ceiling so a typo cannot make the ledger unbounded in practice.
+/// Largest `max_users` accepted (1 Gi users); a ceiling so a typo cannot make the ledger
+/// unbounded in practice.
 pub const MAX_USERS_MAX: usize = 1 << 30;
+/// Production (and stage preset) bound of the ledger's memory, in bytes: 4 GiB, counted per
+/// user by [`crate::ledger::user_cost_bytes`] (entry, hash-table slack, ordered index, name).
+/// 10 M users of names up to 22 bytes (1.9 GiB counted) or of 128-byte names (3.5 GiB
+/// counted) fit; longer names reach this bound before [`DEFAULT_MAX_USERS`].
+pub const DEFAULT_MAX_LEDGER_BYTES: u64 = 4 << 30;
+/// Largest `max_ledger_bytes` accepted (1 TiB); a ceiling so a typo cannot make the ledger
+/// unbounded in practice.
+pub const MAX_LEDGER_BYTES_MAX: u64 = 1 << 40;
 /// The seed's queue capacity for stages 5–8.
 pub const SEED_QUEUE_CAPACITY_EVENTS: usize = 100;
 
@@ -210,6 +217,9 @@ pub enum ConfigError {
         /// Its value in ms.
         value: u64,
     },
+    /// `max_ledger_bytes` outside 1..=[`MAX_LEDGER_BYTES_MAX`].
+    #[error("`max_ledger_bytes` must be between 1 and {MAX_LEDGER_BYTES_MAX}, got {0}")]
+    MaxLedgerBytes(u64),
     /// `max_users` outside 1..=[`MAX_USERS_MAX`].
     #[error("`max_users` must be between 1 and {MAX_USERS_MAX}, got {0}")]
     MaxUsers(usize),
@@ -259,13 +269,17 @@ pub struct EngineConfig {
     /// Multiplies every simulated duration (0.1 runs the seed ten times faster).
     pub time_scale: f64,
     /// Most distinct users the ledger holds; an event for a new user beyond it is refused
-    /// at admission (`Rejected::LedgerFull`). Bounds the ledger's memory (47–94 bytes a
-    /// user, see [`DEFAULT_MAX_USERS`]), so random user names cannot grow it without limit.
+    /// at admission (`Rejected::LedgerFull`).
     pub max_users: usize,
     /// The dedup window forgets an event id this long after it was first seen, in ms.
     pub dedup_window_ms: u64,
     /// The dedup window keeps at most this many ids (the oldest are forgotten first).
     pub dedup_max_ids: usize,
+    /// Most bytes the ledger's users may cost, counted per user by
+    /// [`crate::ledger::user_cost_bytes`] at admission; a new user beyond it is refused
+    /// (`Rejected::LedgerFull`), so random or long user names cannot grow memory without
+    /// limit.
+    pub max_ledger_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -300,6 +314,7 @@ impl EngineConfig {
             max_users: DEFAULT_MAX_USERS,
             dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
             dedup_max_ids: DEFAULT_DEDUP_MAX_IDS,
+            max_ledger_bytes: DEFAULT_MAX_LEDGER_BYTES,
         }
     }
 
@@ -329,6 +344,7 @@ impl EngineConfig {
             max_users: DEFAULT_MAX_USERS,
             dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
             dedup_max_ids: DEFAULT_DEDUP_MAX_IDS,
+            max_ledger_bytes: DEFAULT_MAX_LEDGER_BYTES,
         };
         let config = match stage {
             3 => Self {
@@ -382,6 +398,9 @@ impl EngineConfig {
         }
         if self.dedup_max_ids > DEDUP_MAX_IDS_MAX {
             return Err(ConfigError::DedupMaxIds(self.dedup_max_ids));
+        }
+        if !(1..=MAX_LEDGER_BYTES_MAX).contains(&self.max_ledger_bytes) {
+            return Err(ConfigError::MaxLedgerBytes(self.max_ledger_bytes));
         }
         if !self.time_scale.is_finite() || self.time_scale < 0.0 {
             return Err(ConfigError::TimeScale(self.time_scale));

@@ -77,7 +77,8 @@ pub enum Rejected {
     /// Inline mode: the balance would overflow i64 (HTTP 422).
     #[error("the balance would overflow i64")]
     Overflow,
-    /// A new user while the ledger holds `max_users` users (HTTP 507): not transient, known
+    /// A new user while the ledger holds `max_users` users, or while its users cost
+    /// `max_ledger_bytes` (HTTP 507): not transient, known
     /// users are still admitted.
     #[error("the ledger is full: no room for a new user")]
     LedgerFull,
@@ -335,9 +336,10 @@ impl Engine {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::NoRuntime.into());
         }
-        let ledger = Arc::new(Ledger::with_max_users(
+        let ledger = Arc::new(Ledger::with_limits(
             config.shard_count(),
             config.max_users,
+            config.max_ledger_bytes,
         ));
         let window = Arc::new(Window::new(Bounds {
             age: Duration::from_millis(config.dedup_window_ms),
@@ -982,6 +984,8 @@ impl Engine {
             users: inner.ledger.users(),
             users_reserved: inner.ledger.budget().used(),
             max_users: inner.config.max_users,
+            ledger_bytes_reserved: inner.ledger.budget().used_bytes(),
+            max_ledger_bytes: inner.config.max_ledger_bytes,
             balance_total: inner.ledger.balance_total(),
             draining: self.is_draining(),
             worker_busy_seconds: per_worker.iter().map(|worker| worker.busy_seconds).sum(),

@@ -40,7 +40,7 @@ use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
@@ -193,39 +193,87 @@ pub enum Admit {
 #[error("the ledger is full: no room for a new user")]
 pub struct LedgerFull;
 
-/// Slots for distinct users: taken at admission by a new user, never by a known one.
+/// Bytes a user of a `name_length`-byte name is counted for against the ledger's byte budget:
+/// [`USER_BASE_BYTES`] for every user, plus the name and [`HEAP_NAME_OVERHEAD_BYTES`] when the
+/// name is too long to be stored inline (over [`INLINE_USER_BYTES`]).
+pub fn user_cost_bytes(name_length: usize) -> u64 {
+    let heap = if name_length > INLINE_USER_BYTES {
+        HEAP_NAME_OVERHEAD_BYTES + name_length as u64
+    } else {
+        0
+    };
+    USER_BASE_BYTES + heap
+}
+
+/// What every user costs, whatever its name: its 40-byte table entry and control byte at the
+/// hash table's load (7/16 to 7/8), its key in the ordered index (about 44 bytes), and the
+/// allocator's slack. Measured (`examples/ledger_cost.rs`, resident-set growth for 1 M users,
+/// `bench/results/engine.md`): 189 bytes a user with 8-byte names; rounded up.
+pub const USER_BASE_BYTES: u64 = 192;
+/// What a name over [`INLINE_USER_BYTES`] costs beside its bytes: its shared allocation's
+/// header (reference counts) and the allocator's rounding. Measured: 254 and 331 bytes a user
+/// with 32- and 128-byte names, against 256 and 352 counted.
+pub const HEAP_NAME_OVERHEAD_BYTES: u64 = 32;
+
+/// Slots for distinct users and the bytes they cost: taken at admission by a new user (one
+/// slot and [`user_cost_bytes`] of its name), never by a known one.
 #[derive(Debug)]
 pub struct UserBudget {
     max_users: usize,
+    max_bytes: u64,
     used: AtomicUsize,
+    used_bytes: AtomicU64,
 }
 
 impl UserBudget {
-    /// A budget of `max_users` slots, none used.
-    pub fn new(max_users: usize) -> Self {
+    /// A budget of `max_users` slots and `max_bytes` bytes, none used.
+    pub fn new(max_users: usize, max_bytes: u64) -> Self {
         Self {
             max_users,
+            max_bytes,
             used: AtomicUsize::new(0),
+            used_bytes: AtomicU64::new(0),
         }
     }
 
-    /// Take one slot, unless all are used. Only new users get here (rare on the hot path).
-    fn try_reserve(&self) -> bool {
-        self.used
+    /// Take one slot and `bytes`, unless either runs out (then take nothing). Only new users
+    /// get here (rare on the hot path).
+    fn try_reserve(&self, bytes: u64) -> bool {
+        let slot = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 (used < self.max_users).then_some(used + 1)
-            })
-            .is_ok()
+            });
+        if slot.is_err() {
+            return false;
+        }
+        let room = self
+            .used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|total| *total <= self.max_bytes)
+            });
+        if room.is_err() {
+            self.used.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
-    /// Give one slot back (a pending user whose every event was refused).
-    fn release(&self) {
+    /// Give one slot and `bytes` back (a pending user whose every event was refused).
+    fn release(&self, bytes: u64) {
         self.used.fetch_sub(1, Ordering::AcqRel);
+        self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// Slots taken: users in the tables plus users pending.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
+    }
+
+    /// Bytes taken by those users ([`user_cost_bytes`] of each name).
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Acquire)
     }
 }
 
@@ -319,7 +367,7 @@ impl Table {
             pending.events += 1;
             return Ok(Admit::Pending);
         }
-        if !budget.try_reserve() {
+        if !budget.try_reserve(user_cost_bytes(user.len())) {
             return Err(LedgerFull);
         }
         let pending = Pending {
@@ -345,7 +393,7 @@ impl Table {
         entry.events -= 1;
         if entry.events == 0 {
             pending.remove();
-            budget.release();
+            budget.release(user_cost_bytes(user.len()));
         }
     }
 
@@ -459,9 +507,18 @@ impl Ledger {
     /// # Panics
     /// When `shard_count` is 0 (a programmer error: `EngineConfig::validate` refuses it).
     pub fn with_max_users(shard_count: usize, max_users: usize) -> Self {
+        Self::with_limits(shard_count, max_users, u64::MAX)
+    }
+
+    /// A ledger that admits at most `max_users` distinct users costing at most `max_bytes`
+    /// ([`user_cost_bytes`] of each name; see [`Ledger::admit`]).
+    ///
+    /// # Panics
+    /// When `shard_count` is 0 (a programmer error: `EngineConfig::validate` refuses it).
+    pub fn with_limits(shard_count: usize, max_users: usize, max_bytes: u64) -> Self {
         assert!(shard_count > 0, "a ledger needs at least one shard");
         let shards = (0..shard_count).map(|_| Shard::default()).collect();
-        let budget = UserBudget::new(max_users);
+        let budget = UserBudget::new(max_users, max_bytes);
         Self { shards, budget }
     }
 
@@ -848,6 +905,31 @@ mod tests {
             }
             assert!(hits.iter().all(|&count| count > 0), "{shards}: {hits:?}");
         }
+    }
+
+    #[test]
+    fn byte_budget_counts_name_length_and_refuses_past_it() {
+        // Proves the memory bound: a new user is counted user_cost_bytes(its name) (the base
+        // for a short name, base + overhead + length for a long one), a new user past the
+        // byte budget is refused even with user slots left, a known user still passes, and a
+        // cancelled pending user gives its bytes back.
+        let short = user_cost_bytes(8);
+        let long = user_cost_bytes(100);
+        assert_eq!(short, USER_BASE_BYTES);
+        assert_eq!(long, USER_BASE_BYTES + HEAP_NAME_OVERHEAD_BYTES + 100);
+        let ledger = Ledger::with_limits(4, 1_000, short + long);
+        let long_name = "l".repeat(100);
+        let admit = |user: &str| ledger.admit(user_hash(user), user);
+        assert_eq!(admit("shortie1"), Ok(Admit::Pending));
+        assert_eq!(admit(&long_name), Ok(Admit::Pending));
+        assert_eq!(ledger.budget().used_bytes(), short + long);
+        assert_eq!(admit("shortie2"), Err(LedgerFull), "no bytes left");
+        assert_eq!(ledger.budget().used(), 2, "a refused user takes no slot");
+        assert_eq!(ledger.apply("shortie1".into(), 1), Ok(1));
+        assert_eq!(admit("shortie1"), Ok(Admit::Known));
+        ledger.cancel(user_hash(&long_name), &long_name);
+        assert_eq!(ledger.budget().used_bytes(), short);
+        assert_eq!(admit("shortie2"), Ok(Admit::Pending));
     }
 
     #[test]

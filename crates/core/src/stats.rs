@@ -123,6 +123,10 @@ pub struct Stats {
     pub users_reserved: usize,
     /// Most distinct users the ledger admits (`EngineConfig::max_users`).
     pub max_users: usize,
+    /// Bytes the reserved users are counted for (`ledger::user_cost_bytes` of each name).
+    pub ledger_bytes_reserved: u64,
+    /// Most bytes the ledger's users may cost (`EngineConfig::max_ledger_bytes`).
+    pub max_ledger_bytes: u64,
     /// Sum of every balance (i128: many i64 balances can exceed i64).
     pub balance_total: i128,
     /// `true` once shutdown began.

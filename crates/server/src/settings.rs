@@ -21,8 +21,9 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use floodgate_core::DurabilityMode;
 use floodgate_core::config::{
-    DEDUP_MAX_IDS_MAX, DEDUP_WINDOW_MS_MAX, LedgerStrategy, MAX_USERS_MAX, ProcessingMode,
-    QUEUE_CAPACITY_EVENTS_MAX, QueueKind, SHARDS_MAX, SIMULATED_MS_MAX, WORKERS_MAX,
+    DEDUP_MAX_IDS_MAX, DEDUP_WINDOW_MS_MAX, LedgerStrategy, MAX_LEDGER_BYTES_MAX, MAX_USERS_MAX,
+    ProcessingMode, QUEUE_CAPACITY_EVENTS_MAX, QueueKind, SHARDS_MAX, SIMULATED_MS_MAX,
+    WORKERS_MAX,
 };
 
 use crate::config::{
@@ -159,7 +160,8 @@ settings! {
     queue_capacity_events: usize => config.engine.queue_capacity_events,
         bounds 1..=QUEUE_CAPACITY_EVENTS_MAX, alias "queue_capacity";
     /// Most distinct users the ledger holds; an event for a new user beyond it answers 507
-    /// `ledger_full` (known users are still accepted). 10 M users take 0.5-0.9 GiB.
+    /// `ledger_full` (known users are still accepted). Memory is bounded by
+    /// `max_ledger_bytes`.
     max_users: usize => config.engine.max_users, bounds 1..=MAX_USERS_MAX;
     /// The dedup window forgets an event id this long after it was first seen, in ms; a
     /// resend after that is applied again.
@@ -167,6 +169,9 @@ settings! {
     /// Most event ids the dedup window keeps (the oldest are forgotten first); about 135
     /// bytes each.
     dedup_max_ids: usize => config.engine.dedup_max_ids, bounds 0..=DEDUP_MAX_IDS_MAX;
+    /// Most bytes the ledger's users may cost (192 a user, plus 32 + the name's length for
+    /// names over 22 bytes); a new user beyond it answers 507 `ledger_full`.
+    max_ledger_bytes: u64 => config.engine.max_ledger_bytes, bounds 1..=MAX_LEDGER_BYTES_MAX;
     /// How balances are stored and locked: `global` (one lock), `sharded` (`shards` locks by
     /// hash(user)) or `owned` (each worker owns a shard and its own queue).
     strategy: LedgerStrategy => config.engine.strategy, alias "state";
