@@ -7,6 +7,8 @@
 //!   repeated `Nats-Msg-Id` within the duplicate window.
 //! - The lease bucket's `max_age` is the lease TTL: JetStream's own clock expires a lease that
 //!   was not renewed, so node clocks never decide ownership.
+//! - The membership bucket's `max_age` is the lease TTL too: a member that stops refreshing its
+//!   key stops counting towards the share of partitions each member takes.
 //! - The snapshot bucket keeps one revision per partition; every write is compare-and-set on
 //!   the revision the writer last saw, which is what fences a stale owner.
 
@@ -23,6 +25,8 @@ pub const STREAM_NAME: &str = "FLOODGATE_EVENTS";
 pub const LEASE_BUCKET: &str = "floodgate_leases";
 /// Name of the snapshot bucket.
 pub const SNAPSHOT_BUCKET: &str = "floodgate_snapshots";
+/// Name of the membership bucket (one key per live member, expiring like a lease).
+pub const MEMBER_BUCKET: &str = "floodgate_members";
 
 /// The connection and the JetStream objects, shared by a node's parts.
 #[derive(Clone, Debug)]
@@ -37,6 +41,10 @@ pub struct Layout {
     pub leases: kv::Store,
     /// Partition snapshots.
     pub snapshots: kv::Store,
+    /// Live members (each refreshes its key every tick; `max_age` = the lease TTL).
+    pub members: kv::Store,
+    /// The stream behind the membership bucket, whose message count is the live members.
+    pub members_stream: stream::Stream,
 }
 
 /// Connecting or creating the JetStream objects failed.
@@ -77,7 +85,8 @@ impl Layout {
             .build(client.clone());
         let started = Instant::now();
         loop {
-            match Self::create_objects(&client, &context, config).await {
+            // Boxed: four JetStream round trips and their answers make a large future.
+            match Box::pin(Self::create_objects(&client, &context, config)).await {
                 Ok(layout) => return Ok(layout),
                 Err(error) if started.elapsed() < ready_timeout => {
                     tracing::debug!(%error, "JetStream not ready yet");
@@ -118,12 +127,26 @@ impl Layout {
                 ..Default::default()
             })
             .await?;
+        let members = context
+            .create_key_value(kv::Config {
+                bucket: MEMBER_BUCKET.to_owned(),
+                history: 1,
+                max_age: config.lease_ttl,
+                num_replicas: config.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        // The bucket's cached status never refreshes; its stream answers afresh.
+        let members_stream = context.get_stream(format!("KV_{MEMBER_BUCKET}")).await?;
         Ok(Self {
             client: client.clone(),
             context: context.clone(),
             stream,
             leases,
             snapshots,
+            members,
+            members_stream,
         })
     }
 }

@@ -10,8 +10,10 @@
 //! - Takeover bound: a lease not renewed is removed by JetStream after the TTL; every live
 //!   member tries the free partitions each tick (a third of the TTL), so a dead owner's
 //!   partitions are taken within TTL + one tick + JetStream's expiry latency.
-//! - Not yet: balancing. The first members to try take the free partitions; a member that
-//!   joins later gets only what others give up (see docs/cluster.md).
+//! - Balance: each member refreshes its key in the membership bucket every tick and takes at
+//!   most `ceil(partitions / live members)`; a member over its share gives one partition up per
+//!   tick (last snapshot, lease released), and a member under it takes free ones. A dead
+//!   member's key expires with its leases, so the survivors' share grows as they need it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -99,13 +101,43 @@ impl Member {
     /// stopped), then try to take every free partition.
     pub async fn tick(&mut self) {
         self.renew_all().await;
+        let share = self.share().await;
+        if self.held.len() > share {
+            // One at a time, so a member joining does not make everyone drop everything.
+            if let Some(&partition) = self.held.keys().max() {
+                self.drop_partition(partition).await;
+            }
+            return;
+        }
         for partition in 0..self.config.partitions {
+            if self.held.len() >= share {
+                break;
+            }
             if self.held.contains_key(&partition) {
                 continue;
             }
             // Boxed: taking over holds a claim and a consumer set-up in its future.
             if let Err(error) = Box::pin(self.try_take(partition)).await {
                 tracing::debug!(partition, %error, "partition not taken");
+            }
+        }
+    }
+
+    /// Refreshes this member's key in the membership bucket and returns its share of the
+    /// partitions: `ceil(partitions / live members)` (all of them when the bucket cannot be
+    /// read, so partitions are never left unowned for want of a count).
+    async fn share(&self) -> usize {
+        let partitions = self.config.partitions as usize;
+        let node = self.leases.node().to_owned();
+        if let Err(error) = self.layout.members.put(node, bytes::Bytes::new()).await {
+            tracing::debug!(%error, "membership not refreshed");
+            return partitions;
+        }
+        match self.layout.members_stream.get_info().await {
+            Ok(info) => partitions.div_ceil((info.state.messages as usize).max(1)),
+            Err(error) => {
+                tracing::debug!(%error, "membership not read");
+                partitions
             }
         }
     }

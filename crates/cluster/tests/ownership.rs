@@ -57,6 +57,52 @@ async fn leases_move_to_a_live_member_when_the_owner_stops_renewing() {
     second.shutdown().await;
 }
 
+// Proves partitions are shared out: a member alone takes all of them; when a second member
+// joins, the first gives partitions up one per tick until each holds its share (2 of 4), the
+// second takes them over from the snapshots, and every balance still reads exactly.
+#[tokio::test]
+async fn a_joining_member_gets_its_share_of_the_partitions() {
+    let (_cluster, config, layout) = start(4, LEASE_TTL).await;
+    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+    let mut expected = Expected::default();
+    publish_events(&publisher, "share", 120, 12, &mut expected).await;
+    let mut first = Member::new(layout.clone(), config.clone(), "first");
+    let mut second = Member::new(layout.clone(), config.clone(), "second");
+    first.tick().await;
+    assert_eq!(first.owned(), vec![0, 1, 2, 3]);
+
+    let started = std::time::Instant::now();
+    while first.owned().len() != 2 || second.owned().len() != 2 {
+        assert!(started.elapsed() < TAKEOVER_DEADLINE, "shares reached");
+        second.tick().await;
+        first.tick().await;
+        tokio::time::sleep(config.renew_interval() / 4).await;
+    }
+    println!(
+        "two members at 2 partitions each after {} ms",
+        started.elapsed().as_millis()
+    );
+    let mut all: Vec<u32> = first.owned().into_iter().chain(second.owned()).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        vec![0, 1, 2, 3],
+        "each partition has exactly one owner"
+    );
+
+    let (caught_up, _) = tick_until(&mut second, &config, TAKEOVER_DEADLINE, async |member| {
+        let mut exact = true;
+        for (user, balance) in &expected.balances {
+            exact &= member.balance(user).await == Ok(*balance);
+        }
+        exact
+    })
+    .await;
+    assert!(caught_up, "every balance reads exactly from either member");
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
 // Proves fencing: once a new owner has claimed a partition, the old owner (whose lease lapsed
 // while it was paused) can neither write a snapshot nor purge events; the new owner's state
 // includes everything.
