@@ -48,12 +48,19 @@ pub enum LocalClusterError {
 /// The nats-server binary the tests start: `FLOODGATE_NATS_SERVER`, else the install script's
 /// place.
 pub fn server_binary() -> Result<PathBuf, LocalClusterError> {
-    let path = if let Some(path) = std::env::var_os(SERVER_BINARY_VARIABLE) {
+    resolve_binary(|name| std::env::var_os(name))
+}
+
+/// [`server_binary`] with the environment passed in (`lookup` reads one variable).
+fn resolve_binary(
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<PathBuf, LocalClusterError> {
+    let path = if let Some(path) = lookup(SERVER_BINARY_VARIABLE) {
         PathBuf::from(path)
-    } else if let Some(home) = std::env::var_os("FLOODGATE_NATS_HOME") {
+    } else if let Some(home) = lookup("FLOODGATE_NATS_HOME") {
         PathBuf::from(home).join("bin/nats-server")
     } else {
-        let home = std::env::var_os("HOME").unwrap_or_default();
+        let home = lookup("HOME").unwrap_or_default();
         PathBuf::from(home)
             .join(DEFAULT_HOME)
             .join("bin/nats-server")
@@ -239,4 +246,45 @@ fn server_config(
         );
     }
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves a missing nats-server is an error that names the path and says how to install
+    // it (so a cluster test fails with instructions instead of skipping).
+    #[test]
+    fn a_missing_binary_fails_with_install_instructions() {
+        let error = resolve_binary(|name| {
+            (name == SERVER_BINARY_VARIABLE).then(|| "/nonexistent/nats-server".into())
+        })
+        .expect_err("no such file");
+        let message = error.to_string();
+        assert!(message.contains("/nonexistent/nats-server"), "{message}");
+        assert!(message.contains(".ci/install-nats.sh"), "{message}");
+    }
+
+    // Proves the lookup order: the variable naming the binary, then FLOODGATE_NATS_HOME, then
+    // the install script's place under HOME.
+    #[test]
+    fn the_binary_is_looked_up_in_order() {
+        let home_only = resolve_binary(|name| (name == "HOME").then(|| "/home/someone".into()));
+        let Err(LocalClusterError::MissingBinary(path)) = home_only else {
+            panic!("expected a missing binary");
+        };
+        assert_eq!(
+            path,
+            PathBuf::from("/home/someone/.local/share/floodgate/nats-2.15.1/bin/nats-server")
+        );
+        let nats_home = resolve_binary(|name| match name {
+            "FLOODGATE_NATS_HOME" => Some("/opt/nats".into()),
+            "HOME" => Some("/home/someone".into()),
+            _ => None,
+        });
+        let Err(LocalClusterError::MissingBinary(path)) = nats_home else {
+            panic!("expected a missing binary");
+        };
+        assert_eq!(path, PathBuf::from("/opt/nats/bin/nats-server"));
+    }
 }

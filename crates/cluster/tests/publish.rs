@@ -19,7 +19,7 @@ async fn connect(cluster: &LocalCluster, config: &ClusterConfig) -> Layout {
 // new id is stored at the next sequence.
 #[tokio::test]
 async fn publish_is_acknowledged_and_deduplicated_by_message_id() {
-    let cluster = LocalCluster::start(3).expect("nats-server cluster");
+    let cluster = LocalCluster::start(3).unwrap_or_else(|error| panic!("{error}"));
     let config = ClusterConfig::new(4, cluster.size());
     let layout = connect(&cluster, &config).await;
     let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
@@ -43,7 +43,7 @@ async fn publish_is_acknowledged_and_deduplicated_by_message_id() {
 // an already stored id is still answered (deduplication is checked before the limit).
 #[tokio::test]
 async fn full_stream_refuses_new_events_as_queue_full() {
-    let cluster = LocalCluster::start(3).expect("nats-server cluster");
+    let cluster = LocalCluster::start(3).unwrap_or_else(|error| panic!("{error}"));
     let mut config = ClusterConfig::new(2, cluster.size());
     config.capacity_events = 3;
     let layout = connect(&cluster, &config).await;
@@ -73,7 +73,7 @@ async fn full_stream_refuses_new_events_as_queue_full() {
 // Proves a publish with every server gone is Unreachable (its own reason), not QueueFull.
 #[tokio::test]
 async fn publish_without_servers_is_unreachable() {
-    let mut cluster = LocalCluster::start(1).expect("nats-server");
+    let mut cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
     let mut config = ClusterConfig::new(2, cluster.size());
     config.request_timeout = Duration::from_millis(500);
     let layout = connect(&cluster, &config).await;

@@ -15,7 +15,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A three-server cluster and a layout on it with a short lease TTL.
 pub async fn start(partitions: u32, lease_ttl: Duration) -> (LocalCluster, ClusterConfig, Layout) {
-    let cluster = LocalCluster::start(3).expect("nats-server cluster");
+    let cluster = LocalCluster::start(3).unwrap_or_else(|error| panic!("{error}"));
     let mut config = ClusterConfig::new(partitions, cluster.size());
     config.lease_ttl = lease_ttl;
     let layout = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
