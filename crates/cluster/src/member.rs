@@ -32,6 +32,15 @@ use crate::reads::{ReadError, serve_balances};
 use crate::state::PartitionState;
 use crate::view::{MemberStats, MemberView, OwnedPartition, OwnedStates};
 
+/// How a partition leaves this member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handoff {
+    /// The lease was lost or lapsed: stop without writing.
+    Lost,
+    /// Given up while still held (over its share): last snapshot, then release.
+    GiveUp,
+}
+
 /// A partition this member holds and runs.
 #[derive(Debug)]
 struct Held {
@@ -105,7 +114,7 @@ impl Member {
         if self.held.len() > share {
             // One at a time, so a member joining does not make everyone drop everything.
             if let Some(&partition) = self.held.keys().max() {
-                self.drop_partition(partition).await;
+                self.drop_partition(partition, Handoff::GiveUp).await;
             }
             return;
         }
@@ -192,23 +201,28 @@ impl Member {
                 }
             };
             if !keep {
-                self.drop_partition(partition).await;
+                self.drop_partition(partition, Handoff::Lost).await;
             }
         }
     }
 
-    async fn drop_partition(&mut self, partition: Partition) {
+    async fn drop_partition(&mut self, partition: Partition, handoff: Handoff) {
         let Some(held) = self.held.remove(&partition) else {
             return;
         };
+        if handoff == Handoff::Lost {
+            // Not ours any more: end the lease's validity so the owner stops without writing.
+            let _ = held.valid_until.send(Instant::now());
+        }
         self.set_owned(|owned| {
             owned.remove(&partition);
         });
         self.view.stats.losses.fetch_add(1, Ordering::Relaxed);
         held.responder.abort();
         let _ = held.stop.send(true);
-        // The owner checks the lease before writing, so with a lost or lapsed lease this stop
-        // writes nothing; with a finished task it returns at once.
+        // A lost lease: the owner sees its validity over and writes nothing. A give-up: the
+        // lease is still valid, so the owner writes a last snapshot (and purges) before the
+        // release lets the next owner in. A finished task returns at once.
         let exit = held.task.await;
         tracing::info!(partition, ?exit, "partition given up");
         let _ = self.leases.release(&held.lease).await;
