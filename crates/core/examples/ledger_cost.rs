@@ -74,7 +74,7 @@ fn paging() {
                         // Spread cursors over the whole ledger (a multiplicative walk).
                         let cursor = name((round * 7919 * 127) % users, 16);
                         let started = Instant::now();
-                        black_box(ledger.balances(Some(&cursor), 1001));
+                        black_box(ledger.balances(Some(cursor.as_bytes()), 1001));
                         started.elapsed()
                     })
                     .collect(),

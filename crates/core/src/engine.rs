@@ -873,8 +873,8 @@ impl Engine {
         self.inner.ledger.balance(user)
     }
 
-    /// Up to `limit` balances with user > `after`, sorted by user.
-    pub fn balances(&self, after: Option<&str>, limit: usize) -> Vec<(String, i64)> {
+    /// Up to `limit` balances with user > `after` (compared as bytes), sorted by user.
+    pub fn balances(&self, after: Option<&[u8]>, limit: usize) -> Vec<(String, i64)> {
         self.inner.ledger.balances(after, limit)
     }
 

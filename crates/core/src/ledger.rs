@@ -652,16 +652,15 @@ impl Ledger {
     /// for more only when its last row was just taken, from that row on, so the page stays
     /// sorted and disjoint from the previous one even while users are being added (a user
     /// added behind the cursor is seen by the next walk, not this one).
-    pub fn balances(&self, after: Option<&str>, limit: usize) -> Vec<(String, i64)> {
+    /// The cursor is bytes: any byte string is a position in user order, so a client's cursor
+    /// never has to be a name that exists, nor valid UTF-8.
+    pub fn balances(&self, after: Option<&[u8]>, limit: usize) -> Vec<(String, i64)> {
         if limit == 0 {
             return Vec::new();
         }
         let chunk = (limit.div_ceil(self.shards.len()) + 1).min(limit);
-        let fetch = |index: usize, after: Option<&str>| {
-            let rows = self.shards[index]
-                .data
-                .lock()
-                .page(after.map(str::as_bytes), chunk);
+        let fetch = |index: usize, after: Option<&[u8]>| {
+            let rows = self.shards[index].data.lock().page(after, chunk);
             let exhausted = rows.len() < chunk;
             (VecDeque::from(rows), exhausted)
         };
@@ -681,7 +680,7 @@ impl Ledger {
             };
             let (rows, exhausted) = &mut shards[index];
             if rows.is_empty() && !*exhausted {
-                (*rows, *exhausted) = fetch(index, Some(&user));
+                (*rows, *exhausted) = fetch(index, Some(user.as_bytes()));
             }
             if let Some((next, next_balance)) = rows.pop_front() {
                 heads.push(Reverse((next, next_balance, index)));
@@ -799,7 +798,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = ledger.balances(after.as_deref(), 50);
+            let page = ledger.balances(after.as_deref().map(str::as_bytes), 50);
             if page.is_empty() {
                 break;
             }
@@ -818,7 +817,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = ledger.balances(after.as_deref(), limit);
+            let page = ledger.balances(after.as_deref().map(str::as_bytes), limit);
             if page.is_empty() {
                 return seen;
             }

@@ -21,6 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::prelude::BASE64_URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use floodgate_core::config::ProcessingMode;
@@ -443,7 +445,8 @@ struct PageQuery {
 /// `GET /balances?after=<cursor>&limit=<n>`: one page sorted by user; `next` is the cursor of
 /// the following page, `null` on the last one. The cursor is opaque and URL-safe (base64url,
 /// no padding, of the page's last user), so a client pastes it into the next URL as is.
-/// `limit` outside 1..=1000 or a cursor that does not decode is 400 `invalid_query`.
+/// `limit` outside 1..=1000 or a cursor that is not base64url is 400 `invalid_query`; any
+/// base64url cursor is a position in byte order, whether or not a user has that name.
 async fn list_balances(
     State(app): State<Arc<AppState>>,
     query: Result<Query<PageQuery>, QueryRejection>,
@@ -472,15 +475,22 @@ async fn list_balances(
     Ok(Json(json!({"balances": balances, "next": next})))
 }
 
-/// The user a `GET /balances` cursor stands for.
-fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
-    let bad = || {
-        ApiError::InvalidQuery(format!(
-            "`after` is not a cursor this server gave: {cursor:?}"
-        ))
-    };
-    let bytes = BASE64_URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    String::from_utf8(bytes).map_err(|_| bad())
+/// Decodes cursors leniently: padding optional, stray trailing bits ignored, so every string of
+/// the base64url alphabet whose length is not 1 mod 4 (the pattern the OpenAPI document gives)
+/// is a position.
+const CURSOR_ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The position a `GET /balances` cursor stands for: bytes in user order (a cursor need not
+/// name a user, nor be UTF-8, to be a position).
+fn decode_cursor(cursor: &str) -> Result<Vec<u8>, ApiError> {
+    CURSOR_ENGINE.decode(cursor).map_err(|_| {
+        ApiError::InvalidQuery(format!("`after` is not a base64url cursor: {cursor:?}"))
+    })
 }
 
 /// `GET /stats`: the engine's statistics.

@@ -62,7 +62,7 @@ async fn stats_count_every_outcome() {
         (4, 40, 0)
     );
     assert!(stats.draining && engine.is_draining());
-    let page = engine.balances(Some("u1"), 2);
+    let page = engine.balances(Some(b"u1"), 2);
     assert_eq!(page, vec![("u2".to_owned(), 10), ("u3".to_owned(), 10)]);
     let json = serde_json::to_value(&stats).expect("stats serialize");
     for field in [

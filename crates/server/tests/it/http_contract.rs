@@ -298,8 +298,9 @@ async fn balance_lookup_200_and_404() {
 
 // Proves GET /balances pagination: pages are sorted, `next` (pasted into the URL as is)
 // chains them without gaps or repeats, the last page has next = null, and a limit outside
-// 1..=1000 or a cursor that does not decode (not base64url, or not UTF-8 once decoded) is a
-// 400 invalid_query.
+// 1..=1000 or a cursor that is not base64url (a stray character, a length of 1 mod 4) is a
+// 400 invalid_query, while any base64url cursor is a position (`_w`, byte 0xFF, lies past
+// every user: an empty last page).
 #[tokio::test]
 async fn balances_paginate_with_cursor() {
     let server = ServerHandle::spawn(inline_config()).await.expect("spawn");
@@ -325,7 +326,11 @@ async fn balances_paginate_with_cursor() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["balances"].as_array().map(Vec::len), Some(25));
     let limits = ["abc", "0", "1001", "5000", "-1", "1.5"].map(|bad| format!("limit={bad}"));
-    let cursors = ["after=%25%25", "after=_w"].map(str::to_owned);
+    let (status, page) = get(&server, "/balances?after=_w").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["balances"].as_array().map(Vec::len), Some(0));
+    assert_eq!(page["next"], serde_json::Value::Null);
+    let cursors = ["after=%25%25", "after=a", "after=ab%2Bc"].map(str::to_owned);
     for bad in limits.iter().chain(&cursors) {
         let (status, reply) = get(&server, &format!("/balances?{bad}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
