@@ -57,6 +57,16 @@ pub const DEFAULT_READY_HIGH_WATER_PERCENT: u8 = 90;
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "floodgate-data";
 
+/// Most events in one `POST /events/batch` (TigerBeetle's 8,189-event batches are the model:
+/// large enough that a batch costs one reservation and one log record for thousands of events,
+/// small enough that a 503 costs the client little to resend).
+pub const DEFAULT_BATCH_MAX_EVENTS: usize = 8_192;
+/// Largest `POST /events/batch` body, after decompression: 4 MiB holds 8,192 events of up to
+/// 512 bytes each.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Hard upper bound for `batch_max_events`.
+pub const MAX_BATCH_EVENTS_CEILING: usize = 1_000_000;
+
 /// Hard upper bound for any timeout setting: one hour. Longer is a typo, not a policy.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Hard upper bound for the body limit: 64 MiB (the engine's events are tiny).
@@ -94,6 +104,10 @@ pub struct FrontDoorConfig {
     pub shutdown_timeout_ms: u64,
     /// `/readyz` answers 503 when the queue is fuller than this percent of its capacity.
     pub ready_high_water_percent: u8,
+    /// Most events in one `POST /events/batch`; more is 413 `batch_too_large`.
+    pub batch_max_events: usize,
+    /// Largest `POST /events/batch` body after decompression; larger is 413.
+    pub batch_max_bytes: usize,
 }
 
 impl Default for FrontDoorConfig {
@@ -104,6 +118,8 @@ impl Default for FrontDoorConfig {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            batch_max_events: DEFAULT_BATCH_MAX_EVENTS,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,

@@ -111,6 +111,10 @@ pub enum ApiError {
         /// `user` or `amount`.
         field: &'static str,
     },
+    /// A batch with more events than `batch_max_events` or than the queue can ever hold (413
+    /// `batch_too_large`): split it.
+    #[error("{0}")]
+    BatchTooLarge(String),
     /// The body's `id` and the `Idempotency-Key` header differ (400 `id_mismatch`).
     #[error("the `id` field ({body}) and the Idempotency-Key header ({header}) differ")]
     IdMismatch {
@@ -221,6 +225,7 @@ impl ApiError {
                 body: String::new(),
                 header: String::new(),
             },
+            Self::BatchTooLarge(String::new()),
         ];
         all.extend(
             EventError::one_of_each()
@@ -257,6 +262,7 @@ impl ApiError {
             Self::RateLimited { .. } => 20,
             Self::IdConflict { .. } => 21,
             Self::IdMismatch { .. } => 22,
+            Self::BatchTooLarge(_) => 23,
         }
     }
 
@@ -272,7 +278,7 @@ impl ApiError {
             Self::InvalidEvent { .. } | Self::BalanceOverflow | Self::IdConflict { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge | Self::BatchTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::QueueFull | Self::Draining | Self::StorageFailed => {
@@ -304,6 +310,7 @@ impl ApiError {
             Self::BalanceOverflow => "balance_overflow",
             Self::IdConflict { .. } => "id_conflict",
             Self::IdMismatch { .. } => "id_mismatch",
+            Self::BatchTooLarge(_) => "batch_too_large",
             Self::UnknownUser => "unknown_user",
             Self::InvalidQuery(_) => "invalid_query",
             Self::InvalidPath(_) => "invalid_path",
@@ -341,6 +348,7 @@ impl ApiError {
                 | Self::InvalidEvent { .. }
                 | Self::IdConflict { .. }
                 | Self::IdMismatch { .. }
+                | Self::BatchTooLarge(_)
                 | Self::BodyTooLarge
                 | Self::UnsupportedMediaType
                 | Self::BodyRead(_)
@@ -359,7 +367,8 @@ impl ApiError {
             | Self::InvalidEvent { detail, .. }
             | Self::BodyRead(detail)
             | Self::InvalidQuery(detail)
-            | Self::InvalidPath(detail) => {
+            | Self::InvalidPath(detail)
+            | Self::BatchTooLarge(detail) => {
                 json!({"status": status, "reason": self.reason(), "detail": detail})
             }
             Self::InvalidHost(detail) => {

@@ -187,6 +187,7 @@ contract_routes! {
     Healthz => GET "/healthz",
     Readyz => GET "/readyz",
     OpenApi => GET "/openapi.json",
+    PostBatch => POST "/events/batch",
 }
 
 impl Route {
@@ -210,6 +211,12 @@ impl Route {
             Self::Healthz => on(method, healthz),
             Self::Readyz => on(method, readyz),
             Self::OpenApi => on(method, openapi),
+            Self::PostBatch => on(
+                method,
+                |State(app): State<Arc<AppState>>, request: Request| async move {
+                    post_batch(&app, request).await
+                },
+            ),
         }
     }
 }
@@ -237,7 +244,10 @@ fn router_of(routes: &[Route], state: Arc<AppState>) -> Router {
 }
 
 /// A request body `POST /events` can read: hyper's, or axum's boxed one.
-trait EventBody: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
+pub(crate) trait EventBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send
+{
+}
 
 impl<B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send> EventBody for B {}
 
@@ -259,6 +269,28 @@ async fn post_event<B: EventBody>(app: &AppState, request: hyper::Request<B>) ->
     app.metrics.observe_request(outcome, started.elapsed());
     match result {
         Ok(ingested) => ingested.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `POST /events/batch`: read (bounded, gzip allowed), split, parse per event, admit as a
+/// batch; latency recorded by outcome.
+async fn post_batch<B: EventBody>(app: &AppState, request: hyper::Request<B>) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let result = crate::batch::ingest_batch(app, &parts.headers, body).await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Accepted,
+        Err(error) => {
+            if error.is_invalid_input() {
+                app.engine.record_invalid(error.reason());
+            }
+            error.outcome()
+        }
+    };
+    app.metrics.observe_request(outcome, started.elapsed());
+    match result {
+        Ok(answer) => answer.into_response(),
         Err(error) => error.into_response(),
     }
 }
@@ -331,7 +363,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// `application/json` or `application/<something>+json`, in any letter case.
-fn is_json_media_type(essence: &str) -> bool {
+pub(crate) fn is_json_media_type(essence: &str) -> bool {
     const TYPE: &str = "application/";
     const SUFFIX: &str = "+json";
     let Some((kind, subtype)) = essence.split_at_checked(TYPE.len()) else {
@@ -345,7 +377,7 @@ fn is_json_media_type(essence: &str) -> bool {
 }
 
 /// The `Content-Length` the client announced (hyper has already refused malformed ones).
-fn announced_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn announced_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -359,7 +391,7 @@ fn announced_length(headers: &HeaderMap) -> Option<u64> {
 /// The timer is armed only if the body is not complete at the first look: a small event
 /// usually arrives with its head, and a timer per request costs a timer-wheel insert and
 /// removal (a lock each).
-async fn read_body<B: EventBody>(
+pub(crate) async fn read_body<B: EventBody>(
     body: B,
     limit_bytes: usize,
     timeout: std::time::Duration,

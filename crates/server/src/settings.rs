@@ -27,8 +27,9 @@ use floodgate_core::config::{
 };
 
 use crate::config::{
-    MAX_BODY_LIMIT_BYTES, MAX_CONNECTIONS_CEILING, MAX_HEADER_BYTES_CEILING, MAX_HEADERS_CEILING,
-    MAX_RATE_LIMIT_BURST_EVENTS, MAX_TIMEOUT_MS, MIN_HEADER_BYTES, ServerConfig, StorageConfig,
+    MAX_BATCH_EVENTS_CEILING, MAX_BODY_LIMIT_BYTES, MAX_CONNECTIONS_CEILING,
+    MAX_HEADER_BYTES_CEILING, MAX_HEADERS_CEILING, MAX_RATE_LIMIT_BURST_EVENTS, MAX_TIMEOUT_MS,
+    MIN_HEADER_BYTES, ServerConfig, StorageConfig,
 };
 
 /// Address the seed's server listened on.
@@ -198,6 +199,12 @@ settings! {
         bounds 1..=MAX_CONNECTIONS_CEILING;
     /// Largest request body; larger gets 413.
     body_limit_bytes: usize => config.front_door.body_limit_bytes,
+        bounds 1..=MAX_BODY_LIMIT_BYTES;
+    /// Most events in one `POST /events/batch`; more gets 413 `batch_too_large`.
+    batch_max_events: usize => config.front_door.batch_max_events,
+        bounds 1..=MAX_BATCH_EVENTS_CEILING;
+    /// Largest `POST /events/batch` body, after decompression; larger gets 413.
+    batch_max_bytes: usize => config.front_door.batch_max_bytes,
         bounds 1..=MAX_BODY_LIMIT_BYTES;
     /// Largest request head (request line + headers); larger gets 431.
     max_header_bytes: usize => config.front_door.max_header_bytes,
