@@ -170,16 +170,9 @@ impl BatchAnswer {
 /// `application/x-ndjson` is lines; `application/json`, `+json` or none is an array; anything
 /// else is 415.
 fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+    let Some(essence) = crate::routes::media_type(headers)? else {
         return Ok(Framing::Array);
     };
-    let essence = value
-        .to_str()
-        .map_err(|_| ApiError::UnsupportedMediaType)?
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim();
     if essence.eq_ignore_ascii_case("application/x-ndjson") {
         Ok(Framing::Lines)
     } else if crate::routes::is_json_media_type(essence) {

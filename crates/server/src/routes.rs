@@ -257,20 +257,7 @@ async fn post_event<B: EventBody>(app: &AppState, request: hyper::Request<B>) ->
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let result = ingest(app, &parts.headers, body).await;
-    let outcome = match &result {
-        Ok(_) => Outcome::Accepted,
-        Err(error) => {
-            if error.is_invalid_input() {
-                app.engine.record_invalid(error.reason());
-            }
-            error.outcome()
-        }
-    };
-    app.metrics.observe_request(outcome, started.elapsed());
-    match result {
-        Ok(ingested) => ingested.into_response(),
-        Err(error) => error.into_response(),
-    }
+    answer_ingest(app, started, result)
 }
 
 /// `POST /events/batch`: read (bounded, gzip allowed), split, parse per event, admit as a
@@ -279,6 +266,16 @@ async fn post_batch<B: EventBody>(app: &AppState, request: hyper::Request<B>) ->
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let result = crate::batch::ingest_batch(app, &parts.headers, body).await;
+    answer_ingest(app, started, result)
+}
+
+/// The one ending of both ingest routes: an invalid input is counted by its reason, the
+/// latency recorded under the outcome, and the result turned into the response.
+fn answer_ingest<T: IntoResponse>(
+    app: &AppState,
+    started: Instant,
+    result: Result<T, ApiError>,
+) -> Response {
     let outcome = match &result {
         Ok(_) => Outcome::Accepted,
         Err(error) => {
@@ -345,8 +342,18 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// A missing content type is accepted as JSON; a present one must be `application/json` or
 /// `application/<something>+json` (parameters such as `charset` ignored).
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    match media_type(headers)? {
+        None => Ok(()),
+        Some(essence) if is_json_media_type(essence) => Ok(()),
+        Some(_) => Err(ApiError::UnsupportedMediaType),
+    }
+}
+
+/// The request's media type without parameters (`application/json; charset=utf-8` gives
+/// `application/json`), `None` when there is no `Content-Type`; one that is not text is 415.
+pub(crate) fn media_type(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Ok(None);
     };
     let essence = value
         .to_str()
@@ -355,11 +362,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         .next()
         .unwrap_or_default()
         .trim();
-    if is_json_media_type(essence) {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType)
-    }
+    Ok(Some(essence))
 }
 
 /// `application/json` or `application/<something>+json`, in any letter case.
