@@ -10,13 +10,18 @@
 //!
 //! Faults: cut the power at the N-th operation (that operation and every later one fail, as if
 //! the machine were gone), fail the N-th sync (the bytes stay unsynced, as on Linux after a failed
-//! fsync), or run out of space (an append writes what fits, then fails with `StorageFull`).
+//! fsync), or run out of space (an append writes what fits, then fails with `StorageFull`; a new
+//! file needs room for its inode and directory entry, [`FILE_COST_BYTES`], or its creation fails
+//! with `StorageFull` and nothing is created).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::storage::{Storage, StorageFile};
+
+/// Space a file takes beyond its bytes (its inode and directory entry), as the double counts it.
+pub const FILE_COST_BYTES: u64 = 32;
 
 /// What kind of crash a restart follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +39,8 @@ pub struct Faults {
     pub crash_at_operation: Option<u64>,
     /// Fail this `sync_data` call (1 = the next one); the bytes stay unsynced.
     pub fail_sync: Option<u64>,
-    /// Total bytes the files may hold; an append past it writes what fits and fails.
+    /// Total space: the files' bytes plus [`FILE_COST_BYTES`] per file. An append past it writes
+    /// what fits and fails; a create without room for one more file fails.
     pub space_bytes: Option<u64>,
 }
 
@@ -207,13 +213,29 @@ fn used_bytes(image: &Image) -> u64 {
     image
         .live_names
         .values()
-        .map(|&inode| image.inodes[inode].live.len() as u64)
+        .map(|&inode| image.inodes[inode].live.len() as u64 + FILE_COST_BYTES)
         .sum()
+}
+
+/// Bytes still free under the space limit (`u64::MAX` without one).
+fn free_bytes(state: &State) -> u64 {
+    match state.faults.space_bytes {
+        Some(space) => space.saturating_sub(used_bytes(&state.image)),
+        None => u64::MAX,
+    }
+}
+
+fn disk_full() -> io::Error {
+    io::Error::new(io::ErrorKind::StorageFull, "simulated disk full")
 }
 
 impl Storage for FaultStorage {
     fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
         let mut state = self.operate()?;
+        let replaced = state.image.live_names.contains_key(name);
+        if !replaced && free_bytes(&state) < FILE_COST_BYTES {
+            return Err(disk_full());
+        }
         let inode = state.image.inodes.len();
         state.image.inodes.push(Inode::default());
         state.image.live_names.insert(name.to_owned(), inode);
@@ -275,19 +297,13 @@ struct FaultFile {
 impl StorageFile for FaultFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut state = self.storage.operate()?;
-        let room = match state.faults.space_bytes {
-            Some(space) => space.saturating_sub(used_bytes(&state.image)),
-            None => u64::MAX,
-        };
+        let room = free_bytes(&state);
         let fits = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());
         state.image.inodes[self.inode]
             .live
             .extend_from_slice(&bytes[..fits]);
         if fits < bytes.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "simulated disk full",
-            ));
+            return Err(disk_full());
         }
         Ok(())
     }

@@ -11,8 +11,9 @@
 //!   acknowledgements come in log order;
 //! - a failed write or sync latches the log failed: that group and every later one is refused
 //!   (never retry a failed fsync and carry on, the post-"fsyncgate" rule);
-//! - a full disk refuses only its group: the partial write is cut away and later groups may
-//!   succeed when space returns;
+//! - a full disk refuses only its group, whether it strikes an append (the partial write is cut
+//!   away) or the creation of a new segment (nothing was created): later groups succeed when
+//!   space returns;
 //! - the submission queue is bounded: `try_submit` refuses at once when it is full.
 
 use std::io;
@@ -398,8 +399,7 @@ impl Writer {
             return Err(failure.clone());
         }
         let record_bytes = self.builder.finish().len();
-        self.rotate_if_full(record_bytes as u64)
-            .map_err(|error| self.latch(error))?;
+        self.rotate_if_full(record_bytes as u64)?;
         self.append().map_err(|error| self.refuse(error))?;
         let sync_duration = self.sync().map_err(|error| self.latch(error))?;
         let commit = Commit {
@@ -425,13 +425,26 @@ impl Writer {
 
     /// Starts a new segment if this record would overflow the current one. The old segment is
     /// synced first (in both modes), so only the last segment can ever have a torn tail.
-    fn rotate_if_full(&mut self, record_bytes: u64) -> io::Result<()> {
+    ///
+    /// A full disk while creating the new segment changed nothing on disk (the old segment is
+    /// whole and synced, no new name exists): it refuses this group only, and the next group
+    /// tries the rotation again. A failed sync of the old segment or of the directory latches.
+    fn rotate_if_full(&mut self, record_bytes: u64) -> Result<(), AppendError> {
         let length_bytes = self.segment.length_bytes();
         if length_bytes == 0 || length_bytes + record_bytes <= self.options.segment_bytes {
             return Ok(());
         }
-        self.segment.sync_data()?;
-        self.segment = create_segment(self.storage.as_ref(), self.next_position)?;
+        self.segment
+            .sync_data()
+            .map_err(|error| self.latch(error))?;
+        let file = self
+            .storage
+            .create(&names::segment(self.next_position))
+            .map_err(|error| self.refuse(error))?;
+        self.storage
+            .sync_directory()
+            .map_err(|error| self.latch(error))?;
+        self.segment = file;
         Ok(())
     }
 

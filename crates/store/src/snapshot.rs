@@ -36,13 +36,20 @@ pub struct Snapshot {
 }
 
 /// Writes `payload` as the snapshot at `position` (temp file, sync, rename, sync directory),
-/// then removes older snapshots.
+/// then removes older snapshots. A temp file that could not be completed (a full disk) is
+/// removed again, so a failed snapshot does not keep the space the log needs.
 pub fn write(storage: &dyn Storage, position: u64, payload: &[u8]) -> io::Result<()> {
     let temporary = names::snapshot_temporary(position);
     let mut file = storage.create(&temporary)?;
-    file.append(&frame(position, payload))?;
-    file.sync_data()?;
+    let written = file
+        .append(&frame(position, payload))
+        .and_then(|()| file.sync_data());
     drop(file);
+    if let Err(error) = written {
+        // Best effort: recovery ignores (and removes) a leftover temp file anyway.
+        let _ = storage.remove(&temporary);
+        return Err(error);
+    }
     storage.rename(&temporary, &names::snapshot(position))?;
     storage.sync_directory()?;
     for (older, name) in list(storage)? {
@@ -119,6 +126,23 @@ mod tests {
         assert_eq!(loaded.position, 9);
         assert_eq!(loaded.payload, b"nine");
         assert_eq!(storage.list().expect("list"), vec![names::snapshot(9)]);
+    }
+
+    // Proves a snapshot that does not fit on the disk leaves no temp file holding space, and
+    // the older snapshot stays the one loaded.
+    #[test]
+    fn a_snapshot_on_a_full_disk_leaves_no_temp_file() {
+        let storage = FaultStorage::new();
+        write(&storage, 5, b"five").expect("write");
+        storage.set_faults(crate::fault::Faults {
+            space_bytes: Some(200),
+            ..crate::fault::Faults::default()
+        });
+        let error = write(&storage, 9, &[7; 300]).expect_err("no room");
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(storage.list().expect("list"), vec![names::snapshot(5)]);
+        let loaded = load_newest(&storage).expect("load").expect("a snapshot");
+        assert_eq!(loaded.position, 5);
     }
 
     // Proves a damaged snapshot stops recovery with the file's name instead of being ignored.

@@ -7,7 +7,8 @@
 //!   cut, in both modes after a kill), and anything else recovered was submitted but not
 //!   acknowledged;
 //! - snapshot + tail gives the same history as the log alone would have;
-//! - nothing is acknowledged after the log latched failed.
+//! - nothing is acknowledged after the log latched failed, and only a failed sync or a power cut
+//!   latches it: a full disk (at an append or at a new segment) refuses groups and passes.
 
 mod support;
 
@@ -105,7 +106,14 @@ fn run_epoch(
                                     model.must_survive.insert(position, id);
                                 }
                             }
-                            Err(AppendError::Failed(_)) => latched = true,
+                            Err(AppendError::Failed(error)) => {
+                                prop_assert!(
+                                    epoch.fail_sync.is_some() || storage.is_cut(),
+                                    "a full disk alone latched the log: {}",
+                                    error
+                                );
+                                latched = true;
+                            }
                             Err(_) => {}
                         }
                     }

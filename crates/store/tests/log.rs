@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
-use floodgate_store::fault::{Crash, FaultStorage, Faults};
+use floodgate_store::fault::{Crash, FILE_COST_BYTES, FaultStorage, Faults};
 use floodgate_store::{AppendError, Durability, FsStorage, Storage, SubmitError, names};
 use support::{open, recover};
 
@@ -166,7 +166,7 @@ fn a_full_disk_refuses_the_group_and_recovers_when_space_returns() {
     harness.submit_all(&[1]);
     let used = storage.bytes(&names::segment(1)).expect("segment").len() as u64;
     storage.set_faults(Faults {
-        space_bytes: Some(used + 10),
+        space_bytes: Some(used + FILE_COST_BYTES + 10),
         ..Faults::default()
     });
     let refused = harness.submit_all(&[2]);
@@ -185,6 +185,39 @@ fn a_full_disk_refuses_the_group_and_recovers_when_space_returns() {
     let (entries, _) =
         recover(Arc::new(storage.restart_after(Crash::PowerCut, 9))).expect("recover");
     assert_eq!(entries, vec![(1, 1), (2, 3)]);
+}
+
+// Proves a full disk when a new segment is due (no room for one more file) refuses only that
+// group: the log is not latched, the old segment is untouched, and once space returns the log
+// goes on in a new segment; nothing acknowledged is lost.
+#[test]
+fn a_full_disk_at_segment_creation_refuses_the_group_and_resumes() {
+    let (storage, shared) = fault_storage();
+    // One-byte segments: every record after the first one in a segment starts a new segment.
+    let harness = open(shared, Durability::Fsync, 1).expect("open");
+    assert_eq!(positions(&harness.submit_all(&[1])), vec![1]);
+    let first = storage.bytes(&names::segment(1)).expect("segment");
+    storage.set_faults(Faults {
+        space_bytes: Some(first.len() as u64 + FILE_COST_BYTES + FILE_COST_BYTES - 1),
+        ..Faults::default()
+    });
+    let refused = harness.submit_all(&[2]);
+    assert!(
+        matches!(refused[0].1, Err(AppendError::DiskFull(_))),
+        "{refused:?}"
+    );
+    assert!(!harness.log.has_failed(), "a full disk latched the log");
+    assert_eq!(storage.bytes(&names::segment(1)), Some(first));
+    assert_eq!(storage.bytes(&names::segment(2)), None);
+    let still_full = harness.submit_all(&[3]);
+    assert!(matches!(still_full[0].1, Err(AppendError::DiskFull(_))));
+    storage.free_space();
+    assert_eq!(positions(&harness.submit_all(&[4, 5])), vec![2, 3]);
+    assert!(storage.bytes(&names::segment(2)).is_some());
+    drop(harness);
+    let (entries, _) =
+        recover(Arc::new(storage.restart_after(Crash::PowerCut, 3))).expect("recover");
+    assert_eq!(entries, vec![(1, 1), (2, 4), (3, 5)]);
 }
 
 // Proves a snapshot plus the tail after it gives the full history, and that the segments the
