@@ -15,9 +15,9 @@ use anyhow::Context as _;
 
 use crate::config::{
     DEFAULT_AMOUNT_MAX, DEFAULT_AMOUNT_MIN, DEFAULT_CONCURRENCY, DEFAULT_INVALID_RATIO,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS, DEFAULT_SEED,
-    DEFAULT_SLOW_CLIENTS, DEFAULT_THREADS, DEFAULT_URL, DEFAULT_USERS, LoadConfig, Mode, Skew,
-    SlowKind,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS, DEFAULT_RETRY_MAX,
+    DEFAULT_SEED, DEFAULT_SLOW_CLIENTS, DEFAULT_THREADS, DEFAULT_URL, DEFAULT_USERS, LoadConfig,
+    Mode, RetryPolicy, Skew, SlowKind,
 };
 use crate::threshold::{breaches, parse_thresholds};
 use crate::{LoadError, run_until};
@@ -32,6 +32,7 @@ pub const INTERRUPTED_EXIT_CODE: u8 = 130;
 /// Closed loop: `floodgate load -c 200 -n 5000` or `-c 64 -d 10s`.
 /// Open loop: `floodgate load --rate 2000 -d 10s --max-in-flight 500`.
 #[derive(Debug, Clone, clap::Args)]
+#[allow(clippy::struct_excessive_bools)] // each bool is one on/off command-line flag
 pub struct LoadArgs {
     /// Target URL, loopback only (127.0.0.0/8, ::1, localhost); the path defaults to /events.
     #[arg(long, default_value = DEFAULT_URL)]
@@ -83,6 +84,20 @@ pub struct LoadArgs {
     /// only when the generator does not share its cores with the server).
     #[arg(long)]
     pub precise_pacing: bool,
+    /// Events per request: POST NDJSON batches of N events (to /events/batch unless the URL
+    /// names a path); without it, one JSON event per request.
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Give every event a fresh id (a UUIDv7), so a resend is never applied twice.
+    #[arg(long)]
+    pub ids: bool,
+    /// Resend a request that timed out, lost its connection or was answered 503/429, with the
+    /// same body and ids, backing off from 5 ms to 500 ms (exactly-once needs --ids too).
+    #[arg(long)]
+    pub retry: bool,
+    /// With --retry: resends of one request at most; then its last outcome stands.
+    #[arg(long, default_value_t = DEFAULT_RETRY_MAX)]
+    pub retry_max: u32,
     /// Write the report as JSON (schema: crates/load/SCHEMA.md) to this path.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -174,6 +189,11 @@ impl LoadArgs {
         config.progress = !self.no_progress;
         config.threads = self.threads;
         config.precise_pacing = self.precise_pacing;
+        config.batch_events = self.batch;
+        config.ids = self.ids;
+        config.retry = self.retry.then_some(RetryPolicy {
+            max_retries: self.retry_max,
+        });
         config.validate()?;
         Ok(config)
     }
@@ -294,6 +314,12 @@ mod tests {
         assert_eq!((mixed.amount_min, mixed.amount_max), (-50, 50));
         assert_eq!(mixed.skew, Skew::Zipf { exponent: 1.1 });
         assert_eq!(mixed.slow_clients, 3);
+        let exact = config(&["--batch", "500", "--ids", "--retry", "--retry-max", "7"]).unwrap();
+        assert_eq!(exact.batch_events, Some(500));
+        assert!(exact.ids);
+        assert_eq!(exact.retry, Some(RetryPolicy { max_retries: 7 }));
+        assert_eq!(exact.target().unwrap().path, "/events/batch");
+        assert!(config(&["--batch", "0"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! [`ThreadStats`] with no message per request.
 //! Invariant: every request that is started ends in exactly one recorded outcome, and a
 //! connection that timed out or broke is dropped and replaced (and the replacement counted).
+//! With `--retry`, a resend carries the very same bytes (so the same ids) and each of a body's
+//! events is settled once, from the last attempt's answer.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, HeaderValue};
+use http::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use http::{Method, Request};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -23,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::config::LoadConfig;
+use crate::config::RetryPolicy;
 use crate::events::Body;
 use crate::stats::{ErrorKind, Outcome, ThreadStats};
 use crate::target::Target;
@@ -32,6 +35,60 @@ use crate::target::Target;
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Pause after a failed connect, so a dead target does not turn the run into a busy loop.
 pub const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+/// The header the server sets on the answer to a resend of an event it already has.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The per-event part of a 200 answer to a batch: only the events not accepted are listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct BatchAnswer {
+    /// The events not accepted, by index.
+    #[serde(default)]
+    pub results: Vec<BatchResult>,
+}
+
+/// One event of a batch that was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct BatchResult {
+    /// Its position in the batch (0-based).
+    pub index: usize,
+    /// `rejected` or `duplicate`.
+    pub status: String,
+}
+
+/// What one attempt of a request came back with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// The request's class.
+    pub outcome: Outcome,
+    /// The HTTP status (0 when there was no answer).
+    pub status: u16,
+    /// The answer said the event was a resend of one already applied (`Idempotent-Replayed`).
+    pub replayed: bool,
+    /// A batch's 2xx answer, when its body parsed as one.
+    pub batch: Option<BatchAnswer>,
+}
+
+impl Attempt {
+    fn failed(kind: ErrorKind) -> Self {
+        Self {
+            outcome: Outcome::Error(kind),
+            status: 0,
+            replayed: false,
+            batch: None,
+        }
+    }
+
+    /// Whether the same body should be sent again: no answer came (timeout, connect or
+    /// transport error: the events may or may not have been applied), or the server refused
+    /// it for now (503, 429: nothing applied).
+    pub fn is_retryable(&self) -> bool {
+        match self.outcome {
+            Outcome::Error(kind) => kind != ErrorKind::Status,
+            Outcome::Rejected => self.status == 503 || self.status == 429,
+            Outcome::Accepted | Outcome::Invalid => false,
+        }
+    }
+}
 
 /// What every load thread shares with the coordinator (read-mostly, `Sync`).
 #[derive(Debug)]
@@ -94,16 +151,13 @@ impl ThreadContext {
         if let Some(host) = &self.host {
             headers.insert(HOST, host.clone());
         }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let content_type = if self.shared.config.batch_events.is_some() {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        };
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         request
-    }
-
-    /// Records a finished request and advances the progress counter.
-    pub fn finish(&self, outcome: Outcome, latency: Duration, body: &Body) {
-        self.stats
-            .borrow_mut()
-            .record(outcome, latency, body.amount);
-        self.tick();
     }
 
     /// Advances this thread's progress counter by one.
@@ -134,8 +188,8 @@ struct Link {
 
 impl Connection {
     /// Sends one request (connecting first if needed) and reads the whole answer, within the
-    /// request timeout. Returns the outcome; a failed connection is dropped.
-    pub async fn send(&mut self, context: &ThreadContext, body: Bytes) -> Outcome {
+    /// request timeout. Returns what came back; a failed connection is dropped.
+    pub async fn send(&mut self, context: &ThreadContext, body: Bytes) -> Attempt {
         let deadline = tokio::time::Instant::now() + context.shared.config.request_timeout;
         let timer = match &mut self.timer {
             Some(timer) => {
@@ -152,39 +206,57 @@ impl Connection {
             () = timer.as_mut() => Err(ErrorKind::Timeout),
         };
         match result {
-            Ok(status) => {
-                context.stats.borrow_mut().count_status(status);
-                Outcome::from_status(status)
+            Ok(attempt) => {
+                context.stats.borrow_mut().count_status(attempt.status);
+                attempt
             }
             Err(kind) => {
                 // Broken, or dropped mid-flight on timeout (hyper then closes it): replace it.
                 self.link.sender = None;
-                Outcome::Error(kind)
+                Attempt::failed(kind)
             }
         }
     }
 }
 
 impl Link {
-    async fn exchange(&mut self, context: &ThreadContext, body: Bytes) -> Result<u16, ErrorKind> {
+    async fn exchange(
+        &mut self,
+        context: &ThreadContext,
+        body: Bytes,
+    ) -> Result<Attempt, ErrorKind> {
         let sender = self.ready(context).await?;
         let response = sender
             .send_request(context.request(body))
             .await
             .map_err(|_| ErrorKind::Transport)?;
         let status = response.status().as_u16();
+        let replayed = response
+            .headers()
+            .get(IDEMPOTENT_REPLAYED)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"));
+        let keep = context.shared.config.batch_events.is_some() && (200..300).contains(&status);
         let mut body = response.into_body();
-        let mut received_bytes = 0_usize;
+        let mut received = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| ErrorKind::Transport)?;
             if let Some(data) = frame.data_ref() {
-                received_bytes += data.len();
-                if received_bytes > MAX_RESPONSE_BYTES {
+                if received.len() + data.len() > MAX_RESPONSE_BYTES {
                     return Err(ErrorKind::Transport);
+                }
+                if keep {
+                    received.extend_from_slice(data);
                 }
             }
         }
-        Ok(status)
+        Ok(Attempt {
+            outcome: Outcome::from_status(status),
+            status,
+            replayed,
+            batch: keep
+                .then(|| serde_json::from_slice(&received).ok())
+                .flatten(),
+        })
     }
 
     async fn ready(
@@ -223,21 +295,43 @@ async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>, ErrorKind>
     Ok(sender)
 }
 
-/// Runs one request on `connection`, records it with latency measured from `started` (and
-/// from the actual send, for the service-time histogram), and backs off after a failed
-/// connect. Returns the outcome.
+/// Runs one request on `connection` (resending it under the retry policy), records each
+/// attempt (the first timed from `started`, resends from their own send, all of them also
+/// from the actual send for the service-time histogram), settles the body's events from the
+/// last attempt and advances the progress counter. Returns the last attempt's outcome.
 pub async fn request_once(
     context: &ThreadContext,
     connection: &mut Connection,
     body: Body,
     started: Instant,
 ) -> Outcome {
-    let sent_at = Instant::now();
-    let outcome = connection.send(context, body.bytes.clone()).await;
-    context.stats.borrow_mut().record_service(sent_at.elapsed());
-    context.finish(outcome, started.elapsed(), &body);
-    if outcome == Outcome::Error(ErrorKind::Connect) {
-        tokio::time::sleep(CONNECT_BACKOFF).await;
-    }
-    outcome
+    let mut attempt_started = started;
+    let mut retries = 0_u32;
+    let attempt = loop {
+        let sent_at = Instant::now();
+        let attempt = connection.send(context, body.bytes.clone()).await;
+        {
+            let mut stats = context.stats.borrow_mut();
+            stats.record_service(sent_at.elapsed());
+            stats.record(attempt.outcome, attempt_started.elapsed());
+        }
+        if attempt.outcome == Outcome::Error(ErrorKind::Connect) {
+            tokio::time::sleep(CONNECT_BACKOFF).await;
+        }
+        let may_retry = context
+            .shared
+            .config
+            .retry
+            .is_some_and(|policy| retries < policy.max_retries);
+        if !(may_retry && attempt.is_retryable()) || context.shared.stopping() {
+            break attempt;
+        }
+        retries += 1;
+        tokio::time::sleep(RetryPolicy::backoff(retries)).await;
+        context.stats.borrow_mut().retries += 1;
+        attempt_started = Instant::now();
+    };
+    context.stats.borrow_mut().settle(&body, &attempt);
+    context.tick();
+    attempt.outcome
 }

@@ -46,6 +46,43 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_USERS: u64 = 1_000_000_000;
 /// Upper bound on load threads (one current-thread runtime each).
 pub const MAX_THREADS: usize = 256;
+/// Upper bound on events per batch: 8x the server's default `--batch-max-events`, so a
+/// too-large batch can still be sent on purpose (the server answers 413).
+pub const MAX_BATCH_EVENTS: usize = 65_536;
+/// Default number of resends of one request with `--retry`: with the backoff capped at
+/// [`RETRY_BACKOFF_MAX`] that is about 50 s of trying, longer than a restart takes.
+pub const DEFAULT_RETRY_MAX: u32 = 100;
+/// First pause before a resend; it doubles at each resend of the same request.
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between two resends of the same request.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// When and how often a request whose outcome is unknown or refused for now is resent (the
+/// client side of exactly-once: with ids, a resend is never applied twice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Resends of one request at most (attempts = 1 + this); then its last outcome stands.
+    pub max_retries: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: DEFAULT_RETRY_MAX,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before resend number `retry` (1-based): doubling from [`RETRY_BACKOFF_MIN`],
+    /// capped at [`RETRY_BACKOFF_MAX`].
+    pub fn backoff(retry: u32) -> Duration {
+        let doublings = retry.saturating_sub(1).min(16);
+        RETRY_BACKOFF_MIN
+            .saturating_mul(1 << doublings)
+            .min(RETRY_BACKOFF_MAX)
+    }
+}
 
 /// Closed loop (the seed's: each connection sends its next request when the last answer
 /// arrives) or open loop (a fixed schedule of request starts, whatever the answers do).
@@ -176,6 +213,15 @@ pub struct LoadConfig {
     /// tokio's millisecond timer (which starts requests up to ~1 ms late). Costs up to a core
     /// per load thread while waiting, so use it only when the generator has cores to spare.
     pub precise_pacing: bool,
+    /// Events per request: `None` posts one JSON event per request (to `/events` by default);
+    /// `Some(n)` posts NDJSON batches of `n` events (to `/events/batch` by default).
+    pub batch_events: Option<usize>,
+    /// Every valid event carries a fresh `id` (a UUIDv7), so the server can tell a resend
+    /// from a new event.
+    pub ids: bool,
+    /// Resend a request that timed out, lost its connection or was answered 503/429, with the
+    /// same body (so the same ids); `None`: every outcome is final.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl LoadConfig {
@@ -200,12 +246,25 @@ impl LoadConfig {
             progress: false,
             threads: DEFAULT_THREADS,
             precise_pacing: false,
+            batch_events: None,
+            ids: false,
+            retry: None,
         }
+    }
+
+    /// The parsed target; with batches, a URL without a path means `/events/batch`.
+    pub fn target(&self) -> Result<Target, LoadError> {
+        let default_path = if self.batch_events.is_some() {
+            crate::target::DEFAULT_BATCH_PATH
+        } else {
+            crate::target::DEFAULT_PATH
+        };
+        Target::parse_with_default(&self.url, default_path)
     }
 
     /// Checks every bound; [`crate::run`] calls it first.
     pub fn validate(&self) -> Result<(), LoadError> {
-        Target::parse(&self.url)?;
+        self.target()?;
         let invalid = |reason: String| Err(LoadError::InvalidConfig(reason));
         let connections = match &self.mode {
             Mode::Closed {
@@ -262,6 +321,12 @@ impl LoadConfig {
         if self.request_timeout.is_zero() || self.request_timeout > MAX_DURATION {
             return invalid("request timeout must be > 0 and at most a day".into());
         }
+        if self
+            .batch_events
+            .is_some_and(|events| events == 0 || events > MAX_BATCH_EVENTS)
+        {
+            return invalid(format!("batch: 1..={MAX_BATCH_EVENTS} events per request"));
+        }
         if self.threads > MAX_THREADS {
             return invalid(format!("threads {}: at most {MAX_THREADS}", self.threads));
         }
@@ -300,6 +365,17 @@ mod tests {
     }
 
     #[test]
+    fn retry_backoff_doubles_up_to_its_cap() {
+        // Proves the resend pauses: 5, 10, 20 ms ... then never above the cap, even for a
+        // retry count that would overflow a shift.
+        assert_eq!(RetryPolicy::backoff(1), RETRY_BACKOFF_MIN);
+        assert_eq!(RetryPolicy::backoff(2), RETRY_BACKOFF_MIN * 2);
+        assert_eq!(RetryPolicy::backoff(3), RETRY_BACKOFF_MIN * 4);
+        assert_eq!(RetryPolicy::backoff(8), RETRY_BACKOFF_MAX);
+        assert_eq!(RetryPolicy::backoff(u32::MAX), RETRY_BACKOFF_MAX);
+    }
+
+    #[test]
     fn validate_refuses_unbounded_or_nonsense_configs() {
         // Proves the defaults are valid and each bound is enforced.
         let config = LoadConfig::new(DEFAULT_URL);
@@ -324,9 +400,15 @@ mod tests {
         let mut bad_ratio = config.clone();
         bad_ratio.invalid_ratio = 1.5;
         assert!(bad_ratio.validate().is_err());
-        let mut bad_amounts = config;
+        let mut bad_amounts = config.clone();
         bad_amounts.amount_min = 5;
         bad_amounts.amount_max = 1;
         assert!(bad_amounts.validate().is_err());
+        let mut empty_batch = config.clone();
+        empty_batch.batch_events = Some(0);
+        assert!(empty_batch.validate().is_err());
+        let mut huge_batch = config;
+        huge_batch.batch_events = Some(MAX_BATCH_EVENTS + 1);
+        assert!(huge_batch.validate().is_err());
     }
 }

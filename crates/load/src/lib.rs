@@ -7,7 +7,11 @@
 //! latency histogram), offers a true open loop (latency from the intended start, late and dropped
 //! requests counted), holds slow clients open alongside the load (stage 1's `nc` experiment) and
 //! mixes malformed bodies in (stage 3).
-//! Invariant: `accepted + rejected + invalid + errors == sent`, memory is constant in the run's
+//! Batches, ids and resends (`--batch`, `--ids`, `--retry`) are the client side of exactly-once:
+//! a resend carries the same ids, and each event is counted once, from the last answer.
+//! Invariant: `accepted + rejected + invalid + errors == sent` (requests),
+//! `events_accepted + events_duplicate + events_rejected + events_unanswered == events_sent`
+//! (events), memory is constant in the run's
 //! length, and only loopback targets are accepted.
 //!
 //! Map: [`LoadConfig`] (what to run) → `runner` (slow clients, one current-thread runtime per
@@ -50,7 +54,8 @@ pub use cli::{
 };
 pub use config::{
     DEFAULT_CONCURRENCY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_REQUESTS,
-    DEFAULT_URL, DEFAULT_USERS, LoadConfig, MAX_CONNECTIONS, Mode, Skew, SlowKind,
+    DEFAULT_RETRY_MAX, DEFAULT_URL, DEFAULT_USERS, LoadConfig, MAX_BATCH_EVENTS, MAX_CONNECTIONS,
+    Mode, RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN, RetryPolicy, Skew, SlowKind,
 };
 pub use events::INVALID_BODIES;
 pub use open::LATE_START_THRESHOLD;

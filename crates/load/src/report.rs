@@ -16,7 +16,7 @@ use crate::config::{LoadConfig, Mode};
 use crate::stats::{ErrorKind, Outcome, ThreadStats};
 
 /// Version of the JSON document; bumped on any incompatible change (see SCHEMA.md).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Latency percentiles of one outcome class, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -105,6 +105,7 @@ impl std::fmt::Display for LoopKind {
 
 /// Everything a run measured. Serialized as the `--json` document (see SCHEMA.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)] // each bool is a documented field of the JSON schema
 pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
@@ -145,10 +146,31 @@ pub struct Report {
     /// Open loop paced by spinning to each due time (`--precise-pacing`) rather than on
     /// tokio's millisecond timer.
     pub precise_pacing: bool,
-    /// Sum of the amounts of the events answered 2xx.
+    /// Sum of the amounts of the events acknowledged (accepted, or answered as a duplicate of
+    /// one applied before), each event once however often it was sent.
     pub accepted_amount_sum: i128,
-    /// Malformed bodies sent on purpose (`--invalid-ratio`).
+    /// Malformed bodies (or batch lines) sent on purpose (`--invalid-ratio`).
     pub invalid_bodies_sent: u64,
+    /// Events per request: `null` for one JSON event per request, else the batch size.
+    pub batch_events: Option<usize>,
+    /// Every valid event carried a fresh id (`--ids`).
+    pub ids: bool,
+    /// Requests were resent on timeout, connection errors, 503 and 429 (`--retry`).
+    pub retry: bool,
+    /// Resends: requests sent again with the same body (counted in `sent` too).
+    pub retries: u64,
+    /// Events sent, each once however often it was resent.
+    pub events_sent: u64,
+    /// Events taken and applied.
+    pub events_accepted: u64,
+    /// Events answered as duplicates (applied earlier: by a lost attempt, or another sender).
+    pub events_duplicate: u64,
+    /// Events refused (validation, conflict, or refused with no resend left): not applied.
+    pub events_rejected: u64,
+    /// Events whose request never got an answer: applied or not, unknown.
+    pub events_unanswered: u64,
+    /// `events_accepted / duration_seconds`.
+    pub events_per_second: f64,
     /// Open loop: requests that started later than the late threshold after their due time.
     pub late_starts: u64,
     /// Open loop: requests not sent because the in-flight cap was reached.
@@ -234,6 +256,16 @@ impl Report {
             precise_pacing: config.precise_pacing,
             accepted_amount_sum: stats.accepted_amount_sum,
             invalid_bodies_sent: stats.invalid_bodies_sent,
+            batch_events: config.batch_events,
+            ids: config.ids,
+            retry: config.retry.is_some(),
+            retries: stats.retries,
+            events_sent: stats.events.sent,
+            events_accepted: stats.events.accepted,
+            events_duplicate: stats.events.duplicate,
+            events_rejected: stats.events.rejected,
+            events_unanswered: stats.events.unanswered,
+            events_per_second: per_second(stats.events.accepted),
             late_starts: stats.late_starts,
             dropped: stats.dropped,
             connections_opened: stats.connections_opened,
@@ -345,9 +377,13 @@ impl Report {
             "Errors:         {} (connect {}, timeout {}, transport {}, status {})",
             self.errors, kinds.connect, kinds.timeout, kinds.transport, kinds.status
         )?;
+        if self.retry {
+            writeln!(out, "Retries:        {} (resends)", self.retries)?;
+        }
+        self.write_events(out)?;
         writeln!(
             out,
-            "Amount sum:     {} (accepted events)",
+            "Amount sum:     {} (acknowledged events)",
             self.accepted_amount_sum
         )?;
         if let Some(scheduled) = self.scheduled {
@@ -368,6 +404,25 @@ impl Report {
             out,
             "Connections:    {} opened ({} reconnects)",
             self.connections_opened, self.reconnects
+        )
+    }
+
+    fn write_events(&self, out: &mut String) -> std::fmt::Result {
+        let framing = self.batch_events.map_or_else(
+            || "one per request".to_owned(),
+            |events| format!("batches of {events}"),
+        );
+        let ids = if self.ids { ", with ids" } else { "" };
+        writeln!(
+            out,
+            "Events:         {} sent ({framing}{ids}): {} accepted ({:.0}/s), {} duplicate, {} \
+             rejected, {} unanswered",
+            self.events_sent,
+            self.events_accepted,
+            self.events_per_second,
+            self.events_duplicate,
+            self.events_rejected,
+            self.events_unanswered
         )
     }
 
@@ -414,9 +469,9 @@ mod tests {
 
     fn report() -> Report {
         let mut stats = ThreadStats::new();
-        stats.record(Outcome::Accepted, Duration::from_millis(3), Some(i64::MAX));
-        stats.record(Outcome::Accepted, Duration::from_millis(5), Some(i64::MAX));
-        stats.record(Outcome::Rejected, Duration::from_micros(200), Some(1));
+        stats.record_settled(Outcome::Accepted, Duration::from_millis(3), Some(i64::MAX));
+        stats.record_settled(Outcome::Accepted, Duration::from_millis(5), Some(i64::MAX));
+        stats.record_settled(Outcome::Rejected, Duration::from_micros(200), Some(1));
         stats.count_status(202);
         stats.count_status(202);
         stats.count_status(503);
@@ -458,7 +513,7 @@ mod tests {
         // the 503/429 refusals.
         let mut stats = ThreadStats::new();
         for status in [503, 507, 507] {
-            stats.record(Outcome::Rejected, Duration::from_micros(200), Some(1));
+            stats.record_settled(Outcome::Rejected, Duration::from_micros(200), Some(1));
             stats.count_status(status);
         }
         let config = LoadConfig::new("http://127.0.0.1:9");
@@ -487,6 +542,7 @@ mod tests {
         for needle in [
             "Total requests: 3",
             "Accepted:       2 (2/s; offered 3/s)",
+            "Events:         3 sent (one per request): 2 accepted (2/s), 0 duplicate, 1 rejected, 0 unanswered",
             "Rejected:       1 (backpressure: 503/429, retry later)",
             "Schedule:       3 due",
             "accepted",

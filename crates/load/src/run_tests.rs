@@ -270,3 +270,69 @@ async fn dropping_a_run_stops_its_load_threads() {
     assert_eq!(seen(), settled);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn retries_with_ids_settle_every_event_exactly_once() {
+    // Proves --retry --ids against a server that refuses every fifth request (503) and loses
+    // the answer of another fifth after applying it: every event ends acknowledged (none
+    // unanswered), the answers lost come back as duplicates, each refused or lost request is
+    // resent once, and the acknowledged sum equals what the server applied.
+    let server = TestServer::spawn(Behaviour::Flaky).await;
+    let mut config = closed_config(&server.url(), 4, 300);
+    config.ids = true;
+    config.retry = Some(crate::RetryPolicy::default());
+    let report = run(config).await.unwrap();
+    let seen = &server.seen;
+    assert_eq!(report.events_sent, 300, "{report:#?}");
+    assert_eq!(report.events_unanswered + report.events_rejected, 0);
+    assert_eq!(report.events_accepted + report.events_duplicate, 300);
+    assert_eq!(
+        report.events_duplicate,
+        seen.replayed.load(Ordering::SeqCst)
+    );
+    assert!(report.events_duplicate > 0);
+    let refused_or_cut = seen.rejected.load(Ordering::SeqCst) + seen.cut.load(Ordering::SeqCst);
+    assert_eq!(report.retries, refused_or_cut);
+    assert_eq!(report.sent, 300 + report.retries);
+    assert_outcomes_add_up(&report);
+    assert_eq!(
+        report.accepted_amount_sum,
+        *seen.accepted_amount_sum.lock().unwrap()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retries_without_ids_apply_lost_answers_twice() {
+    // Proves why --retry needs --ids: against the same flaky server without ids, every
+    // resend of a lost answer is applied again, so the server's sum exceeds the generator's
+    // acknowledged sum; without --retry the lost answers stay unanswered instead.
+    let server = TestServer::spawn(Behaviour::Flaky).await;
+    let mut config = closed_config(&server.url(), 4, 300);
+    config.retry = Some(crate::RetryPolicy::default());
+    let report = run(config.clone()).await.unwrap();
+    let applied = *server.seen.accepted_amount_sum.lock().unwrap();
+    assert_eq!(report.events_duplicate, 0);
+    assert_eq!(report.events_accepted, 300);
+    assert!(
+        applied > report.accepted_amount_sum,
+        "{applied} vs {report:#?}"
+    );
+    server.stop().await;
+
+    let server = TestServer::spawn(Behaviour::Flaky).await;
+    config.url = server.url();
+    config.retry = None;
+    let report = run(config).await.unwrap();
+    assert_eq!(report.retries, 0);
+    assert_eq!(
+        report.events_unanswered,
+        server.seen.cut.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        report.events_rejected,
+        server.seen.rejected.load(Ordering::SeqCst)
+    );
+    assert!(report.events_unanswered > 0);
+    server.stop().await;
+}

@@ -25,7 +25,6 @@ use crate::progress::Progress;
 use crate::report::{Report, RunFacts};
 use crate::slow::SlowClients;
 use crate::stats::ThreadStats;
-use crate::target::Target;
 
 /// Delay between planning the open loop and its first due time, so every thread's runtime is
 /// up before request 0 is due (otherwise the first requests all start late).
@@ -55,7 +54,7 @@ pub async fn run_until(
     stop: impl Future<Output = ()>,
 ) -> Result<Report, LoadError> {
     config.validate()?;
-    let target = Target::parse(&config.url)?;
+    let target = config.target()?;
     let slow = SlowClients::start(&target, config.slow_kind, config.slow_clients).await;
     let threads = thread_count(&config);
     let shared = Arc::new(Shared {

@@ -14,6 +14,8 @@ use crate::LoadError;
 
 /// Path used when the URL has none (or just `/`): the server's ingestion route.
 pub const DEFAULT_PATH: &str = "/events";
+/// Path used for batches (`--batch`) when the URL has none: the server's batch route.
+pub const DEFAULT_BATCH_PATH: &str = "/events/batch";
 
 /// A parsed, loopback-checked target.
 #[derive(Clone, Debug)]
@@ -29,6 +31,11 @@ pub struct Target {
 impl Target {
     /// Parses `http://host:port/path`, refusing anything that is not loopback.
     pub fn parse(url: &str) -> Result<Self, LoadError> {
+        Self::parse_with_default(url, DEFAULT_PATH)
+    }
+
+    /// Like [`Target::parse`], with `default_path` when the URL has no path (or just `/`).
+    pub fn parse_with_default(url: &str, default_path: &str) -> Result<Self, LoadError> {
         let invalid = |reason: &str| LoadError::InvalidUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -44,7 +51,7 @@ impl Target {
         let ip = loopback_ip(host)?;
         let port = authority.port_u16().unwrap_or(80);
         let path = match uri.path_and_query().map(PathAndQuery::as_str) {
-            None | Some("" | "/") => DEFAULT_PATH.to_owned(),
+            None | Some("" | "/") => default_path.to_owned(),
             Some(path) => path.to_owned(),
         };
         let path: Uri = path.parse().map_err(|_| invalid("bad path"))?;

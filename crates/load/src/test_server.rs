@@ -3,9 +3,10 @@
 //! Lesson: a load generator is checked against a server whose answers are known in advance.
 //! Invariant: a valid event with an even amount is answered 202 and its amount summed, an odd
 //! amount 503, anything else 400; every answer is counted, so the tests can compare the
-//! generator's report with what the server saw.
+//! generator's report with what the server saw. The `Flaky` behaviour instead takes every
+//! valid event, applies an id once, and refuses or loses some answers on a fixed rhythm.
 
-use std::convert::Infallible;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -32,6 +33,10 @@ pub enum Behaviour {
     CloseEach,
     /// Always this status.
     Status(u16),
+    /// Every valid event is taken (an id only once: a repeat is 202 with
+    /// `Idempotent-Replayed`), but request n with n % 5 == 1 is refused 503 and with
+    /// n % 5 == 3 is applied and then its connection cut before the answer.
+    Flaky,
 }
 
 /// What the server saw.
@@ -42,6 +47,11 @@ pub struct Seen {
     pub invalid: AtomicU64,
     pub open_connections: AtomicUsize,
     pub accepted_amount_sum: Mutex<i128>,
+    /// Flaky: requests seen, answers cut, replays answered, ids applied.
+    pub requests: AtomicU64,
+    pub cut: AtomicU64,
+    pub replayed: AtomicU64,
+    pub ids: Mutex<HashSet<String>>,
 }
 
 /// A running test server.
@@ -118,7 +128,7 @@ async fn answer(
     request: Request<Incoming>,
     behaviour: Behaviour,
     seen: Arc<Seen>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let body = request
         .into_body()
         .collect()
@@ -127,6 +137,9 @@ async fn answer(
         .unwrap_or_default();
     if let Behaviour::Delay(delay) = behaviour {
         tokio::time::sleep(delay).await;
+    }
+    if behaviour == Behaviour::Flaky {
+        return flaky(&body, &seen);
     }
     let status = match behaviour {
         Behaviour::Status(status) => status,
@@ -156,4 +169,44 @@ fn judge(body: &[u8], seen: &Seen) -> u16 {
             400
         }
     }
+}
+
+/// The `Flaky` answer: see [`Behaviour::Flaky`]. An `Err` makes hyper close the connection
+/// without answering.
+fn flaky(body: &[u8], seen: &Seen) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let number = seen.requests.fetch_add(1, Ordering::SeqCst);
+    if number % 5 == 1 {
+        seen.rejected.fetch_add(1, Ordering::SeqCst);
+        return Ok(status_only(503));
+    }
+    let value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let Some(amount) = value.as_ref().and_then(|value| value["amount"].as_i64()) else {
+        seen.invalid.fetch_add(1, Ordering::SeqCst);
+        return Ok(status_only(400));
+    };
+    let id = value.as_ref().and_then(|value| value["id"].as_str());
+    let fresh = id.is_none_or(|id| seen.ids.lock().unwrap().insert(id.to_owned()));
+    if fresh {
+        seen.accepted.fetch_add(1, Ordering::SeqCst);
+        *seen.accepted_amount_sum.lock().unwrap() += i128::from(amount);
+    }
+    if number % 5 == 3 {
+        seen.cut.fetch_add(1, Ordering::SeqCst);
+        return Err(std::io::Error::other("answer lost on purpose"));
+    }
+    let mut response = status_only(202);
+    if !fresh {
+        seen.replayed.fetch_add(1, Ordering::SeqCst);
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
+}
+
+fn status_only(status: u16) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+    response
 }

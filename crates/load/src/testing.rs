@@ -58,11 +58,18 @@ fn with_mode(url: &str, mode: Mode) -> LoadConfig {
     config
 }
 
-/// Asserts the report's invariant: every request sent has exactly one outcome.
+/// Asserts the report's invariants: every request sent has exactly one outcome, and every
+/// event sent is settled exactly once.
 ///
 /// # Panics
-/// When `accepted + rejected + invalid + errors != sent`.
+/// When `accepted + rejected + invalid + errors != sent`, or the event classes do not add
+/// up to `events_sent`.
 pub fn assert_outcomes_add_up(report: &Report) {
     let outcomes = report.accepted + report.rejected + report.invalid + report.errors;
     assert_eq!(outcomes, report.sent, "{report:#?}");
+    let events = report.events_accepted
+        + report.events_duplicate
+        + report.events_rejected
+        + report.events_unanswered;
+    assert_eq!(events, report.events_sent, "{report:#?}");
 }

@@ -128,6 +128,12 @@ fn metric_kind(metric: &str) -> Option<MetricKind> {
         | "late_starts"
         | "reconnects"
         | "slow_clients_held"
+        | "retries"
+        | "events_accepted"
+        | "events_duplicate"
+        | "events_rejected"
+        | "events_unanswered"
+        | "events_per_second"
         | "throughput"
         | "accepted_per_second" => Some(MetricKind::Plain),
         _ => None,
@@ -194,6 +200,12 @@ impl Threshold {
             "late_starts" => report.late_starts as f64,
             "reconnects" => report.reconnects as f64,
             "slow_clients_held" => report.slow_clients_held as f64,
+            "retries" => report.retries as f64,
+            "events_accepted" => report.events_accepted as f64,
+            "events_duplicate" => report.events_duplicate as f64,
+            "events_rejected" => report.events_rejected as f64,
+            "events_unanswered" => report.events_unanswered as f64,
+            "events_per_second" => report.events_per_second,
             "throughput" => report.throughput_per_second,
             "accepted_per_second" => report.accepted_per_second,
             "error_ratio" => ratio(report.errors),
@@ -250,11 +262,11 @@ mod tests {
     fn report() -> Report {
         let mut stats = ThreadStats::new();
         for _ in 0..99 {
-            stats.record(Outcome::Accepted, Duration::from_millis(10), Some(1));
+            stats.record_settled(Outcome::Accepted, Duration::from_millis(10), Some(1));
         }
-        stats.record(Outcome::Accepted, Duration::from_millis(80), Some(1));
-        stats.record(Outcome::Rejected, Duration::from_micros(100), Some(1));
-        stats.record(
+        stats.record_settled(Outcome::Accepted, Duration::from_millis(80), Some(1));
+        stats.record_settled(Outcome::Rejected, Duration::from_micros(100), Some(1));
+        stats.record_settled(
             Outcome::Error(ErrorKind::Timeout),
             Duration::from_secs(1),
             Some(1),

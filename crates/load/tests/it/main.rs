@@ -162,3 +162,55 @@ async fn one_idle_slow_client_freezes_the_stage_1_blocking_server() {
     assert_eq!(answered.sent, 2);
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_with_ids_are_counted_per_event_and_match_the_ledger() {
+    // Proves --batch --ids against the real server: 50 NDJSON batches of 100 events (5% of
+    // lines malformed) are 50 requests answered 200 whose events settle one by one (the
+    // malformed lines rejected, the rest accepted) exactly as the server counted them, and
+    // the acknowledged sum is the ledger's total.
+    let server = ServerHandle::spawn(ServerConfig::production())
+        .await
+        .unwrap();
+    let mut config = closed_config(&server.url(), 4, 50);
+    config.batch_events = Some(100);
+    config.ids = true;
+    config.invalid_ratio = 0.05;
+    config.amount_min = -100;
+    config.amount_max = 100;
+    let report = run(config).await.unwrap();
+    assert_eq!(report.sent, 50, "{report:#?}");
+    assert_eq!(report.status_counts.get("200"), Some(&50));
+    assert_eq!(report.events_sent, 5_000);
+    assert_eq!(report.events_rejected, report.invalid_bodies_sent);
+    assert!(report.events_rejected > 0);
+    assert_eq!(report.events_accepted + report.events_rejected, 5_000);
+    assert_eq!(report.events_accepted, server.engine().stats().accepted);
+    let engine = server.engine().clone();
+    server.stop().await.unwrap();
+    assert_eq!(engine.stats().balance_total, report.accepted_amount_sum);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_batches_are_resent_until_every_event_is_taken() {
+    // Proves --retry with batches: stage 5's queue of 100 and one slow worker refuses most
+    // batches of 50 (503, nothing admitted); each is resent with the same ids until taken,
+    // so every event ends accepted exactly once, the resends equal the 503s, and the ledger
+    // holds exactly the acknowledged sum.
+    let mut server_config = ServerConfig::for_stage(5).unwrap();
+    server_config.engine.time_scale = 0.001; // 500 ms of work becomes 0.5 ms
+    let server = ServerHandle::spawn(server_config).await.unwrap();
+    let mut config = closed_config(&server.url(), 8, 20);
+    config.batch_events = Some(50);
+    config.ids = true;
+    config.retry = Some(floodgate_load::RetryPolicy::default());
+    let report = run(config).await.unwrap();
+    assert_eq!(report.events_accepted, 1_000, "{report:#?}");
+    assert!(report.retries > 0);
+    assert_eq!(report.status_counts.get("503"), Some(&report.retries));
+    assert_eq!(report.sent, 20 + report.retries);
+    let engine = server.engine().clone();
+    server.stop().await.unwrap();
+    assert_eq!(engine.stats().balance_total, report.accepted_amount_sum);
+    assert_eq!(engine.stats().accepted, 1_000);
+}
