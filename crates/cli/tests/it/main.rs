@@ -9,4 +9,5 @@ mod secure_config;
 mod settings;
 mod shutdown;
 mod signals;
+mod storage_failure;
 mod support;

@@ -47,10 +47,27 @@ pub async fn launch_with_open_files(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Launched {
+    launch_in_shell(&format!("ulimit -n {open_files}"), args, env).await
+}
+
+/// Like [`launch`], with the process's largest file lowered to `blocks` shell blocks (`ulimit
+/// -f`) and SIGXFSZ ignored, so a write past it fails with EFBIG instead of killing the
+/// process: a real storage failure the kernel reports to the log writer.
+pub async fn launch_with_file_size_limit(
+    blocks: u32,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Launched {
+    launch_in_shell(&format!("ulimit -f {blocks} && trap '' XFSZ"), args, env).await
+}
+
+/// Starts the binary through `sh -c '<setup> && exec binary ...'`: the limits and ignored
+/// signals the shell sets are inherited by the binary (no unsafe code sets them).
+async fn launch_in_shell(setup: &str, args: &[&str], env: &[(&str, &str)]) -> Launched {
     let mut command = Command::new("sh");
     command.args([
         "-c",
-        &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""),
+        &format!("{setup} && exec \"$0\" \"$@\""),
         env!("CARGO_BIN_EXE_floodgate"),
     ]);
     launch_command(command, args, env).await
