@@ -765,11 +765,12 @@ impl Durable {
         }
     }
 
-    /// Answers everything submitted, stops the writer, then writes a last snapshot so the
-    /// next start replays nothing. Blocking: call from a blocking context.
-    pub(crate) fn close(&self) {
+    /// Answers everything submitted, stops the writer, then (if `snapshot` and the log did not
+    /// fail) writes a last snapshot so the next start replays nothing. Blocking: call from a
+    /// blocking context.
+    pub(crate) fn close(&self, snapshot: bool) {
         self.log.close();
-        if !self.has_failed() {
+        if snapshot && !self.has_failed() {
             self.snapshotter.snapshot_now();
         }
         self.snapshotter.stop();

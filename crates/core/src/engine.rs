@@ -43,7 +43,7 @@ use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
 use crate::queue::{self, Admission, Job, PushError};
 pub use crate::stats::{DedupStats, LockSummary, LockTimings, Stats, Summary, WorkerStats};
-use crate::worker::{self, WorkerContext};
+use crate::worker::{self, Supervision, WorkerContext};
 
 /// How an event was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,11 +92,15 @@ pub enum Rejected {
     /// (HTTP 422): nothing applied.
     #[error("the id was already used with a different `{}`", .0.name())]
     IdConflict(ConflictField),
+    /// A worker panicked: nothing more is accepted and the server stops (HTTP 503).
+    #[error("a worker failed: the engine is stopping")]
+    WorkerFailed,
 }
 
 impl Rejected {
     /// Machine-readable reason, as in the HTTP body: `queue_full`, `draining`,
-    /// `balance_overflow`, `ledger_full`, `storage_failed`, `disk_full`, `id_conflict`.
+    /// `balance_overflow`, `ledger_full`, `storage_failed`, `disk_full`, `id_conflict`,
+    /// `worker_failed`.
     pub fn reason(self) -> &'static str {
         match self {
             Self::QueueFull => "queue_full",
@@ -106,6 +110,7 @@ impl Rejected {
             Self::StorageFailed => "storage_failed",
             Self::DiskFull => "disk_full",
             Self::IdConflict(_) => "id_conflict",
+            Self::WorkerFailed => "worker_failed",
         }
     }
 }
@@ -122,6 +127,41 @@ pub struct Refused {
 impl Refused {
     fn new(reason: Rejected, event: Event) -> Self {
         Self { reason, event }
+    }
+}
+
+/// A failure after which the engine refuses every event until the process restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A worker panicked (HTTP 503 `worker_failed`): its lane is dead, and what it had
+    /// received is lost unless a log replays it at the next start.
+    Worker,
+    /// A log write or sync failed (HTTP 503 `storage_failed`).
+    Storage,
+}
+
+impl Failure {
+    /// The reason, as in the HTTP body and `/readyz`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Worker => Rejected::WorkerFailed.reason(),
+            Self::Storage => Rejected::StorageFailed.reason(),
+        }
+    }
+
+    /// What the operator reads when the server stops because of it.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::Worker => {
+                "a worker panicked: stopped after answering the requests in flight; events it \
+                 had not applied are lost in memory mode and replayed from the log at the next \
+                 start otherwise"
+            }
+            Self::Storage => {
+                "the log's storage failed: stopped after answering the requests in flight; \
+                 restart to recover every acknowledged event from the data directory"
+            }
+        }
     }
 }
 
@@ -217,6 +257,7 @@ fn start_workers(
     config: &EngineConfig,
     ledger: &Arc<Ledger>,
     metrics: &Arc<Metrics>,
+    supervision: &Arc<Supervision>,
 ) -> (Admission, Vec<JoinHandle<()>>) {
     let owned = config.strategy == LedgerStrategy::Owned;
     let (admission, consumers) = queue::build(
@@ -235,8 +276,13 @@ fn start_workers(
                 metrics: Arc::clone(metrics),
                 work: config.work_duration(),
                 hold: config.hold_duration(),
+                supervision: Arc::clone(supervision),
             };
-            tokio::spawn(worker::run(context, consumer))
+            tokio::spawn(worker::supervised(
+                id,
+                Arc::clone(supervision),
+                worker::run(context, consumer),
+            ))
         })
         .collect();
     (admission, handles)
@@ -296,6 +342,8 @@ struct Inner {
     /// The ids accepted recently (see [`crate::dedup`]); the log writer settles the claims
     /// of logged events.
     window: Arc<Window>,
+    /// Raised when a worker panics: every event is then refused (`worker_failed`).
+    supervision: Arc<Supervision>,
     draining: AtomicBool,
     inline_in_flight: AtomicU64,
     inline_idle: Notify,
@@ -347,6 +395,7 @@ impl Engine {
         }));
         let queued = config.mode == ProcessingMode::Queued;
         let metrics = Arc::new(Metrics::new(if queued { config.workers } else { 1 }));
+        let supervision = Arc::new(Supervision::default());
         let mut handles = Vec::new();
         let processor = match config.mode {
             ProcessingMode::ValidateOnly => Processor::ValidateOnly,
@@ -355,7 +404,8 @@ impl Engine {
                 hold: config.hold_duration(),
             },
             ProcessingMode::Queued => {
-                let (admission, worker_handles) = start_workers(&config, &ledger, &metrics);
+                let (admission, worker_handles) =
+                    start_workers(&config, &ledger, &metrics, &supervision);
                 handles = worker_handles;
                 match log {
                     None => Processor::Queued(admission),
@@ -384,6 +434,7 @@ impl Engine {
                 ledger,
                 metrics,
                 window,
+                supervision,
                 draining: AtomicBool::new(false),
                 inline_in_flight: AtomicU64::new(0),
                 inline_idle: Notify::new(),
@@ -486,8 +537,8 @@ impl Engine {
     /// Queued: one reservation and one push per lane for the whole batch. The lesson modes
     /// (inline, validate-only) take the events one by one through [`Self::submit`].
     pub async fn submit_batch(&self, events: Vec<Event>) -> Result<Vec<EventOutcome>, Rejected> {
-        if self.refuses_as_draining(Ordering::Acquire) {
-            return Err(Rejected::Draining);
+        if let Some(reason) = self.closed(Ordering::Acquire) {
+            return Err(reason);
         }
         match &self.inner.processor {
             Processor::Queued(admission) => self.enqueue_batch(admission, events).await,
@@ -644,6 +695,13 @@ impl Engine {
                 metrics.rejected_queue_full.add(events);
                 Rejected::QueueFull
             }
+            // A lane closes when a stop begins or when its worker died.
+            PushError::Closed if self.inner.supervision.has_failed() => {
+                metrics
+                    .rejected_worker_failed
+                    .fetch_add(events, Ordering::Relaxed);
+                Rejected::WorkerFailed
+            }
             PushError::Closed => {
                 metrics
                     .rejected_draining
@@ -655,8 +713,8 @@ impl Engine {
 
     /// Validate-only mode (stage 3): count the event, keep nothing.
     fn validate(&self, event: Event) -> Result<Ingested, Refused> {
-        if self.refuses_as_draining(Ordering::Acquire) {
-            return Err(Refused::new(Rejected::Draining, event));
+        if let Some(reason) = self.closed(Ordering::Acquire) {
+            return Err(Refused::new(reason, event));
         }
         self.inner.metrics.validated.increment();
         Ok(Ingested::Validated)
@@ -684,8 +742,8 @@ impl Engine {
     /// Queued mode: admit, then push without waiting for room.
     fn enqueue(&self, admission: &Admission, event: Event) -> Result<Ingested, Refused> {
         let inner = &*self.inner;
-        if self.refuses_as_draining(Ordering::Acquire) {
-            return Err(Refused::new(Rejected::Draining, event));
+        if let Some(reason) = self.closed(Ordering::Acquire) {
+            return Err(Refused::new(reason, event));
         }
         let (job, admitted) = self.admit(event)?;
         // Count before pushing (and take it back on refusal), so that a stats snapshot never
@@ -721,8 +779,8 @@ impl Engine {
             }
             Submission::Ready(Some(Err(refused)))
         };
-        if self.refuses_as_draining(Ordering::Acquire) {
-            return refuse(Refused::new(Rejected::Draining, event), claim);
+        if let Some(reason) = self.closed(Ordering::Acquire) {
+            return refuse(Refused::new(reason, event), claim);
         }
         if durable.has_failed() {
             self.count_refusal(Rejected::StorageFailed);
@@ -808,23 +866,26 @@ impl Engine {
             Rejected::LedgerFull => &metrics.rejected_ledger_full,
             Rejected::StorageFailed => &metrics.rejected_storage_failed,
             Rejected::DiskFull => &metrics.rejected_disk_full,
+            Rejected::WorkerFailed => &metrics.rejected_worker_failed,
             // A conflict is bad input: the front door counts it as invalid.
             Rejected::IdConflict(_) => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// True (and the refusal counted) once a stop has begun: admission is closed. `ordering`
-    /// is `SeqCst` on the inline path, which must pair with shutdown's in-flight count.
-    fn refuses_as_draining(&self, ordering: Ordering) -> bool {
-        let draining = self.inner.draining.load(ordering);
-        if draining {
-            self.inner
-                .metrics
-                .rejected_draining
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        draining
+    /// Why admission is closed, if it is (the refusal then counted): a worker failed, or a
+    /// stop has begun. `ordering` is `SeqCst` on the inline path, which must pair with
+    /// shutdown's in-flight count.
+    fn closed(&self, ordering: Ordering) -> Option<Rejected> {
+        let reason = if self.inner.supervision.has_failed() {
+            Rejected::WorkerFailed
+        } else if self.inner.draining.load(ordering) {
+            Rejected::Draining
+        } else {
+            return None;
+        };
+        self.count_refusal(reason);
+        Some(reason)
     }
 
     /// Inline mode (stage 4): admit, then apply in the caller on the seed's locking path.
@@ -838,8 +899,8 @@ impl Engine {
         // Enter before checking `draining`, so shutdown either sees us in flight or we see it.
         inner.inline_in_flight.fetch_add(1, Ordering::SeqCst);
         let _leave = InlineGuard(inner);
-        if self.refuses_as_draining(Ordering::SeqCst) {
-            return Err(Refused::new(Rejected::Draining, event));
+        if let Some(reason) = self.closed(Ordering::SeqCst) {
+            return Err(Refused::new(reason, event));
         }
         let (job, _) = self.admit(event)?;
         let amount = job.amount;
@@ -921,11 +982,38 @@ impl Engine {
     }
 
     /// Resolves once a log write or sync failed (never without a log).
-    pub async fn storage_failed(&self) {
+    async fn storage_failed(&self) {
         match self.durable() {
             Some(durable) => durable.failed().await,
             None => std::future::pending().await,
         }
+    }
+
+    /// Why the engine refuses every event for good, if it does: a worker panicked, or the
+    /// log's storage failed. Either way the server must stop (and exit non-zero).
+    pub fn failure(&self) -> Option<Failure> {
+        if self.inner.supervision.has_failed() {
+            Some(Failure::Worker)
+        } else if self.has_storage_failed() {
+            Some(Failure::Storage)
+        } else {
+            None
+        }
+    }
+
+    /// Resolves with the first failure (see [`Self::failure`]); never if none happens.
+    pub async fn failed(&self) -> Failure {
+        tokio::select! {
+            () = self.inner.supervision.failed() => Failure::Worker,
+            () = self.storage_failed() => Failure::Storage,
+        }
+    }
+
+    /// Makes the next worker that receives a batch panic, to test supervision
+    /// (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_worker_panic(&self) {
+        self.inner.supervision.inject_panic();
     }
 
     /// `true` once shutdown began.
@@ -1033,9 +1121,12 @@ impl Engine {
             // Answer everything in the log writer and hand it to the workers (still running),
             // then write a last snapshot: blocking file work, off the runtime.
             let engine = self.clone();
+            // After a worker failed no snapshot can be consistent (its events will never be
+            // applied): skip the last one, so the next start replays them from the log.
+            let snapshot = !inner.supervision.has_failed();
             let closed = tokio::task::spawn_blocking(move || {
                 if let Some(durable) = engine.durable() {
-                    durable.close();
+                    durable.close(snapshot);
                 }
             });
             if let Err(error) = closed.await {
@@ -1061,9 +1152,10 @@ impl Engine {
         let summary = self.summary(true);
         tracing::info!(?summary, "engine drained");
         assert_eq!(
-            summary.applied + summary.overflowed,
+            summary.applied + summary.overflowed + summary.lost,
             summary.accepted,
-            "drained: every accepted event was applied or counted overflowed"
+            "drained: every accepted event was applied, counted overflowed, or lost with a \
+             failed worker"
         );
         let users = inner.ledger.users();
         assert!(
@@ -1086,10 +1178,17 @@ impl Engine {
         // so reading in this order keeps `applied + overflowed <= accepted` in every snapshot.
         let applied = metrics.sum_workers(|worker| &worker.applied);
         let overflowed = metrics.sum_workers(|worker| &worker.overflowed);
-        let accepted = if self.admission().is_some() && drained {
+        let worker_failed = self.inner.supervision.has_failed();
+        // A dead lane's jobs were pushed (accepted) but never received: count pushes then.
+        let accepted = if self.admission().is_some() && drained && !worker_failed {
             metrics.sum_workers(|worker| &worker.received)
         } else {
             metrics.accepted.get()
+        };
+        let lost = if drained && worker_failed {
+            accepted.saturating_sub(applied + overflowed)
+        } else {
+            0
         };
         Summary {
             accepted,
@@ -1097,6 +1196,7 @@ impl Engine {
             overflowed,
             rejected: metrics.rejected(),
             invalid: metrics.invalid.load(Ordering::Relaxed),
+            lost,
         }
     }
 }

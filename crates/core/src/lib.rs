@@ -22,6 +22,7 @@ pub mod dedup;
 pub mod durable;
 pub mod engine;
 pub mod event;
+pub mod latch;
 pub mod ledger;
 pub mod metrics;
 pub mod queue;
@@ -30,6 +31,6 @@ pub mod worker;
 
 pub use config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode, QueueKind};
 pub use durable::{DurabilityMode, DurabilityStats, DurableOptions};
-pub use engine::{Engine, EventOutcome, Ingested, Refused, Rejected, Submission};
+pub use engine::{Engine, EventOutcome, Failure, Ingested, Refused, Rejected, Submission};
 pub use event::{Event, EventError, EventId, ID_MAX_BYTES, USER_MAX_BYTES, parse_event};
 pub use stats::{LockSummary, LockTimings, Stats, Summary, WorkerStats};

@@ -236,6 +236,8 @@ pub struct Metrics {
     pub rejected_storage_failed: AtomicU64,
     /// Refusals because the disk was full.
     pub rejected_disk_full: AtomicU64,
+    /// Refusals because a worker failed.
+    pub rejected_worker_failed: AtomicU64,
     /// Resends recognised by their id and not applied again.
     pub duplicate: AtomicU64,
     /// Invalid inputs reported by the front door.
@@ -257,6 +259,7 @@ impl Metrics {
             rejected_ledger_full: AtomicU64::new(0),
             rejected_storage_failed: AtomicU64::new(0),
             rejected_disk_full: AtomicU64::new(0),
+            rejected_worker_failed: AtomicU64::new(0),
             duplicate: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             invalid_by_reason: parking_lot::Mutex::new(BTreeMap::new()),
@@ -300,6 +303,10 @@ impl Metrics {
                 self.rejected_storage_failed.load(Ordering::Relaxed),
             ),
             ("disk_full", self.rejected_disk_full.load(Ordering::Relaxed)),
+            (
+                "worker_failed",
+                self.rejected_worker_failed.load(Ordering::Relaxed),
+            ),
         ]
         .into_iter()
         .map(|(reason, count)| (reason.to_owned(), count))
@@ -314,6 +321,7 @@ impl Metrics {
             + self.rejected_ledger_full.load(Ordering::Relaxed)
             + self.rejected_storage_failed.load(Ordering::Relaxed)
             + self.rejected_disk_full.load(Ordering::Relaxed)
+            + self.rejected_worker_failed.load(Ordering::Relaxed)
     }
 
     /// Sum of one per-worker counter (acquire loads: see the module invariants).

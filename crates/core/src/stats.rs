@@ -143,7 +143,8 @@ pub struct Stats {
     pub durability: DurabilityStats,
 }
 
-/// The final count, returned by `Engine::shutdown` once everything accepted was applied.
+/// The final count, returned by `Engine::shutdown` once everything accepted was applied (or,
+/// after a worker failed, counted `lost`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     /// Events admitted.
@@ -156,6 +157,10 @@ pub struct Summary {
     pub rejected: u64,
     /// Invalid inputs reported by the front door.
     pub invalid: u64,
+    /// Accepted events never applied because a worker failed (0 unless one did; then
+    /// `applied + overflowed + lost == accepted`, and only a log can bring them back).
+    #[serde(default)]
+    pub lost: u64,
 }
 
 /// Merged lock wait and hold histograms of every worker, in microseconds.

@@ -19,11 +19,22 @@
 //!   is not taken: every worker of an engine is on the same path (the durations are
 //!   engine-wide), so the short lock alone serializes updates, and readers never wait longer
 //!   than one batch (a few microseconds).
+//! - A worker that panics (a bug: nothing in its path should) is never silent: [`supervised`]
+//!   catches the panic, logs it and raises the engine's [`Supervision`] alarm; the engine then
+//!   refuses every event (`worker_failed`) and the server stops and exits non-zero. Restarting
+//!   the worker in place is not an option: its batch may be half applied, and in memory
+//!   nothing can tell which half. With a log, a restart replays every acknowledged event.
 
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+
+use crate::latch::Latch;
 use crate::ledger::{Applied, Ledger, Overflow};
 use crate::metrics::{Metrics, WorkerMetrics, WorkerTimings, record_duration};
 use crate::queue::{Consumer, Job};
@@ -50,6 +61,8 @@ pub struct WorkerContext {
     pub work: Duration,
     /// Simulated work while holding the lock (scaled).
     pub hold: Duration,
+    /// The workers' alarm (see [`supervised`]).
+    pub supervision: Arc<Supervision>,
 }
 
 impl WorkerContext {
@@ -62,7 +75,86 @@ impl WorkerContext {
     }
 }
 
+/// The workers' alarm: raised by the first worker that panics.
+#[derive(Debug, Default)]
+pub struct Supervision {
+    failed: Latch,
+    /// The first worker that failed (meaningful once `failed` is raised).
+    first_failed: AtomicUsize,
+    /// Test hook: the next worker to receive a batch panics.
+    #[cfg(feature = "fault-injection")]
+    panic_next: std::sync::atomic::AtomicBool,
+}
+
+impl Supervision {
+    /// Whether a worker failed.
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_raised()
+    }
+
+    /// Resolves once a worker failed.
+    pub async fn failed(&self) {
+        self.failed.raised().await;
+    }
+
+    /// The first worker that failed, if any.
+    pub fn first_failed(&self) -> Option<usize> {
+        self.has_failed()
+            .then(|| self.first_failed.load(Ordering::Acquire))
+    }
+
+    fn worker_panicked(&self, worker: usize, panic: &(dyn Any + Send)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(not a string)".to_owned());
+        if !self.has_failed() {
+            self.first_failed.store(worker, Ordering::Release);
+        }
+        self.failed.raise();
+        tracing::error!(
+            worker, panic = %message,
+            "a worker panicked: its lane is dead and the engine now refuses every event \
+             (503 worker_failed); stopping"
+        );
+    }
+
+    /// Makes the next worker that receives a batch panic (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self) {
+        self.panic_next.store(true, Ordering::Release);
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn take_injected_panic(&self) -> bool {
+        self.panic_next.swap(false, Ordering::AcqRel)
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[allow(clippy::unused_self)] // the fault-injection build reads a flag here
+    fn take_injected_panic(&self) -> bool {
+        false
+    }
+}
+
+/// Runs a worker's future; a panic in it is caught, logged and raised in `supervision`
+/// instead of vanishing with the task.
+pub async fn supervised(
+    worker: usize,
+    supervision: Arc<Supervision>,
+    work: impl Future<Output = ()>,
+) {
+    if let Err(panic) = AssertUnwindSafe(work).catch_unwind().await {
+        supervision.worker_panicked(worker, &*panic);
+    }
+}
+
 /// Run one worker until its queue lane is closed and drained.
+///
+/// # Panics
+/// Only when a fault-injection build was told to ([`Supervision::inject_panic`]); run it
+/// under [`supervised`].
 pub async fn run(context: WorkerContext, mut consumer: Consumer) {
     let simulated = context.is_simulated();
     // With simulated work, take one job at a time so idle workers get the rest (the seed).
@@ -73,6 +165,10 @@ pub async fn run(context: WorkerContext, mut consumer: Consumer) {
         if taken == 0 {
             break;
         }
+        assert!(
+            !context.supervision.take_injected_panic(),
+            "injected worker panic (fault-injection build)"
+        );
         let slot = context.slot();
         slot.received.fetch_add(taken as u64, Ordering::Relaxed);
         if simulated {

@@ -100,6 +100,10 @@ pub enum ApiError {
     /// server restarts and recovers from its data directory.
     #[error("storage failed")]
     StorageFailed,
+    /// A worker panicked (503 `worker_failed`): nothing more is accepted, and the server stops
+    /// and exits non-zero once the requests in flight are answered.
+    #[error("a worker failed: the server is stopping")]
+    WorkerFailed,
     /// The disk is full (507 `disk_full`, `Retry-After`): this event was not accepted; events
     /// are accepted again once space returns.
     #[error("disk full")]
@@ -182,6 +186,7 @@ impl From<Rejected> for ApiError {
             Rejected::Overflow => Self::BalanceOverflow,
             Rejected::LedgerFull => Self::LedgerFull,
             Rejected::StorageFailed => Self::StorageFailed,
+            Rejected::WorkerFailed => Self::WorkerFailed,
             Rejected::DiskFull => Self::DiskFull,
             Rejected::IdConflict(field) => Self::IdConflict {
                 field: field.name(),
@@ -207,6 +212,7 @@ impl ApiError {
             Self::Draining,
             Self::LedgerFull,
             Self::StorageFailed,
+            Self::WorkerFailed,
             Self::DiskFull,
             Self::Unauthorized,
             Self::Forbidden,
@@ -263,6 +269,7 @@ impl ApiError {
             Self::IdConflict { .. } => 21,
             Self::IdMismatch { .. } => 22,
             Self::BatchTooLarge(_) => 23,
+            Self::WorkerFailed => 24,
         }
     }
 
@@ -281,7 +288,7 @@ impl ApiError {
             Self::BodyTooLarge | Self::BatchTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::QueueFull | Self::Draining | Self::StorageFailed => {
+            Self::QueueFull | Self::Draining | Self::StorageFailed | Self::WorkerFailed => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::LedgerFull | Self::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
@@ -306,6 +313,7 @@ impl ApiError {
             Self::Draining => "draining",
             Self::LedgerFull => "ledger_full",
             Self::StorageFailed => "storage_failed",
+            Self::WorkerFailed => "worker_failed",
             Self::DiskFull => "disk_full",
             Self::BalanceOverflow => "balance_overflow",
             Self::IdConflict { .. } => "id_conflict",
@@ -332,6 +340,7 @@ impl ApiError {
             | Self::Draining
             | Self::LedgerFull
             | Self::StorageFailed
+            | Self::WorkerFailed
             | Self::DiskFull
             | Self::RateLimited { .. } => Outcome::Rejected,
             Self::BodyTimeout | Self::BodyRead(_) => Outcome::Error,

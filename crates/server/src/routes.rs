@@ -561,8 +561,8 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 503 while draining, after the log's storage failed, or while the queue is
-/// above its high-water mark.
+/// `GET /readyz`: 503 while draining, after a worker or the log's storage failed, or while the
+/// queue is above its high-water mark.
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let not_ready = |reason: &str| {
         (
@@ -571,8 +571,8 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     };
-    if app.engine.has_storage_failed() {
-        return not_ready("storage_failed");
+    if let Some(failure) = app.engine.failure() {
+        return not_ready(failure.reason());
     }
     if app.stop.is_raised() || app.engine.is_draining() {
         return not_ready("draining");

@@ -44,12 +44,22 @@ pub async fn run(
         None => Engine::start(config.engine.clone()).context("engine refused to start")?,
     };
     let summary = run_with_engine(listener, engine.clone(), config, gate, shutdown).await;
-    anyhow::ensure!(
-        !engine.has_storage_failed(),
-        "the log's storage failed: stopped after answering the requests in flight; restart to \
-         recover every acknowledged event from the data directory"
-    );
-    Ok(summary)
+    stopped_cleanly(&engine, summary)
+}
+
+/// The summary of a stop, or the failure that forced it (the process then exits non-zero).
+fn stopped_cleanly(engine: &Engine, summary: Summary) -> anyhow::Result<Summary> {
+    match engine.failure() {
+        Some(failure) => Err(anyhow::anyhow!(
+            "{} (final summary: accepted={} applied={} overflowed={} lost={})",
+            failure.explain(),
+            summary.accepted,
+            summary.applied,
+            summary.overflowed,
+            summary.lost
+        )),
+        None => Ok(summary),
+    }
 }
 
 /// What stands before the routes, made ready before anything is served: the access gate
@@ -136,11 +146,12 @@ async fn run_with_engine(
         let admin = acceptor(Routes::admin(Arc::clone(&app)), budget);
         accept_loops.push(tokio::spawn(admin.run(admin_listener)));
     }
-    // A failed log write or sync stops the server like a signal would (then exits non-zero).
+    // A failed worker or a failed log write or sync stops the server like a signal would (then
+    // it exits non-zero).
     tokio::select! {
         () = shutdown => {}
-        () = engine.storage_failed() => {
-            tracing::error!("the log's storage failed: stopping (503 storage_failed meanwhile)");
+        failure = engine.failed() => {
+            tracing::error!(reason = failure.reason(), "{}: stopping (503 {} meanwhile)", failure.explain(), failure.reason());
         }
     }
     tracing::info!(
@@ -257,11 +268,13 @@ impl ServerHandle {
     }
 
     /// Stops gracefully: no new connections, in-flight requests finish, the queue drains;
-    /// returns the final summary.
+    /// returns the final summary, or an error if a failure (see [`Engine::failure`]) stopped
+    /// the server.
     pub async fn stop(mut self) -> anyhow::Result<Summary> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.context("server task failed")
+        let summary = (&mut self.task).await.context("server task failed")?;
+        stopped_cleanly(&self.engine, summary)
     }
 }

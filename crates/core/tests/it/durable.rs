@@ -144,7 +144,7 @@ async fn a_locked_data_directory_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_refuses_everything_after_it() {
     // Proves a failed sync answers storage_failed, latches (later events refused at once),
-    // and wakes whoever waits on storage_failed().
+    // and wakes whoever waits on failed().
     let storage = FaultStorage::new();
     let directory = tempfile::tempdir().expect("temp dir");
     let mut options = options(directory.path());
@@ -163,7 +163,7 @@ async fn a_failed_sync_refuses_everything_after_it() {
         .await
         .map_err(|refused| refused.reason);
     assert_eq!(failed, Err(Rejected::StorageFailed));
-    engine.storage_failed().await;
+    assert_eq!(engine.failed().await, floodgate_core::Failure::Storage);
     assert!(engine.has_storage_failed());
     let later = engine
         .submit(Event::new("b", 3))

@@ -15,3 +15,4 @@ mod stop_deadlines;
 mod strict_requests;
 mod support;
 mod tls;
+mod worker_failure;
