@@ -5,6 +5,7 @@
 mod broken_pipes;
 mod descriptors;
 mod durability;
+mod exactly_once;
 mod secure_config;
 mod settings;
 mod shutdown;
