@@ -1121,8 +1121,10 @@ impl Engine {
             // Answer everything in the log writer and hand it to the workers (still running),
             // then write a last snapshot: blocking file work, off the runtime.
             let engine = self.clone();
-            // After a worker failed no snapshot can be consistent (its events will never be
-            // applied): skip the last one, so the next start replays them from the log.
+            // After a worker failed no cut can be consistent (its events will never be
+            // applied, and the snapshot's cut refuses to cover them): skip the last snapshot
+            // rather than wait for workers that will never catch up. The next start replays
+            // those events from the log.
             let snapshot = !inner.supervision.has_failed();
             let closed = tokio::task::spawn_blocking(move || {
                 if let Some(durable) = engine.durable() {
