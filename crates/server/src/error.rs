@@ -143,6 +143,11 @@ pub enum ApiError {
     /// 400 `invalid_host`, connection closed: a framing disagreement is how smuggling starts).
     #[error("{0}")]
     InvalidHost(&'static str),
+    /// A `Transfer-Encoding` other than one `chunked` (`gzip, chunked`, `chunked, chunked`, two
+    /// header lines): RFC 9112 §6.1, 501 `unsupported_transfer_encoding`, connection closed
+    /// (the body's framing is what a smuggler and this server would disagree on).
+    #[error("{0}")]
+    UnsupportedTransferEncoding(&'static str),
     /// No route matches (404 `not_found`).
     #[error("no such route")]
     NotFound,
@@ -232,6 +237,7 @@ impl ApiError {
                 header: String::new(),
             },
             Self::BatchTooLarge(String::new()),
+            Self::UnsupportedTransferEncoding(""),
         ];
         all.extend(
             EventError::one_of_each()
@@ -270,6 +276,7 @@ impl ApiError {
             Self::IdMismatch { .. } => 22,
             Self::BatchTooLarge(_) => 23,
             Self::WorkerFailed => 24,
+            Self::UnsupportedTransferEncoding(_) => 25,
         }
     }
 
@@ -297,6 +304,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UnsupportedTransferEncoding(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -328,6 +336,7 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
+            Self::UnsupportedTransferEncoding(_) => "unsupported_transfer_encoding",
         }
     }
 
@@ -380,7 +389,7 @@ impl ApiError {
             | Self::BatchTooLarge(detail) => {
                 json!({"status": status, "reason": self.reason(), "detail": detail})
             }
-            Self::InvalidHost(detail) => {
+            Self::InvalidHost(detail) | Self::UnsupportedTransferEncoding(detail) => {
                 json!({"status": status, "reason": self.reason(), "detail": detail})
             }
             Self::IdConflict { .. } | Self::IdMismatch { .. } => {
@@ -408,7 +417,11 @@ impl IntoResponse for ApiError {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             // The rest of the body may still be on the wire: the connection cannot be reused.
-            Self::BodyTimeout | Self::BodyTooLarge | Self::BodyRead(_) | Self::InvalidHost(_) => {
+            Self::BodyTimeout
+            | Self::BodyTooLarge
+            | Self::BodyRead(_)
+            | Self::InvalidHost(_)
+            | Self::UnsupportedTransferEncoding(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
@@ -450,6 +463,11 @@ mod tests {
             (ApiError::BodyTimeout, 408, "body_timeout"),
             (ApiError::InvalidPath(String::new()), 400, "invalid_path"),
             (ApiError::InvalidHost(""), 400, "invalid_host"),
+            (
+                ApiError::UnsupportedTransferEncoding(""),
+                501,
+                "unsupported_transfer_encoding",
+            ),
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::Forbidden, 403, "forbidden"),
             (

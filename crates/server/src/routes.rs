@@ -101,7 +101,9 @@ impl Routes {
 
     /// Answers one request: the access gate first, then the route.
     pub async fn handle(&self, request: hyper::Request<Incoming>) -> Response {
-        if let Err(error) = check_host(&request) {
+        if let Err(error) =
+            check_transfer_encoding(request.headers()).and_then(|()| check_host(&request))
+        {
             return error.into_response();
         }
         let app = &self.app;
@@ -134,6 +136,34 @@ fn check_host<B>(request: &hyper::Request<B>) -> Result<(), ApiError> {
         }
         _ => Ok(()),
     }
+}
+
+/// RFC 9112 §6.1: the only transfer coding this server decodes is one `chunked`; any other
+/// `Transfer-Encoding` is 501 `unsupported_transfer_encoding` and the connection is closed.
+///
+/// hyper frames a request as chunked whenever the last coding is `chunked` and refuses (400)
+/// one whose last coding is anything else, but it accepts `gzip, chunked` (and hands over the
+/// gzip bytes undecoded, as if they were the body) and `chunked, chunked` (decoding the chunks
+/// once, so the body is still chunk-framed). It keeps every `Transfer-Encoding` line in the
+/// headers, so the rule is checked here: exactly one line whose value is `chunked`.
+fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(only), None) if is_single_chunked(only.as_bytes()) => Ok(()),
+        (Some(_), None) => Err(ApiError::UnsupportedTransferEncoding(
+            "only `Transfer-Encoding: chunked`, applied once, is supported",
+        )),
+        (Some(_), Some(_)) => Err(ApiError::UnsupportedTransferEncoding(
+            "more than one Transfer-Encoding header",
+        )),
+    }
+}
+
+/// Whether a `Transfer-Encoding` value is the one coding `chunked` (any letter case, optional
+/// whitespace around it).
+fn is_single_chunked(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// Declares [`Route`]: one line per route of the HTTP contract (variant, method, path), so

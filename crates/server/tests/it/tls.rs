@@ -15,15 +15,15 @@ use tokio_rustls::TlsConnector;
 use crate::support::{ANSWER_WAIT, body_of, event_json, raw_exchange, status_of, test_config};
 
 /// A self-signed certificate for `localhost`, written as PEM files in a temporary directory.
-struct TestCert {
+pub(crate) struct TestCert {
     _dir: tempfile::TempDir,
     cert: PathBuf,
     key: PathBuf,
-    der: rustls::pki_types::CertificateDer<'static>,
+    pub(crate) der: rustls::pki_types::CertificateDer<'static>,
 }
 
 impl TestCert {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         let der = write_new_cert(&cert, &key);
@@ -44,7 +44,7 @@ fn write_new_cert(cert: &Path, key: &Path) -> rustls::pki_types::CertificateDer<
     made.cert.der().clone()
 }
 
-fn with_tls(cert: &TestCert) -> ServerConfig {
+pub(crate) fn with_tls(cert: &TestCert) -> ServerConfig {
     let mut config = test_config();
     config.access.tls_cert = Some(cert.cert.clone());
     config.access.tls_key = Some(cert.key.clone());
@@ -52,7 +52,7 @@ fn with_tls(cert: &TestCert) -> ServerConfig {
 }
 
 /// A rustls client trusting only `trusted`, speaking only `version`.
-fn connector(
+pub(crate) fn connector(
     trusted: &rustls::pki_types::CertificateDer<'static>,
     version: &'static SupportedProtocolVersion,
 ) -> TlsConnector {
