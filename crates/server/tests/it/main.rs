@@ -3,6 +3,7 @@
 //! Each module covers one part of the front door; `support` holds the raw-TCP helpers.
 
 mod access;
+mod fuzz;
 mod hostile;
 mod http_contract;
 mod ids;
