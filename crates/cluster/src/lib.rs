@@ -10,7 +10,8 @@
 //! Modules, in the order an event travels: [`partition`] (which subject), [`publish`] (the
 //! front door's acknowledged publish), [`lease`] (who owns a partition), [`state`] (applying
 //! in order, exactly once), [`snapshot`] (the fenced snapshot slot), [`owner`] (replay, apply,
-//! snapshot, purge), [`member`] (a node's leases and owners), [`reads`] (balances from any node), [`view`] (what a running member shows its node). [`layout`]
+//! snapshot, purge), [`member`] (a node's leases and owners), [`reads`] (balances from any node), [`view`] (what a running member shows its node), [`node`] (the front door's side: the
+//! engine's `Forward`, the member's task). [`layout`]
 //! creates the stream and buckets; [`local_cluster`] starts real servers for tests.
 
 pub mod config;
@@ -18,6 +19,7 @@ pub mod layout;
 pub mod lease;
 pub mod local_cluster;
 pub mod member;
+pub mod node;
 pub mod owner;
 pub mod partition;
 pub mod publish;
@@ -32,6 +34,7 @@ pub use layout::{Layout, LayoutError};
 pub use lease::{Lease, LeaseError, Leases};
 pub use local_cluster::{LocalCluster, LocalClusterError};
 pub use member::Member;
+pub use node::{Node, unique_node_name};
 pub use owner::{Owner, OwnerExit};
 pub use partition::{Partition, partition_of};
 pub use publish::{PublishError, Published, Publisher};

@@ -41,19 +41,19 @@ pub enum ReadError {
     },
 }
 
-/// An owner's answer.
+/// An owner's answer: `None` for a user the partition never saw.
 #[derive(Debug, Serialize, Deserialize)]
 struct BalanceReply {
-    balance: i64,
+    balance: Option<i64>,
 }
 
-/// Asks the owner of `user`'s partition for the user's balance.
+/// Asks the owner of `user`'s partition for the user's balance (`None`: never seen).
 pub async fn request_balance(
     client: &async_nats::Client,
     partitions: u32,
     user: &str,
     timeout: Duration,
-) -> Result<i64, ReadError> {
+) -> Result<Option<i64>, ReadError> {
     let partition = partition_of(user, partitions);
     let unreachable = |reason: String| ReadError::Unreachable { partition, reason };
     let request = client.request(read_subject(partition), user.to_owned().into());
@@ -87,7 +87,7 @@ pub async fn serve_balances(
             continue; // not ours to answer any more: silence reads as "moving"
         }
         let user = String::from_utf8_lossy(&request.payload);
-        let balance = state.read().await.balance(&user);
+        let balance = state.read().await.known_balance(&user);
         let answer = serde_json::to_vec(&BalanceReply { balance }).unwrap_or_default();
         if let Err(error) = client.publish(reply_to, answer.into()).await {
             tracing::debug!(partition, %error, "balance reply not sent");

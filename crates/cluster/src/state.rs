@@ -57,7 +57,12 @@ impl PartitionState {
 
     /// The balance of `user` (0 when the partition has never seen the user).
     pub fn balance(&self, user: &str) -> i64 {
-        self.balances.get(user).copied().unwrap_or(0)
+        self.known_balance(user).unwrap_or(0)
+    }
+
+    /// The balance of `user`, `None` if no event of theirs was applied.
+    pub fn known_balance(&self, user: &str) -> Option<i64> {
+        self.balances.get(user).copied()
     }
 }
 

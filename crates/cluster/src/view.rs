@@ -60,9 +60,14 @@ impl MemberView {
     /// The balance of `user`: from the member's state when it owns the user's partition, else
     /// from the owner over a NATS request.
     pub async fn balance(&self, user: &str) -> Result<i64, ReadError> {
+        Ok(self.find_balance(user).await?.unwrap_or(0))
+    }
+
+    /// [`Self::balance`], `None` for a user the partition's owner never saw.
+    pub async fn find_balance(&self, user: &str) -> Result<Option<i64>, ReadError> {
         let partition = partition_of(user, self.config.partitions);
         if let Some(state) = self.state_handle(partition) {
-            return Ok(state.read().await.balance(user));
+            return Ok(state.read().await.known_balance(user));
         }
         request_balance(
             &self.layout.client,

@@ -39,6 +39,7 @@ use crate::dedup::{Bounds, Claim, ClaimGuard, ConflictField, IdKey, Verdict, Win
 use crate::durable::LoggedId;
 use crate::durable::{self, DurabilityMode, Durable, DurableError, DurableOptions};
 use crate::event::{Event, EventId};
+use crate::forward::{Forward, Forwarded};
 use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
 use crate::queue::{self, Admission, Job, PushError};
@@ -95,12 +96,16 @@ pub enum Rejected {
     /// A worker panicked: nothing more is accepted and the server stops (HTTP 503).
     #[error("a worker failed: the engine is stopping")]
     WorkerFailed,
+    /// A forwarding engine's store (the cluster) did not answer: the event may or may not be
+    /// stored; a retry with the same id is safe (HTTP 503).
+    #[error("the cluster did not answer")]
+    Unreachable,
 }
 
 impl Rejected {
     /// Machine-readable reason, as in the HTTP body: `queue_full`, `draining`,
     /// `balance_overflow`, `ledger_full`, `storage_failed`, `disk_full`, `id_conflict`,
-    /// `worker_failed`.
+    /// `worker_failed`, `cluster_unreachable`.
     pub fn reason(self) -> &'static str {
         match self {
             Self::QueueFull => "queue_full",
@@ -111,6 +116,7 @@ impl Rejected {
             Self::DiskFull => "disk_full",
             Self::IdConflict(_) => "id_conflict",
             Self::WorkerFailed => "worker_failed",
+            Self::Unreachable => "cluster_unreachable",
         }
     }
 }
@@ -331,6 +337,9 @@ enum Processor {
         /// The log, its writer and snapshots.
         durable: Box<Durable>,
     },
+    /// A cluster node: ids checked here, events stored (and applied) elsewhere; see
+    /// [`crate::forward`].
+    Forwarded(Arc<dyn Forward>),
 }
 
 #[derive(Debug)]
@@ -355,7 +364,7 @@ impl Engine {
     /// Validate `config`, build the ledger and queue, spawn the workers (queued mode).
     /// Must be called inside a tokio runtime. Balances live in memory only.
     pub fn start(config: EngineConfig) -> Result<Engine, ConfigError> {
-        Self::start_with(config, None).map_err(|error| match error {
+        Self::start_with(config, None, None).map_err(|error| match error {
             StartError::Config(error) => error,
             StartError::Durable(_) | StartError::NotQueued => {
                 unreachable!("no log was asked for")
@@ -373,12 +382,29 @@ impl Engine {
         if config.mode != ProcessingMode::Queued {
             return Err(StartError::NotQueued);
         }
-        Self::start_with(config, Some(options))
+        Self::start_with(config, Some(options), None)
+    }
+
+    /// An engine that applies nothing itself: it checks ids against its window, counts, and
+    /// hands every accepted event to `forward` (a cluster's replicated stream), answering once
+    /// `forward` acknowledged it. The balances live with the cluster; this engine's ledger
+    /// stays empty and `queue_capacity_events` is the store's capacity as configured.
+    pub fn start_forwarding(
+        config: EngineConfig,
+        forward: Arc<dyn Forward>,
+    ) -> Result<Engine, ConfigError> {
+        Self::start_with(config, None, Some(forward)).map_err(|error| match error {
+            StartError::Config(error) => error,
+            StartError::Durable(_) | StartError::NotQueued => {
+                unreachable!("no log was asked for")
+            }
+        })
     }
 
     fn start_with(
         config: EngineConfig,
         log: Option<&DurableOptions>,
+        forward: Option<Arc<dyn Forward>>,
     ) -> Result<Engine, StartError> {
         config.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
@@ -397,13 +423,14 @@ impl Engine {
         let metrics = Arc::new(Metrics::new(if queued { config.workers } else { 1 }));
         let supervision = Arc::new(Supervision::default());
         let mut handles = Vec::new();
-        let processor = match config.mode {
-            ProcessingMode::ValidateOnly => Processor::ValidateOnly,
-            ProcessingMode::Inline => Processor::Inline {
+        let processor = match (config.mode, forward) {
+            (_, Some(forward)) => Processor::Forwarded(forward),
+            (ProcessingMode::ValidateOnly, None) => Processor::ValidateOnly,
+            (ProcessingMode::Inline, None) => Processor::Inline {
                 work: config.work_duration(),
                 hold: config.hold_duration(),
             },
-            ProcessingMode::Queued => {
+            (ProcessingMode::Queued, None) => {
                 let (admission, worker_handles) =
                     start_workers(&config, &ledger, &metrics, &supervision);
                 handles = worker_handles;
@@ -527,7 +554,107 @@ impl Engine {
                 }))
             }
             Processor::ValidateOnly => Submission::Ready(Some(self.validate(event))),
+            Processor::Forwarded(forward) => self.forward_one(forward.as_ref(), event, claim),
         }
+    }
+
+    /// Forwarded: store the event elsewhere; accepted once the store acknowledged it (a
+    /// duplicate there is a duplicate here). The id's claim is kept on success, freed on a
+    /// refusal.
+    fn forward_one<'a>(
+        &'a self,
+        forward: &'a dyn Forward,
+        event: Event,
+        claim: ClaimGuard<'a>,
+    ) -> Submission<'a> {
+        if let Some(reason) = self.closed(Ordering::Acquire) {
+            return Submission::Ready(Some(Err(Refused::new(reason, event))));
+        }
+        Submission::Logged(Box::pin(async move {
+            let result = forward.forward(&event).await;
+            claim.settle(result.is_ok());
+            match self.count_forwarded(result) {
+                Ok(ingested) => Ok(ingested),
+                Err(reason) => Err(Refused::new(reason, event)),
+            }
+        }))
+    }
+
+    /// Counts what the store answered for one event and turns it into the engine's outcome.
+    fn count_forwarded(&self, result: Result<Forwarded, Rejected>) -> EventOutcome {
+        let metrics = &self.inner.metrics;
+        match result {
+            Ok(Forwarded::Stored) => {
+                metrics.accepted.increment();
+                Ok(Ingested::Queued)
+            }
+            Ok(Forwarded::Duplicate) => {
+                metrics.duplicate.fetch_add(1, Ordering::Relaxed);
+                Ok(Ingested::Duplicate)
+            }
+            Err(reason) => {
+                self.count_refusal(reason);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Forwarded batch: ids checked (all claimed at once), then every event with a fresh id or
+    /// none stored by the store in one go; an outcome per event. When the store refused every
+    /// event for the same reason (full, unreachable) the batch is refused whole with it.
+    /// Not all-or-nothing otherwise: a store that fills mid-batch refuses the rest (each such
+    /// event reported `queue_full`).
+    async fn forward_batch(
+        &self,
+        forward: &dyn Forward,
+        events: Vec<Event>,
+    ) -> Result<Vec<EventOutcome>, Rejected> {
+        /// An event of the batch not decided by the window alone.
+        enum Pending {
+            /// Sent to the store (with its id's claim, if it has an id).
+            Sent(usize, Option<Claim>),
+            /// A repeat, inside the batch, of the event at this earlier index.
+            SameAs(usize, usize),
+        }
+        let window = &*self.inner.window;
+        let checks = batch::claim_all(window, &events).await;
+        let mut outcomes: Vec<EventOutcome> = Vec::with_capacity(events.len());
+        let mut pending = Vec::new();
+        let mut sending = Vec::new();
+        for (index, (event, check)) in events.into_iter().zip(checks).enumerate() {
+            // A placeholder until the store answers (or the first copy is known).
+            outcomes.push(Err(Rejected::Unreachable));
+            match check {
+                IdCheck::Decided(outcome) => outcomes[index] = outcome,
+                IdCheck::SameAs(first) => pending.push(Pending::SameAs(index, first)),
+                IdCheck::Claimed(claim) => {
+                    pending.push(Pending::Sent(index, Some(claim)));
+                    sending.push(event);
+                }
+                IdCheck::Anonymous => {
+                    pending.push(Pending::Sent(index, None));
+                    sending.push(event);
+                }
+            }
+        }
+        let mut results = forward.forward_batch(&sending).await.into_iter();
+        for entry in pending {
+            match entry {
+                Pending::SameAs(index, first) => outcomes[index] = outcomes[first],
+                Pending::Sent(index, claim) => {
+                    let result = results.next().unwrap_or(Err(Rejected::Unreachable));
+                    if let Some(claim) = claim {
+                        if result.is_ok() {
+                            window.commit(claim);
+                        } else {
+                            window.release(claim);
+                        }
+                    }
+                    outcomes[index] = self.count_forwarded(result);
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     /// The door for a batch: every event is checked (ids) and admitted (user budget) on its
@@ -544,6 +671,10 @@ impl Engine {
             Processor::Queued(admission) => self.enqueue_batch(admission, events).await,
             Processor::Logged { admission, durable } => {
                 self.enqueue_logged_batch(admission, durable, events).await
+            }
+            Processor::Forwarded(forward) => {
+                let outcomes = self.forward_batch(forward.as_ref(), events).await?;
+                whole_batch_refusal(&outcomes).map_or(Ok(outcomes), Err)
             }
             Processor::Inline { .. } | Processor::ValidateOnly => {
                 let mut outcomes = Vec::with_capacity(events.len());
@@ -867,6 +998,7 @@ impl Engine {
             Rejected::StorageFailed => &metrics.rejected_storage_failed,
             Rejected::DiskFull => &metrics.rejected_disk_full,
             Rejected::WorkerFailed => &metrics.rejected_worker_failed,
+            Rejected::Unreachable => &metrics.rejected_unreachable,
             // A conflict is bad input: the front door counts it as invalid.
             Rejected::IdConflict(_) => return,
         };
@@ -944,9 +1076,18 @@ impl Engine {
         self.admission().map_or(0, Admission::depth)
     }
 
-    /// Queue bound in events (0 when not queued).
+    /// Queue bound in events (0 when not queued; forwarded: the store's capacity as
+    /// configured).
     pub fn queue_capacity_events(&self) -> usize {
+        if self.forwards() {
+            return self.inner.config.queue_capacity_events;
+        }
         self.admission().map_or(0, Admission::capacity_events)
+    }
+
+    /// `true` for a cluster node's engine (see [`Engine::start_forwarding`]).
+    pub fn forwards(&self) -> bool {
+        matches!(self.inner.processor, Processor::Forwarded(_))
     }
 
     /// The queue, in queued mode.
@@ -954,7 +1095,7 @@ impl Engine {
         match &self.inner.processor {
             Processor::Queued(admission) => Some(admission),
             Processor::Logged { admission, .. } => Some(admission),
-            Processor::ValidateOnly | Processor::Inline { .. } => None,
+            Processor::ValidateOnly | Processor::Inline { .. } | Processor::Forwarded(_) => None,
         }
     }
 
@@ -962,7 +1103,10 @@ impl Engine {
     fn durable(&self) -> Option<&Durable> {
         match &self.inner.processor {
             Processor::Logged { durable, .. } => Some(durable),
-            Processor::Queued(_) | Processor::ValidateOnly | Processor::Inline { .. } => None,
+            Processor::Queued(_)
+            | Processor::ValidateOnly
+            | Processor::Inline { .. }
+            | Processor::Forwarded(_) => None,
         }
     }
 
@@ -1153,6 +1297,9 @@ impl Engine {
         }
         let summary = self.summary(true);
         tracing::info!(?summary, "engine drained");
+        if self.forwards() {
+            return summary; // applied by the partitions' owners, not here
+        }
         assert_eq!(
             summary.applied + summary.overflowed + summary.lost,
             summary.accepted,
@@ -1211,4 +1358,17 @@ impl Drop for InlineGuard<'_> {
             self.0.inline_idle.notify_waiters();
         }
     }
+}
+
+/// The reason a forwarded batch is refused whole: every event was refused, and for the same
+/// backpressure or reachability reason (nothing of it stored, or nothing known stored).
+fn whole_batch_refusal(outcomes: &[EventOutcome]) -> Option<Rejected> {
+    let first = match outcomes.first()? {
+        Err(reason @ (Rejected::QueueFull | Rejected::Unreachable | Rejected::Draining)) => *reason,
+        _ => return None,
+    };
+    outcomes
+        .iter()
+        .all(|outcome| *outcome == Err(first))
+        .then_some(first)
 }

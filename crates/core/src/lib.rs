@@ -22,6 +22,7 @@ pub mod dedup;
 pub mod durable;
 pub mod engine;
 pub mod event;
+pub mod forward;
 pub mod latch;
 pub mod ledger;
 pub mod metrics;
@@ -33,4 +34,5 @@ pub use config::{ConfigError, EngineConfig, LedgerStrategy, ProcessingMode, Queu
 pub use durable::{DurabilityMode, DurabilityStats, DurableOptions};
 pub use engine::{Engine, EventOutcome, Failure, Ingested, Refused, Rejected, Submission};
 pub use event::{Event, EventError, EventId, ID_MAX_BYTES, USER_MAX_BYTES, parse_event};
+pub use forward::{Forward, Forwarded};
 pub use stats::{LockSummary, LockTimings, Stats, Summary, WorkerStats};

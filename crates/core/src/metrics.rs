@@ -238,6 +238,8 @@ pub struct Metrics {
     pub rejected_disk_full: AtomicU64,
     /// Refusals because a worker failed.
     pub rejected_worker_failed: AtomicU64,
+    /// Forwarded events refused because the cluster did not answer.
+    pub rejected_unreachable: AtomicU64,
     /// Resends recognised by their id and not applied again.
     pub duplicate: AtomicU64,
     /// Invalid inputs reported by the front door.
@@ -260,6 +262,7 @@ impl Metrics {
             rejected_storage_failed: AtomicU64::new(0),
             rejected_disk_full: AtomicU64::new(0),
             rejected_worker_failed: AtomicU64::new(0),
+            rejected_unreachable: AtomicU64::new(0),
             duplicate: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             invalid_by_reason: parking_lot::Mutex::new(BTreeMap::new()),
@@ -307,6 +310,10 @@ impl Metrics {
                 "worker_failed",
                 self.rejected_worker_failed.load(Ordering::Relaxed),
             ),
+            (
+                "cluster_unreachable",
+                self.rejected_unreachable.load(Ordering::Relaxed),
+            ),
         ]
         .into_iter()
         .map(|(reason, count)| (reason.to_owned(), count))
@@ -322,6 +329,7 @@ impl Metrics {
             + self.rejected_storage_failed.load(Ordering::Relaxed)
             + self.rejected_disk_full.load(Ordering::Relaxed)
             + self.rejected_worker_failed.load(Ordering::Relaxed)
+            + self.rejected_unreachable.load(Ordering::Relaxed)
     }
 
     /// Sum of one per-worker counter (acquire loads: see the module invariants).

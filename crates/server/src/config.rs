@@ -279,6 +279,91 @@ impl StorageConfig {
     }
 }
 
+/// Default number of partitions of a cluster (`--partitions`): 16 spreads the load over up to
+/// 16 nodes, and keeps each partition's snapshot (one KV value, at most 1 MiB) small.
+pub const DEFAULT_PARTITIONS: u32 = 16;
+/// Hard upper bound for `partitions`: each partition costs a lease, a snapshot key, a
+/// subject and, on its owner, a consumer.
+pub const MAX_PARTITIONS: u32 = 4096;
+/// Default lease TTL of a cluster's partitions: 6 s, so a dead node's partitions move within
+/// about 8 s (TTL + a renew interval + JetStream's expiry).
+pub const DEFAULT_LEASE_TTL_MS: u64 = 6_000;
+/// Shortest lease TTL allowed: renewals go every third of it, and each is a JetStream round
+/// trip on a quorum.
+pub const MIN_LEASE_TTL_MS: u64 = 300;
+/// Longest lease TTL allowed: ten minutes of a dead node's partitions unread is a typo.
+pub const MAX_LEASE_TTL_MS: u64 = 600_000;
+/// How long a cluster node waits at start for JetStream to be ready (a fresh cluster elects
+/// its meta leader in a few seconds).
+pub const CLUSTER_READY_TIMEOUT_MS: u64 = 30_000;
+
+/// The NATS servers of `--nats`: one or more `nats://host:port` URLs, comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatsUrls(pub Vec<String>);
+
+impl std::str::FromStr for NatsUrls {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let urls: Vec<String> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if urls.is_empty() {
+            return Err("expected one or more NATS URLs, comma-separated".to_owned());
+        }
+        Ok(Self(urls))
+    }
+}
+
+impl std::fmt::Display for NatsUrls {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0.join(","))
+    }
+}
+
+/// A cluster node's settings: standalone (no NATS) unless `nats` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterSettings {
+    /// The NATS servers; `None`: standalone (the default).
+    pub nats: Option<NatsUrls>,
+    /// Partitions of the events stream (fixed for the life of the stream).
+    pub partitions: u32,
+    /// Lease TTL of a partition's owner.
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            nats: None,
+            partitions: DEFAULT_PARTITIONS,
+            lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The cluster crate's configuration for these settings: the stream's capacity is the
+    /// engine's queue bound (the stream is the cluster's queue), and an owner snapshots (and
+    /// purges) at least four times before its partition's share of that capacity fills.
+    pub fn cluster_config(
+        &self,
+        queue_capacity_events: usize,
+    ) -> Option<(Vec<String>, floodgate_cluster::ClusterConfig)> {
+        let urls = self.nats.as_ref()?.0.clone();
+        let mut config = floodgate_cluster::ClusterConfig::new(self.partitions, urls.len());
+        config.capacity_events = i64::try_from(queue_capacity_events).unwrap_or(i64::MAX);
+        config.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
+        let per_partition = queue_capacity_events as u64 / u64::from(self.partitions.max(1));
+        config.snapshot_every_events = (per_partition / 4).clamp(1, config.snapshot_every_events);
+        Some((urls, config))
+    }
+}
+
 /// Everything the HTTP server needs: the engine behind it and the front door's limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerConfig {
@@ -291,6 +376,9 @@ pub struct ServerConfig {
     /// Tokens, TLS, the admin listener and rate limits.
     #[serde(default)]
     pub access: AccessConfig,
+    /// Standalone, or a node of a NATS JetStream cluster (`--nats`).
+    #[serde(default)]
+    pub cluster: ClusterSettings,
     /// The seed stage this configuration started from (`None`: the production default).
     pub stage: Option<u8>,
 }
@@ -305,6 +393,7 @@ impl ServerConfig {
             front_door: FrontDoorConfig::default(),
             storage: StorageConfig::in_memory(),
             access: AccessConfig::default(),
+            cluster: ClusterSettings::default(),
             stage: None,
         }
     }
@@ -325,6 +414,7 @@ impl ServerConfig {
             front_door: FrontDoorConfig::default(),
             storage: StorageConfig::in_memory(),
             access: AccessConfig::default(),
+            cluster: ClusterSettings::default(),
             stage: Some(stage),
         })
     }

@@ -92,6 +92,18 @@ pub enum ApiError {
     /// The server is shutting down (503 `draining`).
     #[error("draining")]
     Draining,
+    /// Cluster mode: NATS JetStream did not acknowledge the event in time, or a partition's
+    /// owner did not answer a read (503 `cluster_unreachable`, `Retry-After`). The event may
+    /// have been stored: a retry with the same id is applied once.
+    #[error("the cluster did not answer")]
+    ClusterUnreachable,
+    /// Cluster mode: the user's partition has no owner right now, it is moving to another node
+    /// (503 `partition_moving`, `Retry-After`): read again shortly.
+    #[error("the user's partition is moving to another node")]
+    PartitionMoving,
+    /// Cluster mode: this route is not served by a cluster node (501 `cluster_unsupported`).
+    #[error("{0}")]
+    ClusterUnsupported(&'static str),
     /// A new user while the ledger holds `max_users` users (507 `ledger_full`, no
     /// `Retry-After`: not transient; known users are still accepted).
     #[error("ledger full: no room for a new user")]
@@ -196,6 +208,7 @@ impl From<Rejected> for ApiError {
             Rejected::IdConflict(field) => Self::IdConflict {
                 field: field.name(),
             },
+            Rejected::Unreachable => Self::ClusterUnreachable,
         }
     }
 }
@@ -238,6 +251,9 @@ impl ApiError {
             },
             Self::BatchTooLarge(String::new()),
             Self::UnsupportedTransferEncoding(""),
+            Self::ClusterUnreachable,
+            Self::PartitionMoving,
+            Self::ClusterUnsupported(""),
         ];
         all.extend(
             EventError::one_of_each()
@@ -277,6 +293,9 @@ impl ApiError {
             Self::BatchTooLarge(_) => 23,
             Self::WorkerFailed => 24,
             Self::UnsupportedTransferEncoding(_) => 25,
+            Self::ClusterUnreachable => 26,
+            Self::PartitionMoving => 27,
+            Self::ClusterUnsupported(_) => 28,
         }
     }
 
@@ -295,16 +314,21 @@ impl ApiError {
             Self::BodyTooLarge | Self::BatchTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::QueueFull | Self::Draining | Self::StorageFailed | Self::WorkerFailed => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::QueueFull
+            | Self::Draining
+            | Self::StorageFailed
+            | Self::WorkerFailed
+            | Self::ClusterUnreachable
+            | Self::PartitionMoving => StatusCode::SERVICE_UNAVAILABLE,
             Self::LedgerFull | Self::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             Self::UnknownUser | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::UnsupportedTransferEncoding(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::UnsupportedTransferEncoding(_) | Self::ClusterUnsupported(_) => {
+                StatusCode::NOT_IMPLEMENTED
+            }
         }
     }
 
@@ -337,6 +361,9 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
             Self::UnsupportedTransferEncoding(_) => "unsupported_transfer_encoding",
+            Self::ClusterUnreachable => "cluster_unreachable",
+            Self::PartitionMoving => "partition_moving",
+            Self::ClusterUnsupported(_) => "cluster_unsupported",
         }
     }
 
@@ -351,6 +378,8 @@ impl ApiError {
             | Self::StorageFailed
             | Self::WorkerFailed
             | Self::DiskFull
+            | Self::ClusterUnreachable
+            | Self::PartitionMoving
             | Self::RateLimited { .. } => Outcome::Rejected,
             Self::BodyTimeout | Self::BodyRead(_) => Outcome::Error,
             Self::BalanceOverflow => Outcome::Overflowed,
@@ -389,7 +418,9 @@ impl ApiError {
             | Self::BatchTooLarge(detail) => {
                 json!({"status": status, "reason": self.reason(), "detail": detail})
             }
-            Self::InvalidHost(detail) | Self::UnsupportedTransferEncoding(detail) => {
+            Self::InvalidHost(detail)
+            | Self::UnsupportedTransferEncoding(detail)
+            | Self::ClusterUnsupported(detail) => {
                 json!({"status": status, "reason": self.reason(), "detail": detail})
             }
             Self::IdConflict { .. } | Self::IdMismatch { .. } => {
@@ -405,7 +436,7 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(self.body())).into_response();
         let headers = response.headers_mut();
         match self {
-            Self::QueueFull | Self::DiskFull => {
+            Self::QueueFull | Self::DiskFull | Self::ClusterUnreachable | Self::PartitionMoving => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
             Self::RateLimited {

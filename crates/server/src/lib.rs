@@ -15,6 +15,7 @@ pub mod accept_failure;
 pub mod auth;
 pub mod batch;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod error;

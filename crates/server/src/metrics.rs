@@ -62,6 +62,15 @@ impl ServerMetrics {
     /// Registers every series; the engine's are read from `engine` at each scrape.
     /// `max_connections` is exported so alerts can compare open connections with the cap.
     pub fn new(engine: Engine, max_connections: usize) -> Self {
+        Self::with_cluster(engine, None, max_connections)
+    }
+
+    /// [`Self::new`], plus a cluster node's series (see [`crate::cluster`]) with `--nats`.
+    pub fn with_cluster(
+        engine: Engine,
+        cluster: Option<Arc<floodgate_cluster::Node>>,
+        max_connections: usize,
+    ) -> Self {
         let mut registry = Registry::with_prefix("floodgate");
         let cap = Gauge::<i64>::default();
         cap.set(i64::try_from(max_connections).unwrap_or(i64::MAX));
@@ -112,6 +121,9 @@ impl ServerMetrics {
         registry.register_collector(Box::new(request_duration.clone()));
         registry.register_collector(Box::new(EngineCollector(engine)));
         registry.register_collector(Box::new(OutputCollector));
+        if let Some(node) = cluster {
+            registry.register_collector(Box::new(crate::cluster::ClusterCollector(node)));
+        }
         Self {
             registry,
             open_connections,

@@ -25,6 +25,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::prelude::BASE64_URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use floodgate_cluster::{Node, ReadError};
 use floodgate_core::config::ProcessingMode;
 use floodgate_core::engine::{Engine, Ingested};
 use floodgate_core::event::{Event, EventError, EventId, parse_event};
@@ -48,8 +49,10 @@ pub const BALANCES_PAGE_DEFAULT: usize = 100;
 /// Everything a handler needs; one per server.
 #[derive(Debug)]
 pub struct AppState {
-    /// The engine behind the front door.
+    /// The engine behind the front door (a cluster node's forwards to the stream).
     pub engine: Engine,
+    /// The cluster node, with `--nats`: reads go to the partition's owner.
+    pub cluster: Option<Arc<Node>>,
     /// The configuration the server runs with.
     pub config: ServerConfig,
     /// Front-door metrics (the engine's own are read from it at scrape time).
@@ -496,7 +499,17 @@ async fn get_balance(
     user: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(user) = user.map_err(|rejection| ApiError::InvalidPath(rejection.body_text()))?;
-    let balance = app.engine.balance(&user).ok_or(ApiError::UnknownUser)?;
+    let balance = match &app.cluster {
+        None => app.engine.balance(&user),
+        Some(node) => node.view().find_balance(&user).await.map_err(|error| {
+            tracing::debug!(%error, "balance not read");
+            match error {
+                ReadError::Moving(_) => ApiError::PartitionMoving,
+                ReadError::Unreachable { .. } => ApiError::ClusterUnreachable,
+            }
+        })?,
+    };
+    let balance = balance.ok_or(ApiError::UnknownUser)?;
     Ok(Json(json!({"user": user, "balance": balance})))
 }
 
@@ -516,6 +529,11 @@ async fn list_balances(
     State(app): State<Arc<AppState>>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if app.cluster.is_some() {
+        return Err(ApiError::ClusterUnsupported(
+            "a cluster node reads one user at a time: GET /balances/{user}",
+        ));
+    }
     let Query(query) = query.map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))?;
     let limit = query.limit.unwrap_or(BALANCES_PAGE_DEFAULT);
     if !(1..=BALANCES_PAGE_MAX).contains(&limit) {
@@ -558,9 +576,17 @@ fn decode_cursor(cursor: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-/// `GET /stats`: the engine's statistics.
+/// `GET /stats`: the engine's statistics, and a cluster node's own under `cluster`.
 async fn stats(State(app): State<Arc<AppState>>) -> Response {
-    Json(app.engine.stats()).into_response()
+    let stats = app.engine.stats();
+    let Some(node) = &app.cluster else {
+        return Json(stats).into_response();
+    };
+    let mut body = serde_json::to_value(stats).unwrap_or_else(|_| json!({}));
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("cluster".to_owned(), crate::cluster::stats(node));
+    }
+    Json(body).into_response()
 }
 
 /// `GET /metrics`: Prometheus text exposition.
@@ -591,8 +617,8 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 503 while draining, after a worker or the log's storage failed, or while the
-/// queue is above its high-water mark.
+/// `GET /readyz`: 503 while draining, after a worker or the log's storage failed, while the
+/// queue is above its high-water mark, or (cluster node) while its NATS connection is down.
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let not_ready = |reason: &str| {
         (
@@ -606,6 +632,13 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     }
     if app.stop.is_raised() || app.engine.is_draining() {
         return not_ready("draining");
+    }
+    if app
+        .cluster
+        .as_ref()
+        .is_some_and(|node| !node.is_connected())
+    {
+        return not_ready("cluster_unreachable");
     }
     let engine = &app.config.engine;
     if engine.mode == ProcessingMode::Queued {

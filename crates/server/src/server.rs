@@ -9,8 +9,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use floodgate_cluster::Node;
 use floodgate_core::engine::{Engine, Summary};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -19,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Access;
-use crate::config::{ADMIN_MAX_CONNECTIONS, FrontDoorConfig, ServerConfig};
+use crate::config::{
+    ADMIN_MAX_CONNECTIONS, CLUSTER_READY_TIMEOUT_MS, FrontDoorConfig, ServerConfig,
+};
 use crate::conn::Acceptor;
 use crate::metrics::ServerMetrics;
 use crate::routes::{AppState, Routes};
@@ -38,12 +42,8 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     config.validate()?;
     let gate = Gate::open(&config, reload)?;
-    let engine = match config.storage.durable_options() {
-        Some(options) => Engine::start_durable(config.engine.clone(), &options)
-            .context("engine refused to start")?,
-        None => Engine::start(config.engine.clone()).context("engine refused to start")?,
-    };
-    let summary = run_with_engine(listener, engine.clone(), config, gate, shutdown).await;
+    let (engine, cluster) = start_engine(&config, true).await?;
+    let summary = run_with_engine(listener, engine.clone(), cluster, config, gate, shutdown).await;
     stopped_cleanly(&engine, summary)
 }
 
@@ -60,6 +60,41 @@ fn stopped_cleanly(engine: &Engine, summary: Summary) -> anyhow::Result<Summary>
         )),
         None => Ok(summary),
     }
+}
+
+/// Starts what stands behind the routes: a cluster node and its forwarding engine with
+/// `--nats`, else the engine with its log (a data directory, when `with_log`) or in memory.
+async fn start_engine(
+    config: &ServerConfig,
+    with_log: bool,
+) -> anyhow::Result<(Engine, Option<Arc<Node>>)> {
+    let Some((urls, cluster)) = config
+        .cluster
+        .cluster_config(config.engine.queue_capacity_events)
+    else {
+        let options = config.storage.durable_options().filter(|_| with_log);
+        let engine = match options {
+            Some(options) => Engine::start_durable(config.engine.clone(), &options)
+                .context("engine refused to start")?,
+            None => Engine::start(config.engine.clone()).context("engine refused to start")?,
+        };
+        return Ok((engine, None));
+    };
+    let name = floodgate_cluster::unique_node_name();
+    tracing::info!(
+        node = name, nats = %urls.join(","), partitions = cluster.partitions,
+        lease_ttl_ms = cluster.lease_ttl.as_millis() as u64,
+        stream_capacity_events = cluster.capacity_events,
+        "cluster node: events go to the JetStream stream; the data directory is not used"
+    );
+    let ready = Duration::from_millis(CLUSTER_READY_TIMEOUT_MS);
+    // Boxed: connecting and creating the stream and buckets make a large future.
+    let node = Box::pin(Node::start(&urls, cluster, name, ready))
+        .await
+        .context("cannot join the NATS JetStream cluster")?;
+    let engine = Engine::start_forwarding(config.engine.clone(), Arc::clone(&node) as _)
+        .context("engine refused to start")?;
+    Ok((engine, Some(node)))
 }
 
 /// What stands before the routes, made ready before anything is served: the access gate
@@ -109,17 +144,20 @@ impl Gate {
 async fn run_with_engine(
     listener: TcpListener,
     engine: Engine,
+    cluster: Option<Arc<Node>>,
     config: ServerConfig,
     gate: Gate,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Summary {
-    let metrics = Arc::new(ServerMetrics::new(
+    let metrics = Arc::new(ServerMetrics::with_cluster(
         engine.clone(),
+        cluster.clone(),
         config.front_door.max_connections,
     ));
     let grace = config.front_door.shutdown_grace();
     let app = Arc::new(AppState {
         engine: engine.clone(),
+        cluster: cluster.clone(),
         config,
         metrics: Arc::clone(&metrics),
         access: gate.access,
@@ -172,7 +210,12 @@ async fn run_with_engine(
         tracker.wait().await;
     }
     tracing::info!("draining the queue");
-    engine.shutdown().await
+    let summary = engine.shutdown().await;
+    if let Some(node) = cluster {
+        tracing::info!("leaving the cluster: last snapshots, leases released");
+        node.stop().await;
+    }
+    summary
 }
 
 /// A server running in-process on 127.0.0.1 (for tests, the lab and benchmarks).
@@ -205,8 +248,8 @@ impl ServerHandle {
         Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
     }
 
-    /// Binds `addr`, starts the engine and serves on the current tokio runtime.
-    #[allow(clippy::unused_async)] // async by contract: it needs the caller's tokio runtime
+    /// Binds `addr`, starts the engine (in memory: the storage settings are not used; a
+    /// cluster node with `cluster.nats`) and serves on the current tokio runtime.
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> anyhow::Result<ServerHandle> {
         config.validate()?;
         let listener =
@@ -219,7 +262,7 @@ impl ServerHandle {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
-        let engine = Engine::start(config.engine.clone()).context("engine refused to start")?;
+        let (engine, cluster) = start_engine(&config, false).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             // A dropped handle counts as a stop request too.
@@ -228,6 +271,7 @@ impl ServerHandle {
         let task = tokio::spawn(run_with_engine(
             listener,
             engine.clone(),
+            cluster,
             config,
             gate,
             shutdown,

@@ -28,8 +28,9 @@ use floodgate_core::config::{
 
 use crate::config::{
     MAX_BATCH_EVENTS_CEILING, MAX_BODY_LIMIT_BYTES, MAX_CONNECTIONS_CEILING,
-    MAX_HEADER_BYTES_CEILING, MAX_HEADERS_CEILING, MAX_RATE_LIMIT_BURST_EVENTS, MAX_TIMEOUT_MS,
-    MIN_HEADER_BYTES, ServerConfig, StorageConfig,
+    MAX_HEADER_BYTES_CEILING, MAX_HEADERS_CEILING, MAX_LEASE_TTL_MS, MAX_PARTITIONS,
+    MAX_RATE_LIMIT_BURST_EVENTS, MAX_TIMEOUT_MS, MIN_HEADER_BYTES, MIN_LEASE_TTL_MS, NatsUrls,
+    ServerConfig, StorageConfig,
 };
 
 /// Address the seed's server listened on.
@@ -251,6 +252,16 @@ settings! {
     /// Events a token may post at once above its average rate.
     rate_limit_burst_events: u64 => config.access.rate_limit_burst_events,
         bounds 1..=MAX_RATE_LIMIT_BURST_EVENTS, alias "rate_limit_burst";
+    /// Run as a node of a NATS JetStream cluster: the NATS servers' URLs, comma-separated
+    /// (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`). Events are answered once the stream
+    /// stored them; `queue-capacity-events` is the stream's bound; no data directory is used.
+    nats: NatsUrls => config.cluster.nats, default_note "none (standalone)";
+    /// Partitions of the cluster's events stream (one owner each); fixed once the stream
+    /// exists. Needs `nats`.
+    partitions: u32 => config.cluster.partitions, bounds 1..=MAX_PARTITIONS;
+    /// A partition whose owner stops renewing its lease for this long moves to another node.
+    /// Needs `nats`.
+    lease_ttl_ms: u64 => config.cluster.lease_ttl_ms, bounds MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS;
 }
 
 /// The older switch `--inline`: `true` is `mode = inline`, `false` is `mode = queued`.
@@ -650,7 +661,9 @@ macro_rules! stored_as_is {
 
 stored_as_is!(
     SocketAddr,
+    NatsUrls,
     u8,
+    u32,
     u64,
     usize,
     f64,

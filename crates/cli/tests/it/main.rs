@@ -3,6 +3,7 @@
 //! only be proven on a real process).
 
 mod broken_pipes;
+mod cluster;
 mod descriptors;
 mod durability;
 mod exactly_once;

@@ -1,0 +1,207 @@
+//! A cluster node as its HTTP front door sees it: the [`Forward`] behind the engine's one door
+//! (publish, retry with the same id, answer after JetStream's acknowledgement), the member
+//! running in its own task (leases, owners, reads), and what `/stats`, `/metrics` and
+//! `/readyz` show.
+//!
+//! Invariants:
+//! - An event is answered stored only after its PubAck; a publish that got no answer is
+//!   retried with the same `Nats-Msg-Id` (the client's id or one made once for the event)
+//!   until `request_timeout` has passed since the first try, so the node's own retries store
+//!   it at most once.
+//! - A full stream is `Rejected::QueueFull` at once (nothing stored, never retried here);
+//!   no answer in time is `Rejected::Unreachable` (maybe stored; the client retries with its
+//!   id).
+//! - [`Node::stop`] stops the member after the front door finished: each owner writes a last
+//!   snapshot and releases its lease, so another node takes the partitions at once instead of
+//!   after the lease TTL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floodgate_core::forward::{Forward, Forwarded, Forwarding};
+use floodgate_core::metrics::{HistogramSnapshot, StripedHistogram};
+use floodgate_core::{Event, Rejected};
+use futures_util::future::join_all;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ClusterConfig;
+use crate::layout::{Layout, LayoutError};
+use crate::member::Member;
+use crate::publish::{PublishError, Publisher};
+use crate::view::MemberView;
+
+/// Publish-latency buckets: 100 µs doubling 17 times (to about 6.5 s, past the ack timeout's
+/// default 5 s).
+const PUBLISH_BUCKET_START_NANOS: u64 = 100_000;
+const PUBLISH_BUCKET_COUNT: u32 = 17;
+/// Pause between two tries of an unanswered publish.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// A running cluster node: publisher, member task and their figures.
+#[derive(Debug)]
+pub struct Node {
+    name: String,
+    config: ClusterConfig,
+    client: async_nats::Client,
+    publisher: Publisher,
+    view: MemberView,
+    publish_latency: StripedHistogram,
+    stop: watch::Sender<bool>,
+    member: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Node {
+    /// Connects to `urls`, creates (or finds) the stream and buckets, and starts the member
+    /// named `name` (unique among live nodes) in its own task. Call inside a tokio runtime.
+    pub async fn start(
+        urls: &[String],
+        config: ClusterConfig,
+        name: impl Into<String>,
+        ready_timeout: Duration,
+    ) -> Result<Arc<Self>, LayoutError> {
+        let name = name.into();
+        let layout = Layout::connect(urls, &config, ready_timeout).await?;
+        let publisher = Publisher::new(layout.context.clone(), config.partitions, name.clone());
+        let member = Member::new(layout.clone(), config.clone(), name.clone());
+        let view = member.view();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(member.run(stopped));
+        let bounds: Vec<u64> = (0..PUBLISH_BUCKET_COUNT)
+            .map(|doublings| PUBLISH_BUCKET_START_NANOS << doublings)
+            .collect();
+        Ok(Arc::new(Self {
+            name,
+            config,
+            client: layout.client,
+            publisher,
+            view,
+            publish_latency: StripedHistogram::new(&bounds),
+            stop,
+            member: Mutex::new(Some(task)),
+        }))
+    }
+
+    /// This node's member name (also the prefix of the ids it makes).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cluster configuration this node runs with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The member's window: owned partitions, balances, counters, apply lag.
+    pub fn view(&self) -> &MemberView {
+        &self.view
+    }
+
+    /// Whether the NATS connection is up now (`/readyz`).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Latency of acknowledged publishes, first try to PubAck (retries included).
+    pub fn publish_latency(&self) -> HistogramSnapshot {
+        self.publish_latency.snapshot()
+    }
+
+    /// Stops the member: each owner writes a last snapshot, each lease is released. Waits for
+    /// it; a second call returns at once.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let task = self.member.lock().await.take();
+        if let Some(task) = task
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "cluster member task failed");
+        }
+    }
+
+    /// Publishes `event` and waits for its acknowledgement, retrying an unanswered publish
+    /// with the same id until `request_timeout` has passed.
+    async fn store(&self, event: &Event) -> Result<Forwarded, Rejected> {
+        let id = match &event.id {
+            Some(id) => id.as_str().to_owned(),
+            None => self.publisher.make_id(),
+        };
+        let started = Instant::now();
+        loop {
+            match self.publisher.publish(event, &id).await {
+                Ok(published) => {
+                    self.publish_latency.record(started.elapsed());
+                    return Ok(if published.duplicate {
+                        Forwarded::Duplicate
+                    } else {
+                        Forwarded::Stored
+                    });
+                }
+                Err(PublishError::QueueFull) => return Err(Rejected::QueueFull),
+                Err(error) if started.elapsed() + RETRY_PAUSE < self.config.request_timeout => {
+                    tracing::debug!(%error, id, "publish not answered: retrying with the same id");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, id, "publish not answered: refused as cluster_unreachable");
+                    return Err(Rejected::Unreachable);
+                }
+            }
+        }
+    }
+}
+
+impl Forward for Node {
+    fn forward<'a>(&'a self, event: &'a Event) -> Forwarding<'a, Result<Forwarded, Rejected>> {
+        Box::pin(self.store(event))
+    }
+
+    fn forward_batch<'a>(
+        &'a self,
+        events: &'a [Event],
+    ) -> Forwarding<'a, Vec<Result<Forwarded, Rejected>>> {
+        // Every publish in flight at once (one round trip for the batch, not one per event).
+        Box::pin(join_all(events.iter().map(|event| self.store(event))))
+    }
+}
+
+/// A member name unique to this process's run: `floodgate-<pid>-<start time in ms, base 36>`,
+/// so a restarted node never reuses the ids its previous run made within the duplicate window.
+pub fn unique_node_name() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis());
+    format!("floodgate-{}-{}", std::process::id(), base36(millis))
+}
+
+fn base36(mut value: u128) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut text = Vec::new();
+    loop {
+        text.push(DIGITS[(value % 36) as usize]);
+        value /= 36;
+        if value == 0 {
+            break;
+        }
+    }
+    text.reverse();
+    String::from_utf8(text).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves node names differ between runs (the start time is in them) and carry the pid.
+    #[test]
+    fn node_names_carry_pid_and_start_time() {
+        let name = unique_node_name();
+        assert!(
+            name.starts_with(&format!("floodgate-{}-", std::process::id())),
+            "{name}"
+        );
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
+    }
+}
