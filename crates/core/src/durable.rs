@@ -671,6 +671,7 @@ impl Durable {
             trigger: trigger.clone(),
             options: options.clone(),
             jobs: Vec::new(),
+            lanes: Vec::new(),
             claims: Vec::new(),
         };
         let log_options = floodgate_store::LogOptions {
@@ -706,11 +707,6 @@ impl Durable {
         self.mode
     }
 
-    /// Events admitted to the log and not yet handed to the workers.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
     /// Whether a write or sync failed.
     pub(crate) fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
@@ -727,8 +723,25 @@ impl Durable {
         }
     }
 
-    /// Submits admitted events as one log entry; the returned receiver answers once its
-    /// group is durable (or refused). Refused at once when the log's queue is full, failed or
+    /// Reserves room for `events` under the queue bound, where the events in the log writer
+    /// count with those queued: all of them or none, in one compare-and-swap on the in-flight
+    /// count, so two submitters can never both take the last room. The writer pushes a
+    /// group into the queue before it takes it off the in-flight count, and the count is read
+    /// here before the queue's depth (the swap fails if it moved), so an event moving from
+    /// one to the other is counted twice at worst, never missed. [`Self::submit`] uses the
+    /// room (or gives it back when the log refuses).
+    pub(crate) fn reserve_room(&self, events: usize, admission: &Admission) -> bool {
+        let capacity = admission.capacity_events();
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |in_flight| {
+                let fits = admission.depth() + in_flight + events <= capacity;
+                fits.then_some(in_flight + events)
+            })
+            .is_ok()
+    }
+
+    /// Submits admitted events, whose room [`Self::reserve_room`] took, as one log entry; the
+    /// returned receiver answers once its group is durable (or refused). Refused at once when the log's queue is full, failed or
     /// closed: the ids' claims are then freed here and the jobs handed back. Once submitted,
     /// the claims are settled by the log writer (kept when durable, freed when refused),
     /// whether or not anyone still waits for the answer.
@@ -741,7 +754,6 @@ impl Durable {
     ) -> Result<oneshot::Receiver<Reply>, (Rejected, Vec<Job>)> {
         let (reply, answer) = oneshot::channel();
         let events = jobs.len();
-        self.in_flight.fetch_add(events, Ordering::AcqRel);
         let ticket = Ticket {
             jobs,
             admitted,
@@ -868,6 +880,8 @@ struct Acknowledger {
     trigger: std_mpsc::Sender<SnapshotRequest>,
     options: DurableOptions,
     jobs: Vec<Job>,
+    /// The group's jobs sorted by lane (reused buffers).
+    lanes: Vec<Vec<Job>>,
     claims: Vec<Claim>,
 }
 
@@ -896,10 +910,12 @@ impl Acknowledger {
         }
         let mut gate = lock(&self.gate);
         let count = self.jobs.len();
-        for job in self.jobs.drain(..) {
-            if let Err(job) = self.admission.push_blocking(job) {
-                tracing::error!(user = %job.user, "queue closed before a logged event was dispatched; it is applied at the next start");
-            }
+        // One reservation per lane for the whole group, not one push per event.
+        for job in self
+            .admission
+            .push_all_blocking(&mut self.jobs, &mut self.lanes)
+        {
+            tracing::error!(user = %job.user, "queue closed before a logged event was dispatched; it is applied at the next start");
         }
         // Kept under the gate: a snapshot's window holds exactly the ids at or before its
         // position.

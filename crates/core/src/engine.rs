@@ -754,8 +754,9 @@ impl Engine {
         }
     }
 
-    /// Queued batch with a log: room for all (events in the log writer count against the
-    /// queue bound), then ONE log entry for the batch; answered once it is durable.
+    /// Queued batch with a log: room for all reserved at once or none (events in the log
+    /// writer count against the queue bound), then ONE log entry for the batch; answered once
+    /// it is durable; the log writer hands it to the workers with one reservation per lane.
     async fn enqueue_logged_batch(
         &self,
         admission: &Admission,
@@ -771,7 +772,7 @@ impl Engine {
         if count == 0 {
             return Ok(self.count_duplicates(prepared.outcomes));
         }
-        if admission.depth() + durable.in_flight() + count > admission.capacity_events() {
+        if !durable.reserve_room(count, admission) {
             inner.metrics.rejected_queue_full.add(count as u64);
             self.undo_batch(&prepared.jobs, &prepared.admitted, prepared.ids);
             return Err(Rejected::QueueFull);
@@ -891,7 +892,7 @@ impl Engine {
         Err(Refused::new(reason, job.into_event()))
     }
 
-    /// Queued with a log: admit, check room (events in the log writer count against the
+    /// Queued with a log: admit, reserve room (events in the log writer count against the
     /// queue bound) and submit to the log before answering; the answer then waits until the
     /// event's group is durable. The id's claim travels with the event: the log writer keeps
     /// it once the group is durable and frees it if the group is refused, even if nobody
@@ -922,7 +923,7 @@ impl Engine {
             Ok(admitted) => admitted,
             Err(refused) => return refuse(refused, claim),
         };
-        if admission.depth() + durable.in_flight() >= admission.capacity_events() {
+        if !durable.reserve_room(1, admission) {
             return refuse(
                 self.refuse_admitted(Rejected::QueueFull, job, admitted),
                 claim,

@@ -26,6 +26,9 @@ use crate::config::QueueKind;
 use crate::event::Event;
 use crate::ledger::shard_index;
 
+/// How long the log writer waits before looking for room again in a full lane.
+const BLOCKING_PUSH_PAUSE: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// One admitted event on its way to a worker: the hash is computed once, at admission.
 #[derive(Debug)]
 pub struct Job {
@@ -125,6 +128,50 @@ impl Drop for Reservation<'_> {
 }
 
 impl Lane {
+    /// Reserves room for as many of `count` jobs as fit now (at least one): the reservation
+    /// and how many it covers; `Full` when there is no room at all.
+    fn reserve_some(&self, count: usize) -> Result<(Reservation<'_>, usize), PushError> {
+        let free = match self {
+            Self::Mpmc(sender, room) => {
+                if sender.is_closed() {
+                    return Err(PushError::Closed);
+                }
+                room.0.load(Ordering::Acquire)
+            }
+            Self::Tokio(sender) => {
+                if sender.is_closed() {
+                    return Err(PushError::Closed);
+                }
+                sender.capacity()
+            }
+        };
+        let granted = count.min(free);
+        if granted == 0 {
+            return Err(PushError::Full);
+        }
+        self.reserve(granted)
+            .map(|reservation| (reservation, granted))
+    }
+
+    /// Pushes all of `jobs` (draining it) into this lane, one reservation per wait for room.
+    fn push_all_blocking(&self, jobs: &mut Vec<Job>, dropped: &mut Vec<Job>) {
+        let mut pending = jobs.drain(..);
+        while pending.len() > 0 {
+            match self.reserve_some(pending.len()) {
+                Ok((mut reservation, granted)) => {
+                    for job in pending.by_ref().take(granted) {
+                        reservation.send(job);
+                    }
+                }
+                Err(PushError::Full) => std::thread::sleep(BLOCKING_PUSH_PAUSE),
+                Err(PushError::Closed) => {
+                    dropped.extend(pending);
+                    return;
+                }
+            }
+        }
+    }
+
     fn reserve(&self, count: usize) -> Result<Reservation<'_>, PushError> {
         match self {
             Self::Mpmc(sender, room) => {
@@ -273,26 +320,26 @@ impl Admission {
         }
     }
 
-    /// Push a job, waiting for room: for the log writer thread, which hands on events that
-    /// are already durable and admitted (room was checked at admission). Only from a thread
-    /// outside the async runtime. Gives the job back once the queue is closed.
-    pub fn push_blocking(&self, job: Job) -> Result<(), Job> {
-        match &self.lanes[self.lane_index(job.hash)] {
-            Lane::Mpmc(sender, room) => {
-                // Wait for room as the channel would: consumers give it back as they receive.
-                while !room.take(1) {
-                    if sender.is_closed() {
-                        return Err(job);
-                    }
-                    std::thread::sleep(std::time::Duration::from_micros(50));
-                }
-                sender.send_blocking(job).map_err(|error| {
-                    room.give(1);
-                    error.0
-                })
-            }
-            Lane::Tokio(sender) => sender.blocking_send(job).map_err(|error| error.0),
+    /// Push every job of `jobs` (draining it), waiting for room: the log writer's hand-over of
+    /// a durable group. The jobs are grouped by lane (in order, so each user's events keep
+    /// their log order) and each lane takes its jobs under one reservation when it has room
+    /// for all of them (in parts as room frees up otherwise), instead of one push per job.
+    /// Only from a thread outside the async runtime. Returns the jobs given back because
+    /// their lane closed.
+    pub fn push_all_blocking(&self, jobs: &mut Vec<Job>, lanes: &mut Vec<Vec<Job>>) -> Vec<Job> {
+        let mut dropped = Vec::new();
+        if self.lanes.len() == 1 {
+            self.lanes[0].push_all_blocking(jobs, &mut dropped);
+            return dropped;
         }
+        lanes.resize_with(self.lanes.len(), Vec::new);
+        for job in jobs.drain(..) {
+            lanes[self.lane_index(job.hash)].push(job);
+        }
+        for (lane, lane_jobs) in self.lanes.iter().zip(lanes.iter_mut()) {
+            lane.push_all_blocking(lane_jobs, &mut dropped);
+        }
+        dropped
     }
 
     /// Admit a whole batch or nothing: room for every job is reserved first (one reservation
@@ -504,6 +551,59 @@ mod tests {
             for job in &batch {
                 assert_eq!(shard_index(job.hash, 3), lane);
             }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocking_hand_over_waits_for_room_and_keeps_each_lanes_order() {
+        // Proves the log writer's hand-over for every lane kind: a group of 40 jobs into a
+        // queue of 8 (more than any lane holds) completes as the consumers drain, each
+        // consumer receives its jobs in the group's order, nothing is lost, and after close the
+        // jobs are handed back instead of waiting forever.
+        for (kind, owned) in [
+            (QueueKind::Mpmc, false),
+            (QueueKind::Mpmc, true),
+            (QueueKind::SharedReceiver, false),
+        ] {
+            let (admission, consumers) = build(kind, 8, 2, owned);
+            let admission = Arc::new(admission);
+            let pusher = {
+                let admission = Arc::clone(&admission);
+                std::thread::spawn(move || {
+                    let mut jobs: Vec<Job> = (0..40)
+                        .map(|n| Job {
+                            amount: n,
+                            ..job(&format!("user{}", n % 5))
+                        })
+                        .collect();
+                    let dropped = admission.push_all_blocking(&mut jobs, &mut Vec::new());
+                    admission.close();
+                    dropped.len()
+                })
+            };
+            let draining: Vec<_> = consumers
+                .into_iter()
+                .map(|mut consumer| {
+                    tokio::spawn(async move {
+                        let mut batch = Vec::new();
+                        while consumer.recv_batch(&mut batch, 3).await > 0 {}
+                        batch
+                    })
+                })
+                .collect();
+            let mut received = 0;
+            for consumer in draining {
+                let batch = consumer.await.expect("consumer");
+                received += batch.len();
+                // What one consumer receives keeps the group's order.
+                let amounts: Vec<i64> = batch.iter().map(|job| job.amount).collect();
+                assert!(amounts.is_sorted(), "{kind:?} {owned}: {amounts:?}");
+            }
+            assert_eq!(pusher.join().expect("pusher"), 0);
+            assert_eq!(received, 40, "{kind:?} {owned}");
+            let mut late = vec![job("late")];
+            let dropped = admission.push_all_blocking(&mut late, &mut Vec::new());
+            assert_eq!(dropped.len(), 1, "closed: handed back");
         }
     }
 }

@@ -6,6 +6,7 @@ mod api;
 mod conservation;
 mod durable;
 mod ids;
+mod logged_batches;
 mod stages;
 mod support;
 mod user_limit;
