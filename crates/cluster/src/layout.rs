@@ -151,7 +151,8 @@ impl Layout {
     }
 }
 
-/// The events stream: one subject per partition, count-limited, refusing when full.
+/// The events stream: one subject per partition, count-limited, refusing when full, taking
+/// atomic batches (nats-server 2.12+).
 fn stream_config(config: &ClusterConfig) -> stream::Config {
     stream::Config {
         name: STREAM_NAME.to_owned(),
@@ -162,6 +163,7 @@ fn stream_config(config: &ClusterConfig) -> stream::Config {
         storage: stream::StorageType::File,
         num_replicas: config.replicas,
         duplicate_window: config.duplicate_window,
+        allow_atomic_publish: true,
         ..Default::default()
     }
 }

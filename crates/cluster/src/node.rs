@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::config::ClusterConfig;
 use crate::layout::{Layout, LayoutError};
 use crate::member::Member;
-use crate::publish::{PublishError, Publisher};
+use crate::publish::{ATOMIC_BATCH_MAX, PublishError, Publisher};
 use crate::view::MemberView;
 
 /// Publish-latency buckets: 100 µs doubling 17 times (to about 6.5 s, past the ack timeout's
@@ -119,16 +119,69 @@ impl Node {
         }
     }
 
+    /// The event's message id: the client's, or one made now (once per event).
+    fn message_id(&self, event: &Event) -> String {
+        match &event.id {
+            Some(id) => id.as_str().to_owned(),
+            None => self.publisher.make_id(),
+        }
+    }
+
+    /// Publishes `events` as one atomic batch (all stored or none), retrying an unanswered
+    /// commit (a new batch id, the same message ids) until `request_timeout` has passed. A
+    /// batch holding an id the stream already stored is refused whole by JetStream; its events
+    /// are then published one by one, so each learns whether it is a duplicate.
+    async fn store_batch(&self, events: &[Event]) -> Vec<Result<Forwarded, Rejected>> {
+        let ids: Vec<String> = events.iter().map(|event| self.message_id(event)).collect();
+        let pairs: Vec<(&Event, &str)> =
+            events.iter().zip(ids.iter().map(String::as_str)).collect();
+        let all = |answer: Result<Forwarded, Rejected>| vec![answer; events.len()];
+        if events.is_empty() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        loop {
+            let batch_id = format!("batch-{}", self.publisher.make_id());
+            match self.publisher.publish_atomic(&batch_id, &pairs).await {
+                Ok(()) => {
+                    self.publish_latency.record(started.elapsed());
+                    return all(Ok(Forwarded::Stored));
+                }
+                Err(PublishError::QueueFull) => return all(Err(Rejected::QueueFull)),
+                Err(PublishError::Unreachable(error))
+                    if started.elapsed() + RETRY_PAUSE < self.config.request_timeout =>
+                {
+                    tracing::debug!(%error, batch_id, "batch commit not answered: retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(PublishError::Unreachable(error)) => {
+                    tracing::warn!(%error, batch_id, "batch not answered: refused as cluster_unreachable");
+                    return all(Err(Rejected::Unreachable));
+                }
+                Err(error) => {
+                    // A stored id (10201), or a stream without atomic publish: one by one.
+                    tracing::debug!(%error, batch_id, "batch refused whole: publishing its events one by one");
+                    let one_by_one = pairs
+                        .iter()
+                        .map(|&(event, id)| self.store_with_id(event, id));
+                    return join_all(one_by_one).await;
+                }
+            }
+        }
+    }
+
     /// Publishes `event` and waits for its acknowledgement, retrying an unanswered publish
     /// with the same id until `request_timeout` has passed.
     async fn store(&self, event: &Event) -> Result<Forwarded, Rejected> {
-        let id = match &event.id {
-            Some(id) => id.as_str().to_owned(),
-            None => self.publisher.make_id(),
-        };
+        let id = self.message_id(event);
+        self.store_with_id(event, &id).await
+    }
+
+    /// [`Self::store`] with the message id given.
+    async fn store_with_id(&self, event: &Event, id: &str) -> Result<Forwarded, Rejected> {
         let started = Instant::now();
         loop {
-            match self.publisher.publish(event, &id).await {
+            match self.publisher.publish(event, id).await {
                 Ok(published) => {
                     self.publish_latency.record(started.elapsed());
                     return Ok(if published.duplicate {
@@ -160,8 +213,11 @@ impl Forward for Node {
         &'a self,
         events: &'a [Event],
     ) -> Forwarding<'a, Vec<Result<Forwarded, Rejected>>> {
-        // Every publish in flight at once (one round trip for the batch, not one per event).
-        Box::pin(join_all(events.iter().map(|event| self.store(event))))
+        Box::pin(self.store_batch(events))
+    }
+
+    fn batch_max_events(&self) -> Option<usize> {
+        Some(ATOMIC_BATCH_MAX)
     }
 }
 

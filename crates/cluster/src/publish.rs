@@ -43,6 +43,31 @@ pub enum PublishError {
     /// JetStream refused the message for another reason.
     #[error("JetStream refused the event: {0}")]
     Refused(String),
+    /// An atomic batch held an id the stream had already stored (error 10201): nothing of the
+    /// batch was stored.
+    #[error("the atomic batch holds an id already stored")]
+    StoredIdInBatch,
+}
+
+/// Most messages in one JetStream atomic batch (the server's limit).
+pub const ATOMIC_BATCH_MAX: usize = 1000;
+/// JetStream's error for an atomic batch holding an id already stored.
+const STORED_ID_IN_BATCH: u64 = 10201;
+
+/// The answer to an atomic batch's commit: a PubAck for the batch, or an error.
+#[derive(Debug, serde::Deserialize)]
+struct BatchAnswer {
+    error: Option<BatchError>,
+    #[serde(default)]
+    count: Option<u64>,
+}
+
+/// JetStream's error body.
+#[derive(Debug, serde::Deserialize)]
+struct BatchError {
+    err_code: u64,
+    #[serde(default)]
+    description: String,
 }
 
 /// Publishes events to the stream.
@@ -72,6 +97,51 @@ impl Publisher {
         format!("{}-{number}", self.node)
     }
 
+    /// Publishes `events` (each with its message id) as one JetStream atomic batch and waits
+    /// for the commit's acknowledgement: every event stored, or none. At most
+    /// [`ATOMIC_BATCH_MAX`] events. A stored id in the batch is
+    /// [`PublishError::StoredIdInBatch`] (nothing stored: publish the events one by one to
+    /// learn which are duplicates); a full stream is [`PublishError::QueueFull`].
+    pub async fn publish_atomic(
+        &self,
+        batch_id: &str,
+        events: &[(&Event, &str)],
+    ) -> Result<(), PublishError> {
+        let client = self.context.client();
+        let last = events.len().checked_sub(1).ok_or_else(|| {
+            PublishError::Refused("an atomic batch needs at least one event".to_owned())
+        })?;
+        if last >= ATOMIC_BATCH_MAX {
+            return Err(PublishError::Refused(format!(
+                "{} events: an atomic batch holds at most {ATOMIC_BATCH_MAX}",
+                events.len()
+            )));
+        }
+        let unreachable =
+            |error: &dyn std::fmt::Display| PublishError::Unreachable(error.to_string());
+        for (index, &(event, message_id)) in events.iter().enumerate() {
+            let subject = subject(partition_of(&event.user, self.partitions));
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Batch-Id", batch_id);
+            headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
+            headers.insert("Nats-Msg-Id", message_id);
+            if index < last {
+                client
+                    .publish_with_headers(subject, headers, encode_event(event))
+                    .await
+                    .map_err(|error| unreachable(&error))?;
+                continue;
+            }
+            headers.insert("Nats-Batch-Commit", "1");
+            let reply = client
+                .request_with_headers(subject, headers, encode_event(event))
+                .await
+                .map_err(|error| unreachable(&error))?;
+            return batch_answer(&reply.payload, events.len());
+        }
+        Ok(())
+    }
+
     /// Publishes `event` with `message_id` and waits for JetStream's acknowledgement.
     pub async fn publish(
         &self,
@@ -93,6 +163,27 @@ impl Publisher {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+}
+
+/// What the commit's answer of an atomic batch of `count` events means.
+fn batch_answer(payload: &[u8], count: usize) -> Result<(), PublishError> {
+    let answer: BatchAnswer = serde_json::from_slice(payload)
+        .map_err(|error| PublishError::Unreachable(format!("bad batch answer: {error}")))?;
+    match answer.error {
+        None if answer.count == Some(count as u64) => Ok(()),
+        None => Err(PublishError::Refused(format!(
+            "the batch answer counts {:?} events, not {count}",
+            answer.count
+        ))),
+        Some(error) if error.err_code == ErrorCode::STREAM_STORE_FAILED.0 => {
+            Err(PublishError::QueueFull)
+        }
+        Some(error) if error.err_code == STORED_ID_IN_BATCH => Err(PublishError::StoredIdInBatch),
+        Some(error) => Err(PublishError::Refused(format!(
+            "{} (error {})",
+            error.description, error.err_code
+        ))),
     }
 }
 

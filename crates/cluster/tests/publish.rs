@@ -86,3 +86,53 @@ async fn publish_without_servers_is_unreachable() {
         "expected Unreachable, got {outcome:?}"
     );
 }
+
+// Proves an atomic batch is all or nothing on nats-server: a batch is stored whole; a batch
+// holding one id already stored is refused whole (StoredIdInBatch, its new events not
+// stored); a batch that would pass the stream's bound is refused whole as QueueFull, though
+// part of it would fit.
+#[tokio::test]
+async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let mut config = ClusterConfig::new(2, cluster.size());
+    config.capacity_events = 5;
+    let layout = connect(&cluster, &config).await;
+    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+    let (alice, bob) = (Event::new("alice", 1), Event::new("bob", 2));
+    let messages = |stream: &mut async_nats::jetstream::stream::Stream| {
+        let mut stream = stream.clone();
+        async move { stream.info().await.expect("info").state.messages }
+    };
+    let mut stream = layout.stream.clone();
+
+    publisher
+        .publish_atomic("batch-1", &[(&alice, "a1"), (&bob, "b1"), (&alice, "a2")])
+        .await
+        .expect("stored whole");
+    assert_eq!(messages(&mut stream).await, 3);
+    let with_stored_id = publisher
+        .publish_atomic("batch-2", &[(&bob, "b2"), (&alice, "a1")])
+        .await;
+    assert!(
+        matches!(with_stored_id, Err(PublishError::StoredIdInBatch)),
+        "{with_stored_id:?}"
+    );
+    assert_eq!(messages(&mut stream).await, 3, "b2 not stored either");
+    let too_many = publisher
+        .publish_atomic("batch-3", &[(&bob, "b3"), (&bob, "b4"), (&bob, "b5")])
+        .await;
+    assert!(
+        matches!(too_many, Err(PublishError::QueueFull)),
+        "{too_many:?}"
+    );
+    assert_eq!(
+        messages(&mut stream).await,
+        3,
+        "nothing of a batch past the bound"
+    );
+    publisher
+        .publish_atomic("batch-4", &[(&bob, "b3"), (&bob, "b4")])
+        .await
+        .expect("what fits is stored");
+    assert_eq!(messages(&mut stream).await, 5);
+}

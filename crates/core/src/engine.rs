@@ -1086,6 +1086,17 @@ impl Engine {
         self.admission().map_or(0, Admission::capacity_events)
     }
 
+    /// The most events one batch may hold and still be admitted all-or-nothing: the queue's
+    /// capacity, and a forwarding engine's store's atomic bound.
+    pub fn batch_capacity_events(&self) -> usize {
+        let forward_bound = match &self.inner.processor {
+            Processor::Forwarded(forward) => forward.batch_max_events(),
+            _ => None,
+        };
+        let capacity = self.queue_capacity_events();
+        forward_bound.map_or(capacity, |bound| bound.min(capacity))
+    }
+
     /// `true` for a cluster node's engine (see [`Engine::start_forwarding`]).
     pub fn forwards(&self) -> bool {
         matches!(self.inner.processor, Processor::Forwarded(_))

@@ -36,11 +36,17 @@ pub trait Forward: Send + Sync + std::fmt::Debug {
     /// [`Rejected::Unreachable`] (maybe stored; a retry with the same id is safe).
     fn forward<'a>(&'a self, event: &'a Event) -> Forwarding<'a, Result<Forwarded, Rejected>>;
 
-    /// Stores every event of a batch, one answer per event in order.
+    /// Stores every event of a batch, one answer per event in order; a store that can, stores
+    /// all of them or none (then every answer is the same refusal).
     fn forward_batch<'a>(
         &'a self,
         events: &'a [Event],
     ) -> Forwarding<'a, Vec<Result<Forwarded, Rejected>>>;
+
+    /// The most events [`Forward::forward_batch`] stores all-or-nothing (`None`: no bound).
+    fn batch_max_events(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -82,14 +82,15 @@ pub(crate) async fn ingest_batch<B: EventBody>(
     };
     let max_events = limits
         .batch_max_events
-        .min(app.engine.queue_capacity_events().max(1));
+        .min(app.engine.batch_capacity_events().max(1));
     if parsed.len() > max_events {
         return Err(ApiError::BatchTooLarge(format!(
             "{} events; at most {max_events} fit in one batch (batch_max_events {}, queue \
-             capacity {})",
+             capacity {}, all-or-nothing bound {})",
             parsed.len(),
             limits.batch_max_events,
-            app.engine.queue_capacity_events()
+            app.engine.queue_capacity_events(),
+            app.engine.batch_capacity_events()
         )));
     }
     submit(app, parsed).await

@@ -381,6 +381,53 @@ impl LeaseHolder {
     }
 }
 
+/// Posts a JSON array batch; the status and the body.
+async fn post_batch(addr: &str, events: &[serde_json::Value]) -> (StatusCode, serde_json::Value) {
+    let response = client()
+        .post(format!("http://{addr}/events/batch"))
+        .header("content-type", "application/json")
+        .body(serde_json::Value::from(events.to_vec()).to_string())
+        .send()
+        .await
+        .expect("answers");
+    let status = response.status();
+    (status, response.json().await.expect("json"))
+}
+
+/// A batch is one atomic publish: stored whole (200); one holding an id already stored is
+/// published event by event (the stored one a duplicate, the new one accepted); one over what
+/// a batch may hold (the stream's capacity here; never more than 1000, JetStream's atomic
+/// bound) is 413 batch_too_large. Adds what was accepted to `sums`.
+async fn check_batches(addr: &str, sums: &mut BTreeMap<String, i64>) {
+    let event =
+        |id: &str, amount: i64| serde_json::json!({"user": "u1", "amount": amount, "id": id});
+    let (status, body) = post_batch(addr, &[event("n1", 4), event("n2", 5)]).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{body}"
+    );
+    let (status, body) = post_batch(addr, &[event("n2", 5), event("n3", 6)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["duplicate"].as_u64()),
+        (Some(1), Some(1)),
+        "{body}"
+    );
+    *sums.entry(user(1)).or_insert(0) += 4 + 5 + 6;
+    let many: Vec<serde_json::Value> = (0..1001)
+        .map(|number| event(&format!("m{number}"), 1))
+        .collect();
+    let (status, body) = post_batch(addr, &many).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("batch_too_large")),
+        "{body}"
+    );
+    let wrong = unsettled(addr, sums).await;
+    assert!(wrong.is_empty(), "batches applied once: {wrong:?}");
+}
+
 /// Posts one event with an id; the status and reason.
 async fn post(addr: &str, id: &str, user: &str, amount: i64) -> (StatusCode, String, bool) {
     let body = serde_json::json!({"user": user, "amount": amount, "id": id}).to_string();
@@ -414,6 +461,35 @@ async fn readyz(addr: &str) -> (StatusCode, String) {
         status,
         body["reason"].as_str().unwrap_or_default().to_owned(),
     )
+}
+
+/// With nats-server killed a post is 503 cluster_unreachable (after the node's retries) and
+/// `/readyz` says so; with it back the node is ready again.
+async fn lose_and_regain_nats(nats: &mut LocalCluster, addr: &str) {
+    // NATS gone: refused with its own reason, and not ready.
+    nats.kill(0).expect("kill nats-server");
+    let (status, reason, retry_after) = post(addr, "no-nats", "u0", 1).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "cluster_unreachable")
+    );
+    assert!(retry_after, "cluster_unreachable carries Retry-After");
+    assert_eq!(
+        readyz(addr).await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unreachable".to_owned()
+        )
+    );
+    nats.restart(0).expect("restart nats-server");
+    let back = Instant::now();
+    while readyz(addr).await.0 != StatusCode::OK {
+        assert!(
+            back.elapsed() < MOVE_DEADLINE,
+            "ready again after NATS returns"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 // Proves the stream's bound is the cluster's backpressure and a lost NATS connection has its
@@ -480,31 +556,10 @@ async fn a_full_stream_is_queue_full_and_a_lost_cluster_is_cluster_unreachable()
         StatusCode::ACCEPTED,
         "room again after the purge: {reason}"
     );
+    *sums.entry(user(0)).or_insert(0) += 3;
+    check_batches(&addr, &mut sums).await;
 
-    // NATS gone: refused with its own reason, and not ready.
-    nats.kill(0).expect("kill nats-server");
-    let (status, reason, retry_after) = post(&addr, "no-nats", "u0", 1).await;
-    assert_eq!(
-        (status, reason.as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, "cluster_unreachable")
-    );
-    assert!(retry_after, "cluster_unreachable carries Retry-After");
-    assert_eq!(
-        readyz(&addr).await,
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cluster_unreachable".to_owned()
-        )
-    );
-    nats.restart(0).expect("restart nats-server");
-    let back = Instant::now();
-    while readyz(&addr).await.0 != StatusCode::OK {
-        assert!(
-            back.elapsed() < MOVE_DEADLINE,
-            "ready again after NATS returns"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    lose_and_regain_nats(&mut nats, &addr).await;
     signal(&child, "TERM");
     let status = wait_exit(&mut child).await;
     assert!(status.success(), "{status}");
