@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::state::IdBounds;
+
 /// How a node uses the JetStream cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -21,6 +23,9 @@ pub struct ClusterConfig {
     pub snapshot_every_events: u64,
     /// How long a publish (or a bucket write) waits for JetStream's answer.
     pub request_timeout: Duration,
+    /// How long and how many client ids each partition's owner remembers (in its snapshot),
+    /// beyond JetStream's `duplicate_window`.
+    pub id_bounds: IdBounds,
 }
 
 impl ClusterConfig {
@@ -35,6 +40,7 @@ impl ClusterConfig {
             lease_ttl: Duration::from_secs(6),
             snapshot_every_events: 10_000,
             request_timeout: Duration::from_secs(5),
+            id_bounds: IdBounds::default(),
         }
     }
 

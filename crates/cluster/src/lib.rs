@@ -40,6 +40,6 @@ pub use partition::{Partition, partition_of};
 pub use publish::{PublishError, Published, Publisher};
 pub use reads::{ReadError, request_balance};
 pub use snapshot::{SnapshotError, SnapshotSlot};
-pub use state::{Applied, PartitionState};
+pub use state::{Applied, AppliedIds, ClientId, IdBounds, PartitionState};
 pub use view::{MemberStats, MemberView};
 pub use wire::Snapshot;

@@ -246,7 +246,7 @@ impl Member {
         )
         .await
         {
-            Ok(owner) => owner,
+            Ok(owner) => owner.with_id_bounds(self.config.id_bounds),
             Err(error) => {
                 let _ = self.leases.release(&lease).await;
                 return Err(error.to_string());

@@ -23,8 +23,9 @@ use tokio::sync::{RwLock, watch};
 
 use crate::layout::Layout;
 use crate::partition::{Partition, subject};
+use crate::publish::CLIENT_ID_HEADER;
 use crate::snapshot::{SnapshotError, SnapshotSlot};
-use crate::state::PartitionState;
+use crate::state::{ClientId, IdBounds, PartitionState};
 use crate::wire::decode_event;
 
 /// How long the owner waits for an event before snapshotting what it applied (if anything).
@@ -66,6 +67,8 @@ pub struct Owner {
     state: Arc<RwLock<PartitionState>>,
     snapshot_every_events: u64,
     unsnapshotted_events: u64,
+    /// How long and how many client ids the partition remembers.
+    id_bounds: IdBounds,
     /// Events of the partition in the stream not yet delivered to this owner (JetStream's
     /// pending count for the consumer, as of the last delivery).
     lag_events: Arc<AtomicU64>,
@@ -93,8 +96,16 @@ impl Owner {
             state: Arc::new(RwLock::new(state)),
             snapshot_every_events: snapshot_every_events.max(1),
             unsnapshotted_events: 0,
+            id_bounds: IdBounds::default(),
             lag_events: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// This owner with client ids remembered within `bounds` (default: [`IdBounds::default`]).
+    #[must_use]
+    pub fn with_id_bounds(mut self, bounds: IdBounds) -> Self {
+        self.id_bounds = bounds;
+        self
     }
 
     /// The partition's state, shared for reads while the owner runs.
@@ -206,7 +217,18 @@ impl Owner {
         let Ok(info) = message.info() else {
             return Ok(());
         };
-        self.apply(info.stream_sequence, &message.payload).await;
+        let stored_at_ms = info.published.unix_timestamp_nanos() / 1_000_000;
+        let client_id = message
+            .headers
+            .as_ref()
+            .filter(|headers| headers.get(CLIENT_ID_HEADER).is_some())
+            .and_then(|headers| headers.get("Nats-Msg-Id"))
+            .map(|id| ClientId {
+                id: id.as_str(),
+                stored_at_ms: u64::try_from(stored_at_ms).unwrap_or(0),
+            });
+        self.apply_identified(info.stream_sequence, &message.payload, client_id)
+            .await;
         self.lag_events.store(info.pending, Ordering::Relaxed);
         self.snapshot_if_due(valid_until, self.snapshot_every_events)
             .await
@@ -214,10 +236,20 @@ impl Owner {
 
     /// Folds the event stored at `sequence` into the state (once; see [`PartitionState`]).
     pub async fn apply(&mut self, sequence: u64, payload: &[u8]) {
+        self.apply_identified(sequence, payload, None).await;
+    }
+
+    /// [`Self::apply`] for an event that may carry a client id (skipped if already applied).
+    pub async fn apply_identified(
+        &mut self,
+        sequence: u64,
+        payload: &[u8],
+        client_id: Option<ClientId<'_>>,
+    ) {
         let mut state = self.state.write().await;
         match decode_event(payload) {
             Ok(event) => {
-                state.apply(sequence, &event);
+                state.apply_identified(sequence, &event, client_id, self.id_bounds);
             }
             Err(error) => {
                 tracing::warn!(partition = self.partition, sequence, %error, "not an event");

@@ -49,6 +49,18 @@ pub enum PublishError {
     StoredIdInBatch,
 }
 
+/// Set (to `1`) on a message whose `Nats-Msg-Id` is the client's event id, not one the node
+/// made: the owner remembers those ids beyond JetStream's duplicate window.
+pub const CLIENT_ID_HEADER: &str = "Floodgate-Client-Id";
+
+/// Whether `message_id` is `event`'s own (client) id.
+fn is_client_id(event: &Event, message_id: &str) -> bool {
+    event
+        .id
+        .as_ref()
+        .is_some_and(|id| id.as_str() == message_id)
+}
+
 /// Most messages in one JetStream atomic batch (the server's limit).
 pub const ATOMIC_BATCH_MAX: usize = 1000;
 /// JetStream's error for an atomic batch holding an id already stored.
@@ -125,6 +137,9 @@ impl Publisher {
             headers.insert("Nats-Batch-Id", batch_id);
             headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
             headers.insert("Nats-Msg-Id", message_id);
+            if is_client_id(event, message_id) {
+                headers.insert(CLIENT_ID_HEADER, "1");
+            }
             if index < last {
                 client
                     .publish_with_headers(subject, headers, encode_event(event))
@@ -149,9 +164,12 @@ impl Publisher {
         message_id: &str,
     ) -> Result<Published, PublishError> {
         let partition = partition_of(&event.user, self.partitions);
-        let publish = jetstream::message::PublishMessage::build()
+        let mut publish = jetstream::message::PublishMessage::build()
             .payload(encode_event(event))
             .message_id(message_id);
+        if is_client_id(event, message_id) {
+            publish = publish.header(CLIENT_ID_HEADER, "1");
+        }
         let ack_future = self
             .context
             .send_publish(subject(partition), publish)

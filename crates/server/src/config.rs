@@ -297,6 +297,11 @@ pub const MAX_LEASE_TTL_MS: u64 = 600_000;
 /// its meta leader in a few seconds).
 pub const CLUSTER_READY_TIMEOUT_MS: u64 = 30_000;
 
+/// Most client ids a cluster partition's owner remembers beyond JetStream's duplicate window:
+/// about 100 bytes each in the partition's snapshot, which must fit one bucket value (1 MiB)
+/// with the balances.
+pub const MAX_IDS_PER_PARTITION: usize = 5_000;
+
 /// The NATS servers of `--nats`: one or more `nats://host:port` URLs, comma-separated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatsUrls(pub Vec<String>);
@@ -348,18 +353,27 @@ impl Default for ClusterSettings {
 
 impl ClusterSettings {
     /// The cluster crate's configuration for these settings: the stream's capacity is the
-    /// engine's queue bound (the stream is the cluster's queue), and an owner snapshots (and
-    /// purges) at least four times before its partition's share of that capacity fills.
+    /// engine's queue bound (the stream is the cluster's queue), an owner snapshots (and
+    /// purges) at least four times before its partition's share of that capacity fills, and
+    /// it remembers client ids for the engine's dedup window (`dedup_window_ms`), at most
+    /// `dedup_max_ids / partitions` and [`MAX_IDS_PER_PARTITION`] a partition (the ids live in
+    /// the partition's snapshot, one bucket value).
     pub fn cluster_config(
         &self,
-        queue_capacity_events: usize,
+        engine: &EngineConfig,
     ) -> Option<(Vec<String>, floodgate_cluster::ClusterConfig)> {
+        let queue_capacity_events = engine.queue_capacity_events;
         let urls = self.nats.as_ref()?.0.clone();
         let mut config = floodgate_cluster::ClusterConfig::new(self.partitions, urls.len());
         config.capacity_events = i64::try_from(queue_capacity_events).unwrap_or(i64::MAX);
         config.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
         let per_partition = queue_capacity_events as u64 / u64::from(self.partitions.max(1));
         config.snapshot_every_events = (per_partition / 4).clamp(1, config.snapshot_every_events);
+        config.id_bounds = floodgate_cluster::IdBounds {
+            window: Duration::from_millis(engine.dedup_window_ms),
+            max_ids: (engine.dedup_max_ids / self.partitions.max(1) as usize)
+                .min(MAX_IDS_PER_PARTITION),
+        };
         Some((urls, config))
     }
 }

@@ -68,10 +68,7 @@ async fn start_engine(
     config: &ServerConfig,
     with_log: bool,
 ) -> anyhow::Result<(Engine, Option<Arc<Node>>)> {
-    let Some((urls, cluster)) = config
-        .cluster
-        .cluster_config(config.engine.queue_capacity_events)
-    else {
+    let Some((urls, cluster)) = config.cluster.cluster_config(&config.engine) else {
         let options = config.storage.durable_options().filter(|_| with_log);
         let engine = match options {
             Some(options) => Engine::start_durable(config.engine.clone(), &options)
