@@ -33,7 +33,7 @@ use crate::support::{RawResponse, read_response, test_config};
 const DEFAULT_CASES: u32 = 400;
 
 /// The number of cases: `FLOODGATE_FUZZ_CASES` when set (a long run), else [`DEFAULT_CASES`].
-fn cases_to_run() -> u32 {
+pub(crate) fn cases_to_run() -> u32 {
     std::env::var("FLOODGATE_FUZZ_CASES")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -179,7 +179,7 @@ enum KeyHeader {
 
 /// One generated request.
 #[derive(Debug, Clone)]
-struct Request {
+pub(crate) struct Request {
     user: Field<String>,
     amount: Field<i64>,
     id: Option<Field<String>>,
@@ -197,7 +197,7 @@ struct Request {
     resend: bool,
 }
 
-fn request() -> impl Strategy<Value = Request> {
+pub(crate) fn request() -> impl Strategy<Value = Request> {
     let content_type = prop_oneof![
         6 => Just(None),
         6 => Just(Some(("application/json", true))),
@@ -258,7 +258,7 @@ fn request() -> impl Strategy<Value = Request> {
 
 impl Request {
     /// The body, field by field in the generated order, then mutated.
-    fn body(&self) -> Vec<u8> {
+    pub(crate) fn body(&self) -> Vec<u8> {
         let text = |index: usize| match index {
             0 => Some(format!(r#""user":{}"#, self.user.json)),
             1 => Some(format!(r#""amount":{}"#, self.amount.json)),
@@ -329,24 +329,45 @@ impl Request {
                 None => Some(key.is_ascii() && !key.is_empty()),
             },
         };
-        let parts = [
+        let content_type = Some(self.content_type.is_none_or(|(_, json)| json));
+        combine(&[self.event_validity(), content_type, key_valid])
+    }
+
+    /// [`Self::validity`] of the body alone (a line of a batch).
+    pub(crate) fn event_validity(&self) -> Option<bool> {
+        if self.mutation.is_some() {
+            return None;
+        }
+        combine(&[
             self.user.valid,
             self.amount.valid,
             self.id.as_ref().map_or(Some(true), |id| id.valid),
             Some(!self.duplicate && !self.extra),
-            Some(self.content_type.is_none_or(|(_, json)| json)),
-            key_valid,
-        ];
+        ])
+    }
+
+    /// Whether the body carries an `id` field (valid or not).
+    pub(crate) fn has_id(&self) -> bool {
+        self.id.is_some()
+    }
+
+    /// The event's user and amount when the server will read them as generated.
+    pub(crate) fn known_event(&self) -> Option<(&str, i64)> {
         if self.mutation.is_some() {
             return None;
         }
-        if parts.contains(&Some(false)) {
-            Some(false)
-        } else if parts.iter().all(|part| *part == Some(true)) {
-            Some(true)
-        } else {
-            None
-        }
+        Some((self.user.value.as_deref()?, self.amount.value?))
+    }
+}
+
+/// Known invalid if any part is; valid if all are; else unknown.
+fn combine(parts: &[Option<bool>]) -> Option<bool> {
+    if parts.contains(&Some(false)) {
+        Some(false)
+    } else if parts.iter().all(|part| *part == Some(true)) {
+        Some(true)
+    } else {
+        None
     }
 }
 
@@ -371,7 +392,7 @@ fn chunked(body: &[u8], splits: &[prop::sample::Index]) -> Vec<u8> {
 }
 
 /// Every (status, reason) an error answer can have.
-fn documented_errors() -> BTreeSet<(u16, &'static str)> {
+pub(crate) fn documented_errors() -> BTreeSet<(u16, &'static str)> {
     ApiError::one_of_each()
         .iter()
         .map(|error| (error.status().as_u16(), error.reason()))
@@ -411,7 +432,7 @@ fn documented_answer(
 }
 
 /// Sends one request on a new connection; its answer (`None`: closed without one).
-async fn send(server: &ServerHandle, request: &[u8]) -> Option<RawResponse> {
+pub(crate) async fn send(server: &ServerHandle, request: &[u8]) -> Option<RawResponse> {
     let mut stream = tokio::net::TcpStream::connect(server.addr()).await.ok()?;
     let _ = stream.write_all(request).await;
     read_response(&mut stream, &mut Vec::new()).await

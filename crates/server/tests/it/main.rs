@@ -4,6 +4,7 @@
 
 mod access;
 mod fuzz;
+mod fuzz_batch;
 mod hostile;
 mod http_contract;
 mod ids;
