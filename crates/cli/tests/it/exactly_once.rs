@@ -250,3 +250,20 @@ async fn kill_9_with_ids_and_resends_counts_every_event_exactly_once() {
     signal(&child, "TERM");
     assert!(wait_exit(&mut child).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labs_exactly_once_experiment_holds_in_its_quick_form() {
+    // Proves the lab's "exactly-once" claim on this binary (its --quick form): resends with
+    // ids through three kill -9 leave applied == acknowledged, and the same load without ids
+    // applies some events twice; the verdict, table and plot come out of one run.
+    let params = floodgate_lab::experiments::exactly_once::Params {
+        binary: Some(env!("CARGO_BIN_EXE_floodgate").into()),
+        ..floodgate_lab::experiments::exactly_once::Params::quick()
+    };
+    let outcome = floodgate_lab::experiments::exactly_once::run(&params)
+        .await
+        .expect("the experiment runs");
+    eprintln!("{}", outcome.render_text());
+    assert!(outcome.verdict.holds, "{}", outcome.render_text());
+    assert_eq!(outcome.table.rows.len(), 2);
+}

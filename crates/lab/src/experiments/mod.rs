@@ -1,4 +1,4 @@
-//! The registry of experiments: one per claim of the seed, plus two beyond it.
+//! The registry of experiments: one per claim of the seed, plus those beyond it.
 //!
 //! Lesson (all stages, docs/stages.md): each stage makes a claim; each experiment here reproduces
 //! it on this machine, in-process, in seconds (`--quick`) or with the seed's own parameters.
@@ -6,6 +6,7 @@
 //! Invariant: [`Experiment::ALL`] lists every experiment exactly once, in seed order, and every
 //! name is unique (tested), so `lab all` runs each claim once and REPORT.md follows the story.
 
+pub mod exactly_once;
 pub mod hot_keys;
 pub mod servers;
 pub mod shared_receiver;
@@ -68,11 +69,13 @@ pub enum Experiment {
     HotKeys,
     /// Beyond: the seed's shared receiver against a multi-consumer channel.
     SharedReceiver,
+    /// Beyond: resends with ids are applied once through kill -9, without ids twice.
+    ExactlyOnce,
 }
 
 impl Experiment {
     /// Every experiment, in the order of the seed's story.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Stage1Freeze,
         Self::Stage2Concurrency,
         Self::Stage3BadInput,
@@ -83,6 +86,7 @@ impl Experiment {
         Self::Stage8Sharding,
         Self::HotKeys,
         Self::SharedReceiver,
+        Self::ExactlyOnce,
     ];
 
     /// The experiment called `name`, if any.
@@ -105,6 +109,7 @@ impl Experiment {
             Self::Stage8Sharding => &STAGE8,
             Self::HotKeys => &HOT_KEYS,
             Self::SharedReceiver => &SHARED_RECEIVER,
+            Self::ExactlyOnce => &EXACTLY_ONCE,
         }
     }
 
@@ -130,6 +135,7 @@ impl Experiment {
             Self::Stage8Sharding => form!(stage8),
             Self::HotKeys => form!(hot_keys),
             Self::SharedReceiver => form!(shared_receiver),
+            Self::ExactlyOnce => form!(exactly_once),
         }
     }
 }
@@ -271,6 +277,17 @@ pub const SHARED_RECEIVER: ExperimentInfo = ExperimentInfo {
             workers on 1 ms jobs (the receive lock is held only to take a job).",
     seed_says: "Shared receiver pattern: wrap the receiver in Arc<Mutex<Receiver<Job>>>; simple \
                 and effective for work distribution.",
+};
+
+/// The exactly-once claim (beyond the seed, issue 13).
+pub const EXACTLY_ONCE: ExperimentInfo = ExperimentInfo {
+    name: "exactly-once",
+    stage: "beyond",
+    claim: "Clients that resend every unanswered request through kill -9 of a durable server \
+            end with balances exactly equal to the events acknowledged when every event \
+            carries an id, and drift upwards (events applied twice) when none does.",
+    seed_says: "(not in the seed) The seed's client never resends; a real one must, and a \
+                resend without an identity is a second event.",
 };
 
 #[cfg(test)]
