@@ -138,6 +138,7 @@ fn apply_in_batches(ledger: &Ledger, jobs: Vec<(u64, String)>) {
         user,
         amount: 1,
         hash,
+        on_applied: None,
     });
     while jobs.len() > 0 {
         black_box(ledger.apply_batch(jobs.by_ref().take(256), |_, _| {}));
@@ -150,6 +151,7 @@ fn job(user: String) -> Job {
         hash: user_hash(&user),
         user,
         amount: 1,
+        on_applied: None,
     }
 }
 
@@ -176,6 +178,7 @@ fn queue_push_pop(criterion: &mut Criterion) {
                             hash: user_hash(&user),
                             user,
                             amount: 1,
+                            on_applied: None,
                         })
                         .collect::<Vec<_>>()
                 },

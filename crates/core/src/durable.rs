@@ -77,9 +77,12 @@ impl DurabilityMode {
     /// What a 202 promises in this mode (start-up log, `/stats`, README).
     pub fn promise(self) -> &'static str {
         match self {
-            Self::Fsync => "202 after the event is synced to disk: survives kill -9 and power loss",
+            Self::Fsync => {
+                "202 after the event is synced to disk and applied: survives kill -9 and power loss"
+            }
             Self::Write => {
-                "202 after the event is written to the kernel: survives kill -9, not power loss"
+                "202 after the event is written to the kernel and applied: survives kill -9, not \
+                 power loss"
             }
             Self::Memory => "202 after the event is queued in memory: lost on any restart",
         }

@@ -867,6 +867,7 @@ impl Engine {
             user: event.user,
             amount: event.amount,
             hash,
+            on_applied: None,
         };
         Ok((job, admitted))
     }
@@ -894,7 +895,9 @@ impl Engine {
 
     /// Queued with a log: admit, reserve room (events in the log writer count against the
     /// queue bound) and submit to the log before answering; the answer then waits until the
-    /// event's group is durable. The id's claim travels with the event: the log writer keeps
+    /// event's group is durable and a worker applied it (an overflow is answered 422
+    /// `balance_overflow`: logged, skipped alike on replay, counted `overflowed`, never a
+    /// 202). The id's claim travels with the event: the log writer keeps
     /// it once the group is durable and frees it if the group is refused, even if nobody
     /// waits for the answer any more.
     fn enqueue_logged(
@@ -919,10 +922,14 @@ impl Engine {
             return refuse(Refused::new(Rejected::StorageFailed, event), claim);
         }
         let id = event.id.take();
-        let (job, admitted) = match self.admit(event) {
+        let (mut job, admitted) = match self.admit(event) {
             Ok(admitted) => admitted,
             Err(refused) => return refuse(refused, claim),
         };
+        // The answer waits for the apply too: an event that would overflow its balance is
+        // answered 422, never 202 (see the README, "What a 202 waits for").
+        let (on_applied, applied) = tokio::sync::oneshot::channel();
+        job.on_applied = Some(on_applied);
         if !durable.reserve_room(1, admission) {
             return refuse(
                 self.refuse_admitted(Rejected::QueueFull, job, admitted),
@@ -949,7 +956,15 @@ impl Engine {
         };
         Submission::Logged(Box::pin(async move {
             match answer.await {
-                Ok(Ok(())) => Ok(Ingested::Queued),
+                Ok(Ok(())) => match applied.await {
+                    Ok(Ok(_balance)) => Ok(Ingested::Queued),
+                    // Logged but not applied (replay skips it the same way): counted
+                    // `overflowed` by the worker, answered 422.
+                    Ok(Err(())) => Err(Refused::new(Rejected::Overflow, Event::new("", 0))),
+                    // The queue closed before a worker took it: it is in the log and is applied
+                    // at the next start.
+                    Err(_) => Ok(Ingested::Queued),
+                },
                 Ok(Err((reason, jobs))) => {
                     metrics.accepted.sub(1);
                     Err(self.refuse_jobs(reason, jobs, &[admitted]))

@@ -592,9 +592,13 @@ impl Ledger {
             let mut job = Some(first);
             while let Some(current) = job.take() {
                 let amount = current.amount;
+                let on_applied = current.on_applied;
                 match table.apply_entry(current.hash, current.user, amount) {
                     Ok(entry) => {
                         report.applied += 1;
+                        if let Some(on_applied) = on_applied {
+                            let _ = on_applied.send(Ok(entry.balance));
+                        }
                         let applied = Applied::Balance {
                             user: entry.user.as_bytes(),
                             balance: entry.balance,
@@ -603,6 +607,9 @@ impl Ledger {
                     }
                     Err(overflow) => {
                         report.overflowed += 1;
+                        if let Some(on_applied) = on_applied {
+                            let _ = on_applied.send(Err(()));
+                        }
                         let overflowed = Applied::Overflowed {
                             overflow: &overflow,
                             amount,
@@ -628,6 +635,9 @@ impl Ledger {
             tokio::time::sleep(hold).await;
         }
         let outcome = shard.data.lock().apply(job.hash, job.user, job.amount);
+        if let Some(on_applied) = job.on_applied {
+            let _ = on_applied.send(outcome.as_ref().map(|&balance| balance).map_err(|_| ()));
+        }
         drop(guard);
         let released = tokio::time::Instant::now();
         HeldReport {

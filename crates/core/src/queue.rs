@@ -38,7 +38,13 @@ pub struct Job {
     pub amount: i64,
     /// `user_hash(&user)`, used for routing and the table probe.
     pub hash: u64,
+    /// Told the outcome once a worker applied the job (the new balance, or `Err` for an
+    /// overflow), when the answer waits for the apply.
+    pub on_applied: Option<OnApplied>,
 }
+
+/// Where a worker reports one job's outcome: the new balance, or `Err(())` for an overflow.
+pub type OnApplied = tokio::sync::oneshot::Sender<Result<i64, ()>>;
 
 impl Job {
     /// The event this job carries (for a refusal that hands it back).
@@ -469,6 +475,7 @@ mod tests {
             user: user.to_owned(),
             amount: 1,
             hash: user_hash(user),
+            on_applied: None,
         }
     }
 

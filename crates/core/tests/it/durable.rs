@@ -276,3 +276,37 @@ async fn the_dedup_window_survives_restarts_through_the_log_and_snapshots() {
         engine.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_log_an_overflow_is_answered_422_never_202() {
+    // Proves the answer waits for the apply: an event that would overflow its balance is
+    // refused `Overflow` (HTTP 422) instead of 202 then counted, the balance is untouched,
+    // the next event is accepted, and a restart replays the log to the same balance (the
+    // logged overflow is skipped again).
+    let directory = tempfile::tempdir().expect("temp dir");
+    let engine = Engine::start_durable(config(LedgerStrategy::Owned), &options(directory.path()))
+        .expect("start");
+    let near_max = i64::MAX - 10;
+    assert_eq!(
+        engine.submit(Event::new("big", near_max)).await,
+        Ok(Ingested::Queued)
+    );
+    let refused = engine
+        .submit(Event::new("big", 11))
+        .await
+        .map_err(|refused| refused.reason);
+    assert_eq!(refused, Err(Rejected::Overflow));
+    assert_eq!(engine.balance("big"), Some(near_max));
+    assert_eq!(
+        engine.submit(Event::new("big", 10)).await,
+        Ok(Ingested::Queued)
+    );
+    assert_eq!(engine.balance("big"), Some(i64::MAX), "202 means applied");
+    let summary = engine.shutdown().await;
+    assert_eq!((summary.applied, summary.overflowed), (2, 1));
+
+    let engine = Engine::start_durable(config(LedgerStrategy::Owned), &options(directory.path()))
+        .expect("restart");
+    assert_eq!(engine.balance("big"), Some(i64::MAX));
+    engine.shutdown().await;
+}
