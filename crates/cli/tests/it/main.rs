@@ -7,6 +7,7 @@ mod cluster;
 mod descriptors;
 mod durability;
 mod exactly_once;
+mod lab_durable;
 mod secure_config;
 mod settings;
 mod shutdown;

@@ -18,6 +18,7 @@ pub mod stage5;
 pub mod stage6;
 pub mod stage7;
 pub mod stage8;
+pub mod stage9;
 pub mod sustain;
 
 use std::time::Instant;
@@ -65,6 +66,8 @@ pub enum Experiment {
     Stage7Contention,
     /// Stage 8: sharding lifts the cap.
     Stage8Sharding,
+    /// Stage 9: a 202 from the log survives SIGKILL.
+    Stage9DurableAcceptance,
     /// Beyond: a hot user defeats sharding.
     HotKeys,
     /// Beyond: the seed's shared receiver against a multi-consumer channel.
@@ -84,6 +87,7 @@ impl Experiment {
         Self::Stage6Workers,
         Self::Stage7Contention,
         Self::Stage8Sharding,
+        Self::Stage9DurableAcceptance,
         Self::HotKeys,
         Self::SharedReceiver,
         Self::ExactlyOnce,
@@ -107,6 +111,7 @@ impl Experiment {
             Self::Stage6Workers => &STAGE6,
             Self::Stage7Contention => &STAGE7,
             Self::Stage8Sharding => &STAGE8,
+            Self::Stage9DurableAcceptance => &STAGE9,
             Self::HotKeys => &HOT_KEYS,
             Self::SharedReceiver => &SHARED_RECEIVER,
             Self::ExactlyOnce => &EXACTLY_ONCE,
@@ -133,6 +138,7 @@ impl Experiment {
             Self::Stage6Workers => form!(stage6),
             Self::Stage7Contention => form!(stage7),
             Self::Stage8Sharding => form!(stage8),
+            Self::Stage9DurableAcceptance => form!(stage9),
             Self::HotKeys => form!(hot_keys),
             Self::SharedReceiver => form!(shared_receiver),
             Self::ExactlyOnce => form!(exactly_once),
@@ -257,6 +263,18 @@ pub const STAGE8: ExperimentInfo = ExperimentInfo {
             workers / (work + hold) instead of stopping at 1/hold.",
     seed_says: "Split the state into shards so workers updating different users don't block \
                 each other (16 workers: ≈145 jobs/s theoretical).",
+};
+
+/// Stage 9's claim (the durable ledger, past the seed's eight stages).
+pub const STAGE9: ExperimentInfo = ExperimentInfo {
+    name: "stage9-durable-acceptance",
+    stage: "9",
+    claim: "Under the same load and a SIGKILL mid-load, the seed's in-memory acceptance loses \
+            the events it answered 202, while `write` and `fsync` (202 after the log) lose none \
+            on restart; group commit puts more events in each sync as more clients wait, so \
+            `fsync` costs about one sync per group, not per event.",
+    seed_says: "(past the seed) Stage 5's queue makes a 202 mean \"in this process's memory\"; \
+                the seed never restarts the server.",
 };
 
 /// The hot-key claim (beyond the seed).
