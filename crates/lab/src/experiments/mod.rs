@@ -78,7 +78,7 @@ pub enum Experiment {
 
 impl Experiment {
     /// Every experiment, in the order of the seed's story.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Stage1Freeze,
         Self::Stage2Concurrency,
         Self::Stage3BadInput,
