@@ -36,7 +36,7 @@ pub struct IdBounds {
     /// Ids stored longer ago than this (stream time) are forgotten.
     pub window: Duration,
     /// Most ids remembered per partition (the oldest are forgotten first); each costs about
-    /// its length plus 30 bytes in the snapshot, which must fit one bucket value (1 MiB).
+    /// its length plus 30 bytes in every snapshot of the partition.
     pub max_ids: usize,
 }
 

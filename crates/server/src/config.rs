@@ -298,8 +298,8 @@ pub const MAX_LEASE_TTL_MS: u64 = 600_000;
 pub const CLUSTER_READY_TIMEOUT_MS: u64 = 30_000;
 
 /// Most client ids a cluster partition's owner remembers beyond JetStream's duplicate window:
-/// about 100 bytes each in the partition's snapshot, which must fit one bucket value (1 MiB)
-/// with the balances.
+/// about 100 bytes each in every snapshot of the partition (written at least four times per
+/// partition's share of the stream), so the ids never dwarf the balances.
 pub const MAX_IDS_PER_PARTITION: usize = 5_000;
 
 /// The NATS servers of `--nats`: one or more `nats://host:port` URLs, comma-separated.
@@ -357,7 +357,7 @@ impl ClusterSettings {
     /// purges) at least four times before its partition's share of that capacity fills, and
     /// it remembers client ids for the engine's dedup window (`dedup_window_ms`), at most
     /// `dedup_max_ids / partitions` and [`MAX_IDS_PER_PARTITION`] a partition (the ids live in
-    /// the partition's snapshot, one bucket value).
+    /// the partition's snapshot).
     pub fn cluster_config(
         &self,
         engine: &EngineConfig,
