@@ -70,8 +70,73 @@ pub async fn request_balance(
         .map_err(|error| unreachable(format!("bad answer: {error}")))
 }
 
-/// Answers balance requests for `partition` from `state` while the lease (its validity in
-/// `valid_until`) holds. Runs until the subscription ends or the task is aborted.
+/// The header that makes a read request a page request (its payload a [`PageRequest`]).
+const PAGE_HEADER: &str = "Floodgate-Read";
+
+/// A page of a partition's balances: users after `after` (compared as bytes), at most `limit`.
+#[derive(Debug, Serialize, Deserialize)]
+struct PageRequest {
+    after: Option<Vec<u8>>,
+    limit: usize,
+}
+
+/// An owner's page: `(user, balance)` sorted by user.
+#[derive(Debug, Serialize, Deserialize)]
+struct PageReply {
+    balances: Vec<(String, i64)>,
+}
+
+/// Asks the owner of `partition` for a page of its balances (see
+/// [`PartitionState::page`]).
+pub async fn request_page(
+    client: &async_nats::Client,
+    partition: Partition,
+    after: Option<&[u8]>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<(String, i64)>, ReadError> {
+    let unreachable = |reason: String| ReadError::Unreachable { partition, reason };
+    let body = PageRequest {
+        after: after.map(<[u8]>::to_vec),
+        limit,
+    };
+    let payload = serde_json::to_vec(&body).map_err(|error| unreachable(error.to_string()))?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(PAGE_HEADER, "page");
+    let request = client.request_with_headers(read_subject(partition), headers, payload.into());
+    let reply = match tokio::time::timeout(timeout, request).await {
+        Err(_elapsed) => return Err(unreachable(format!("no answer in {timeout:?}"))),
+        Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders => {
+            return Err(ReadError::Moving(partition));
+        }
+        Ok(Err(error)) => return Err(unreachable(error.to_string())),
+        Ok(Ok(reply)) => reply,
+    };
+    serde_json::from_slice::<PageReply>(&reply.payload)
+        .map(|reply| reply.balances)
+        .map_err(|error| unreachable(format!("bad answer: {error}")))
+}
+
+/// The answer to one read request (a user's balance, or a page), from `state`.
+async fn answer(request: &async_nats::Message, state: &RwLock<PartitionState>) -> Vec<u8> {
+    let is_page = request
+        .headers
+        .as_ref()
+        .is_some_and(|headers| headers.get(PAGE_HEADER).is_some());
+    if is_page {
+        let Ok(page) = serde_json::from_slice::<PageRequest>(&request.payload) else {
+            return Vec::new(); // not JSON: the asker reads it as a bad answer
+        };
+        let balances = state.read().await.page(page.after.as_deref(), page.limit);
+        return serde_json::to_vec(&PageReply { balances }).unwrap_or_default();
+    }
+    let user = String::from_utf8_lossy(&request.payload);
+    let balance = state.read().await.known_balance(&user);
+    serde_json::to_vec(&BalanceReply { balance }).unwrap_or_default()
+}
+
+/// Answers read requests (balances, pages) for `partition` from `state` while the lease (its
+/// validity in `valid_until`) holds. Runs until the subscription ends or the task is aborted.
 pub async fn serve_balances(
     client: async_nats::Client,
     partition: Partition,
@@ -80,15 +145,13 @@ pub async fn serve_balances(
 ) -> Result<(), async_nats::SubscribeError> {
     let mut requests = client.subscribe(read_subject(partition)).await?;
     while let Some(request) = requests.next().await {
-        let Some(reply_to) = request.reply else {
+        let Some(reply_to) = request.reply.clone() else {
             continue;
         };
         if *valid_until.borrow() <= Instant::now() {
             continue; // not ours to answer any more: silence reads as "moving"
         }
-        let user = String::from_utf8_lossy(&request.payload);
-        let balance = state.read().await.known_balance(&user);
-        let answer = serde_json::to_vec(&BalanceReply { balance }).unwrap_or_default();
+        let answer = answer(&request, &state).await;
         if let Err(error) = client.publish(reply_to, answer.into()).await {
             tracing::debug!(partition, %error, "balance reply not sent");
         }

@@ -184,6 +184,21 @@ impl PartitionState {
         self.known_balance(user).unwrap_or(0)
     }
 
+    /// Up to `limit` balances of users after `after` (compared as bytes), sorted by user.
+    /// Costs a scan of the partition's users (no ordered index here).
+    pub fn page(&self, after: Option<&[u8]>, limit: usize) -> Vec<(String, i64)> {
+        let mut rows: Vec<(&String, &i64)> = self
+            .balances
+            .iter()
+            .filter(|(user, _)| after.is_none_or(|after| user.as_bytes() > after))
+            .collect();
+        rows.sort_unstable_by(|left, right| left.0.as_bytes().cmp(right.0.as_bytes()));
+        rows.into_iter()
+            .take(limit)
+            .map(|(user, balance)| (user.clone(), *balance))
+            .collect()
+    }
+
     /// The balance of `user`, `None` if no event of theirs was applied.
     pub fn known_balance(&self, user: &str) -> Option<i64> {
         self.balances.get(user).copied()
@@ -246,6 +261,20 @@ mod tests {
             serde_json::from_str(r#"{"applied_sequence":1,"balances":{},"overflowed_events":0}"#)
                 .expect("a snapshot written before ids");
         assert!(old.ids.is_empty());
+    }
+
+    // Proves a page: users after the cursor (bytes), sorted, at most `limit`.
+    #[test]
+    fn a_page_is_sorted_after_the_cursor() {
+        let mut state = PartitionState::default();
+        for (sequence, user) in ["d", "a", "c", "b"].into_iter().enumerate() {
+            state.apply(sequence as u64 + 1, &Event::new(user, 1));
+        }
+        let users =
+            |rows: Vec<(String, i64)>| rows.into_iter().map(|(user, _)| user).collect::<Vec<_>>();
+        assert_eq!(users(state.page(None, 3)), ["a", "b", "c"]);
+        assert_eq!(users(state.page(Some(b"b"), 10)), ["c", "d"]);
+        assert!(state.page(Some(b"d"), 10).is_empty());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::RwLock as AsyncRwLock;
 use crate::config::ClusterConfig;
 use crate::layout::Layout;
 use crate::partition::{Partition, partition_of};
-use crate::reads::{ReadError, request_balance};
+use crate::reads::{ReadError, request_balance, request_page};
 use crate::state::PartitionState;
 
 /// Counters a member keeps (for /stats and /metrics).
@@ -76,6 +76,37 @@ impl MemberView {
             self.config.request_timeout,
         )
         .await
+    }
+
+    /// Up to `limit` balances of users after `after` (compared as bytes), sorted by user,
+    /// across every partition: each partition's page from its state here or from its owner
+    /// (asked all at once), merged. A partition without an owner makes the page
+    /// [`ReadError::Moving`].
+    pub async fn page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>, ReadError> {
+        let pages = (0..self.config.partitions).map(|partition| async move {
+            if let Some(state) = self.state_handle(partition) {
+                return Ok(state.read().await.page(after, limit));
+            }
+            request_page(
+                &self.layout.client,
+                partition,
+                after,
+                limit,
+                self.config.request_timeout,
+            )
+            .await
+        });
+        let mut rows = Vec::new();
+        for page in futures_util::future::join_all(pages).await {
+            rows.extend(page?);
+        }
+        rows.sort_unstable_by(|left, right| left.0.as_bytes().cmp(right.0.as_bytes()));
+        rows.truncate(limit);
+        Ok(rows)
     }
 
     /// A copy of the state of `partition` if the member owns it.

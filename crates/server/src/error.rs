@@ -101,9 +101,6 @@ pub enum ApiError {
     /// (503 `partition_moving`, `Retry-After`): read again shortly.
     #[error("the user's partition is moving to another node")]
     PartitionMoving,
-    /// Cluster mode: this route is not served by a cluster node (501 `cluster_unsupported`).
-    #[error("{0}")]
-    ClusterUnsupported(&'static str),
     /// A new user while the ledger holds `max_users` users (507 `ledger_full`, no
     /// `Retry-After`: not transient; known users are still accepted).
     #[error("ledger full: no room for a new user")]
@@ -253,7 +250,6 @@ impl ApiError {
             Self::UnsupportedTransferEncoding(""),
             Self::ClusterUnreachable,
             Self::PartitionMoving,
-            Self::ClusterUnsupported(""),
         ];
         all.extend(
             EventError::one_of_each()
@@ -295,7 +291,6 @@ impl ApiError {
             Self::UnsupportedTransferEncoding(_) => 25,
             Self::ClusterUnreachable => 26,
             Self::PartitionMoving => 27,
-            Self::ClusterUnsupported(_) => 28,
         }
     }
 
@@ -326,9 +321,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::UnsupportedTransferEncoding(_) | Self::ClusterUnsupported(_) => {
-                StatusCode::NOT_IMPLEMENTED
-            }
+            Self::UnsupportedTransferEncoding(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -363,7 +356,6 @@ impl ApiError {
             Self::UnsupportedTransferEncoding(_) => "unsupported_transfer_encoding",
             Self::ClusterUnreachable => "cluster_unreachable",
             Self::PartitionMoving => "partition_moving",
-            Self::ClusterUnsupported(_) => "cluster_unsupported",
         }
     }
 
@@ -418,9 +410,7 @@ impl ApiError {
             | Self::BatchTooLarge(detail) => {
                 json!({"status": status, "reason": self.reason(), "detail": detail})
             }
-            Self::InvalidHost(detail)
-            | Self::UnsupportedTransferEncoding(detail)
-            | Self::ClusterUnsupported(detail) => {
+            Self::InvalidHost(detail) | Self::UnsupportedTransferEncoding(detail) => {
                 json!({"status": status, "reason": self.reason(), "detail": detail})
             }
             Self::IdConflict { .. } | Self::IdMismatch { .. } => {

@@ -501,16 +501,24 @@ async fn get_balance(
     let Path(user) = user.map_err(|rejection| ApiError::InvalidPath(rejection.body_text()))?;
     let balance = match &app.cluster {
         None => app.engine.balance(&user),
-        Some(node) => node.view().find_balance(&user).await.map_err(|error| {
-            tracing::debug!(%error, "balance not read");
-            match error {
-                ReadError::Moving(_) => ApiError::PartitionMoving,
-                ReadError::Unreachable { .. } => ApiError::ClusterUnreachable,
-            }
-        })?,
+        Some(node) => node
+            .view()
+            .find_balance(&user)
+            .await
+            .map_err(|error| read_error(&error))?,
     };
     let balance = balance.ok_or(ApiError::UnknownUser)?;
     Ok(Json(json!({"user": user, "balance": balance})))
+}
+
+/// The answer to a cluster read that failed: the partition is moving, or its owner (or NATS)
+/// did not answer.
+fn read_error(error: &ReadError) -> ApiError {
+    tracing::debug!(%error, "balance not read");
+    match error {
+        ReadError::Moving(_) => ApiError::PartitionMoving,
+        ReadError::Unreachable { .. } => ApiError::ClusterUnreachable,
+    }
 }
 
 /// Query of `GET /balances`: a cursor (`after`, exclusive) and a page size.
@@ -529,11 +537,6 @@ async fn list_balances(
     State(app): State<Arc<AppState>>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if app.cluster.is_some() {
-        return Err(ApiError::ClusterUnsupported(
-            "a cluster node reads one user at a time: GET /balances/{user}",
-        ));
-    }
     let Query(query) = query.map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))?;
     let limit = query.limit.unwrap_or(BALANCES_PAGE_DEFAULT);
     if !(1..=BALANCES_PAGE_MAX).contains(&limit) {
@@ -542,7 +545,14 @@ async fn list_balances(
     }
     let after = query.after.as_deref().map(decode_cursor).transpose()?;
     // One extra row tells whether another page follows.
-    let mut rows = app.engine.balances(after.as_deref(), limit + 1);
+    let mut rows = match &app.cluster {
+        None => app.engine.balances(after.as_deref(), limit + 1),
+        Some(node) => node
+            .view()
+            .page(after.as_deref(), limit + 1)
+            .await
+            .map_err(|error| read_error(&error))?,
+    };
     let more = rows.len() > limit;
     rows.truncate(limit);
     let next = if more {

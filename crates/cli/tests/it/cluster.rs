@@ -180,6 +180,37 @@ async fn unsettled(addr: &str, sums: &BTreeMap<String, i64>) -> Vec<(String, i64
     }
 }
 
+/// Every balance `GET /balances` lists on `addr`, following `next` with pages of `limit`.
+async fn every_page(addr: &str, limit: usize) -> BTreeMap<String, i64> {
+    let mut listed = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            Some(cursor) => format!("http://{addr}/balances?limit={limit}&after={cursor}"),
+            None => format!("http://{addr}/balances?limit={limit}"),
+        };
+        let page: serde_json::Value = client()
+            .get(url)
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("json");
+        let rows = page["balances"].as_array().expect("a page");
+        assert!(rows.len() <= limit, "{page}");
+        for row in rows {
+            let user = row["user"].as_str().expect("user").to_owned();
+            let previous = listed.insert(user, row["balance"].as_i64().expect("balance"));
+            assert!(previous.is_none(), "a user listed twice: {page}");
+        }
+        match page["next"].as_str() {
+            Some(cursor) => after = Some(cursor.to_owned()),
+            None => return listed,
+        }
+    }
+}
+
 async fn stop_gracefully(mut child: Child) {
     signal(&child, "TERM");
     let status = wait_exit(&mut child).await;
@@ -287,7 +318,8 @@ async fn wait_rejoined(addr: &str) {
 // partitions; under concurrent clients (ids, resending to another node until a 202) one node
 // is SIGKILLed, a read of its partition answers 503 partition_moving at once, the two others
 // take all its partitions, it restarts and takes its share back, and every user's balance,
-// read from each node, is the sum of the acknowledged events, each counted once.
+// read from each node, is the sum of the acknowledged events, each counted once (also as
+// listed by GET /balances pages, merged across partitions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_survive_a_kill_and_a_rejoin_with_every_acknowledged_event() {
     let nats = LocalCluster::start(1).expect("nats-server");
@@ -327,6 +359,11 @@ async fn three_nodes_survive_a_kill_and_a_rejoin_with_every_acknowledged_event()
              read): {wrong:?}"
         );
     }
+    assert_eq!(
+        every_page(&addrs[2], 7).await,
+        sums,
+        "GET /balances pages, merged across partitions, list every user once"
+    );
     let survivor = stats(&addrs[1]).await.expect("stats");
     let cluster = &survivor["cluster"];
     assert!(cluster["takeovers"].as_u64() > Some(0), "{cluster}");
