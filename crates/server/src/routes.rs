@@ -664,7 +664,26 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::is_json_media_type;
+    use super::{is_json_media_type, is_single_chunked};
+
+    #[test]
+    fn only_one_chunked_coding_is_served() {
+        // Proves the 501 rule's core: one `chunked` in any case with outer spaces passes;
+        // a list, another coding, or an empty value does not.
+        for served in ["chunked", "Chunked", " CHUNKED ", "chunked\t"] {
+            assert!(is_single_chunked(served.as_bytes()), "{served:?}");
+        }
+        for refused in [
+            "gzip, chunked",
+            "chunked, chunked",
+            "chunked,",
+            ",chunked",
+            "",
+            "chunk",
+        ] {
+            assert!(!is_single_chunked(refused.as_bytes()), "{refused:?}");
+        }
+    }
 
     #[test]
     fn json_media_types_in_any_case_and_nothing_else() {

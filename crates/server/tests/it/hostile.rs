@@ -426,6 +426,51 @@ fn chunk_cases() -> Vec<Case> {
     ]
 }
 
+/// Smuggling shapes in the chunked framing's line ends and sizes: hyper reads chunk lines
+/// strictly (CRLF only), so a bare LF or CR inside the framing is a broken body.
+fn chunk_line_cases() -> Vec<Case> {
+    let chunks = |name: &'static str, framing: &dyn Fn(usize, &str) -> String| {
+        let body = event_json(name, 1);
+        post(
+            "Transfer-Encoding: chunked\r\n",
+            framing(body.len(), &body).as_bytes(),
+        )
+    };
+    let broken = |name: &'static str, framing: &dyn Fn(usize, &str) -> String| {
+        let answer = Answer::Refused(400, "invalid_body");
+        Case::refused(name, chunks(name, framing), answer, true)
+    };
+    let accepted = |name: &'static str, framing: &dyn Fn(usize, &str) -> String| {
+        Case::accepted(name, chunks(name, framing), 1, false)
+    };
+    vec![
+        broken("chunk_size_bare_lf", &|n, body| {
+            format!("{n:x}\n{body}\r\n0\r\n\r\n")
+        }),
+        broken("chunk_data_bare_lf", &|n, body| {
+            format!("{n:x}\r\n{body}\n0\r\n\r\n")
+        }),
+        broken("last_chunk_bare_lf", &|n, body| {
+            format!("{n:x}\r\n{body}\r\n0\n\n")
+        }),
+        broken("chunk_size_bare_cr", &|n, body| {
+            format!("{n:x}\r{body}\r\n0\r\n\r\n")
+        }),
+        broken("chunk_size_0x", &|n, body| {
+            format!("0x{n:x}\r\n{body}\r\n0\r\n\r\n")
+        }),
+        accepted("chunk_size_space_before_crlf", &|n, body| {
+            format!("{n:x} \r\n{body}\r\n0\r\n\r\n")
+        }),
+        accepted("chunk_size_leading_zeros", &|n, body| {
+            format!("000{n:x}\r\n{body}\r\n0\r\n\r\n")
+        }),
+        accepted("chunked_trailer", &|n, body| {
+            format!("{n:x}\r\n{body}\r\n0\r\nX-T: v\r\n\r\n")
+        }),
+    ]
+}
+
 // Proves the smuggling shapes get their documented answers: a Transfer-Encoding other than one
 // `chunked` is 501 and closes, hyper's refusals close, the leniencies that remain (bare LF,
 // chunk extensions, equal duplicate lengths) are accepted; a request pipelined behind a case
@@ -436,6 +481,7 @@ async fn smuggling_shapes() {
     let mut cases = transfer_encoding_cases();
     cases.extend(length_and_line_cases());
     cases.extend(chunk_cases());
+    cases.extend(chunk_line_cases());
     assert_documented(&cases);
     let server = ServerHandle::spawn(campaign_config()).await.expect("spawn");
     let applied = run_family(&server, &cases, true, "").await;
@@ -1022,6 +1068,7 @@ fn every_readme_row_is_a_case() {
         .into_iter()
         .chain(length_and_line_cases())
         .chain(chunk_cases())
+        .chain(chunk_line_cases())
         .chain(json_structure_cases())
         .chain(json_number_cases())
         .chain(json_text_cases())
