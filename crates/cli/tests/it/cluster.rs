@@ -376,6 +376,58 @@ async fn three_nodes_survive_a_kill_and_a_rejoin_with_every_acknowledged_event()
     }
 }
 
+// Proves the issue's broker case on real processes: three nodes on a three-server JetStream
+// cluster (replicas 3); under concurrent clients one nats-server is SIGKILLed, then one node;
+// the live nodes own every partition again and every user's balance, read from each of them,
+// is the sum of the acknowledged events, each counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_on_three_brokers_lose_a_broker_and_a_node_mid_load() {
+    let mut nats = LocalCluster::start(3).expect("nats-servers");
+    let args = node_args(&nats.urls().join(","), PARTITIONS, 1_000_000);
+    let mut children = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let (child, addr) = start_node(&args).await;
+        children.push(child);
+        addrs.push(addr);
+    }
+    assert!(
+        wait_all_owned(&addrs, PARTITIONS).await.is_some(),
+        "three nodes share the partitions"
+    );
+    let load = Load::start(&addrs);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    nats.kill(0).expect("SIGKILL a nats-server");
+    let broker_killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut node = children.remove(0);
+    node.start_kill().expect("SIGKILL a node");
+    let _ = node.wait().await;
+    let live = addrs[1..].to_vec();
+    load.replace(0, &addrs[1]);
+    assert!(
+        wait_all_owned(&live, PARTITIONS).await.is_some(),
+        "the live nodes own every partition"
+    );
+    println!(
+        "every partition owned by the two live nodes {} ms after the broker kill",
+        broker_killed_at.elapsed().as_millis()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sums = load.finish().await;
+    for addr in &live {
+        let wrong = unsettled(addr, &sums).await;
+        assert!(
+            wrong.is_empty(),
+            "balances read from {addr} differ from the acknowledged sums (user, expected, \
+             read): {wrong:?}"
+        );
+    }
+    for child in children {
+        stop_gracefully(child).await;
+    }
+}
+
 /// Holds every partition's lease from the test, renewing it, so no node can own (apply,
 /// snapshot, purge) anything until [`LeaseHolder::release`].
 struct LeaseHolder {
