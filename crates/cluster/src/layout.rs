@@ -107,7 +107,8 @@ impl Layout {
         context: &jetstream::Context,
         config: &ClusterConfig,
     ) -> Result<Self, async_nats::Error> {
-        let stream = context.get_or_create_stream(stream_config(config)).await?;
+        let mut stream = context.get_or_create_stream(stream_config(config)).await?;
+        Box::pin(reconcile_stream(context, &mut stream, config)).await?;
         let leases = context
             .create_key_value(kv::Config {
                 bucket: LEASE_BUCKET.to_owned(),
@@ -149,6 +150,36 @@ impl Layout {
             members_stream,
         })
     }
+}
+
+/// An events stream created before atomic batches gets them turned on (an update JetStream
+/// allows in place); a capacity other than this node's is kept (the cluster has one stream
+/// and one bound) and logged, since nodes started with different bounds would otherwise undo
+/// each other.
+async fn reconcile_stream(
+    context: &jetstream::Context,
+    stream: &mut stream::Stream,
+    config: &ClusterConfig,
+) -> Result<(), async_nats::Error> {
+    let existing = stream.info().await?.config.clone();
+    if existing.max_messages != config.capacity_events {
+        tracing::warn!(
+            stream_capacity_events = existing.max_messages,
+            this_node = config.capacity_events,
+            "the events stream keeps the capacity it was created with; update it with the nats \
+             CLI to change it for the whole cluster"
+        );
+    }
+    if !existing.allow_atomic_publish {
+        tracing::info!("turning atomic batch publish on for the events stream");
+        let updated = stream::Config {
+            allow_atomic_publish: true,
+            ..existing
+        };
+        context.update_stream(updated).await?;
+        stream.info().await?;
+    }
+    Ok(())
 }
 
 /// The events stream: one subject per partition, count-limited, refusing when full, taking

@@ -136,3 +136,51 @@ async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
         .expect("what fits is stored");
     assert_eq!(messages(&mut stream).await, 5);
 }
+
+// Proves an events stream created before atomic batches (no `allow_atomic`) gets them turned
+// on when a node connects, keeping its own capacity, so batches are atomic after an upgrade.
+#[tokio::test]
+async fn an_older_stream_gets_atomic_batches_on_connect() {
+    use async_nats::jetstream::{self, stream};
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let client = async_nats::connect(cluster.urls()[0].as_str())
+        .await
+        .expect("connect");
+    let context = jetstream::new(client);
+    let older = stream::Config {
+        name: floodgate_cluster::layout::STREAM_NAME.to_owned(),
+        subjects: vec![format!(
+            "{}.*",
+            floodgate_cluster::partition::SUBJECT_PREFIX
+        )],
+        discard: stream::DiscardPolicy::New,
+        max_messages: 7,
+        ..Default::default()
+    };
+    let created = loop {
+        match context.create_stream(older.clone()).await {
+            Ok(stream) => break stream,
+            Err(error) => {
+                eprintln!("JetStream not ready yet: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(!created.cached_info().config.allow_atomic_publish);
+
+    let config = ClusterConfig::new(2, cluster.size());
+    let layout = connect(&cluster, &config).await;
+    let mut stream = layout.stream.clone();
+    let info = stream.info().await.expect("info");
+    assert!(info.config.allow_atomic_publish, "turned on");
+    assert_eq!(
+        info.config.max_messages, 7,
+        "the stream's own capacity kept"
+    );
+    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+    let event = Event::new("alice", 1);
+    publisher
+        .publish_atomic("batch-1", &[(&event, "a1"), (&event, "a2")])
+        .await
+        .expect("an atomic batch");
+}
