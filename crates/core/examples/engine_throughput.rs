@@ -6,12 +6,14 @@
 //! after a yield on `QueueFull`; then shut down, which drains and joins the workers. The rate
 //! is events applied / (first offer .. shutdown returned). `--trickle` makes producers yield
 //! after every event, like HTTP handlers (one event per task turn; use with
-//! `--producers 64`).
+//! `--producers 64`). `--batch N` offers the events in batches of N through
+//! `Engine::submit_batch` (one reservation per lane, the batch path of `POST /events/batch`),
+//! with a queue as large as the run so no batch is ever refused.
 //!
 //! ```text
 //! cargo run --release -p floodgate-core --example engine_throughput -- [--json PATH]
 //!     [--events N] [--repeat R] [--queue-kind mpmc|shared_receiver|all] [--strategy NAME]
-//!     [--users N] [--workers N] [--producers N] [--trickle]
+//!     [--users N] [--workers N] [--producers N] [--trickle] [--batch N]
 //! ```
 //! Add `--features mimalloc` to measure with mimalloc as the global allocator.
 //!
@@ -91,6 +93,8 @@ struct Options {
     producers: Option<usize>,
     /// Producers yield after every event, like HTTP handlers (one event per task turn).
     trickle: bool,
+    /// Offer events in batches of this many (`Engine::submit_batch`).
+    batch: Option<usize>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -104,6 +108,7 @@ fn parse_options() -> Result<Options, String> {
         workers: None,
         producers: None,
         trickle: false,
+        batch: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -127,6 +132,10 @@ fn parse_options() -> Result<Options, String> {
                 options.users = vec![value()?.parse().map_err(|error| format!("{error}"))?];
             }
             "--trickle" => options.trickle = true,
+            "--batch" => {
+                let size: usize = value()?.parse().map_err(|error| format!("{error}"))?;
+                options.batch = Some(size.max(1));
+            }
             "--producers" => {
                 options.producers = Some(value()?.parse().map_err(|error| format!("{error}"))?);
             }
@@ -159,6 +168,7 @@ struct Workload {
     users: usize,
     producers: usize,
     trickle: bool,
+    batch: Option<usize>,
 }
 
 /// One measured run.
@@ -180,6 +190,10 @@ async fn run_once(config: EngineConfig, workload: Workload) -> Run {
                     producer,
                 );
                 ready.wait().await;
+                if let Some(size) = workload.batch {
+                    offer_batches(&engine, chunk, size).await;
+                    return 0;
+                }
                 let mut retries = 0_u64;
                 for event in chunk {
                     let mut event = event;
@@ -221,6 +235,20 @@ async fn run_once(config: EngineConfig, workload: Workload) -> Run {
         retries,
         applied: summary.applied,
         cpu_ns,
+    }
+}
+
+/// Offers `events` in batches of `size` (the queue holds the whole run: never refused).
+async fn offer_batches(engine: &Engine, events: Vec<Event>, size: usize) {
+    let mut events = events.into_iter();
+    loop {
+        let batch: Vec<Event> = events.by_ref().take(size).collect();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(reason) = engine.submit_batch(batch).await {
+            panic!("a batch refused: {reason:?}");
+        }
     }
 }
 
@@ -299,8 +327,14 @@ fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut
                 users: cell.users,
                 producers: options.producers.unwrap_or(cores).max(1),
                 trickle: options.trickle,
+                batch: options.batch,
             };
-            let run = runtime.block_on(run_once(cell.config(), workload));
+            let mut config = cell.config();
+            if options.batch.is_some() {
+                // Twice the run: each lane alone can hold every event routed to it.
+                config.queue_capacity_events = config.queue_capacity_events.max(options.events * 2);
+            }
+            let run = runtime.block_on(run_once(config, workload));
             assert_eq!(run.applied, options.events as u64, "every event applied");
             eprintln!(
                 "round {round}: {:>8} users={:>6} workers={:>2}: {:.2} M events/s",
