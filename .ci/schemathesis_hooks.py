@@ -44,8 +44,8 @@ schemathesis.openapi.format(
 # Event ids carry state across cases: a case that reuses an id an earlier case sent with
 # another user or amount is rightly 422 `id_conflict`, and an `id` in the body with a different
 # `Idempotency-Key` header is rightly 400 `id_mismatch`; no schema can say "unused" or "equal
-# to that field". So each valid id a case carries (1 to 64 printable ASCII bytes, the
-# document's rule) is swapped for a fresh valid one, the header made equal to the body's id,
+# to that field". So each valid id a case carries (1 to 64 printable ASCII bytes, no outer
+# space: the document's rule) is swapped for a fresh valid one, the header made equal to the body's id,
 # and invalid ids (negative cases) are left as drawn.
 ID_COUNTER = iter(range(1 << 62))
 
@@ -55,6 +55,8 @@ def is_valid_id(value) -> bool:
         isinstance(value, str)
         and 1 <= len(value) <= 64
         and all(0x20 <= ord(char) <= 0x7E for char in value)
+        and not value.startswith(" ")
+        and not value.endswith(" ")
     )
 
 

@@ -68,8 +68,9 @@ impl Event {
 }
 
 /// A client-chosen event identity: 1 to [`ID_MAX_BYTES`] bytes of printable ASCII (0x20 to
-/// 0x7E). A UUIDv7 or ULID, made and kept by the client before its first attempt, is the
-/// recommended choice.
+/// 0x7E) that neither starts nor ends with a space (HTTP strips a header value's outer spaces,
+/// so such an id could not travel in `Idempotency-Key`). A UUIDv7 or ULID, made and kept by the
+/// client before its first attempt, is the recommended choice.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct EventId(Box<str>);
@@ -93,6 +94,11 @@ impl EventId {
         if !text.bytes().all(|byte| (0x20..=0x7e).contains(&byte)) {
             return Err(EventError::InvalidId(
                 "must be printable ASCII (0x20 to 0x7E)",
+            ));
+        }
+        if text.starts_with(' ') || text.ends_with(' ') {
+            return Err(EventError::InvalidId(
+                "must not start or end with a space (an Idempotency-Key header cannot carry it)",
             ));
         }
         Ok(Self(text.into()))
@@ -737,8 +743,9 @@ mod tests {
     #[test]
     fn ids_are_one_to_64_printable_ascii_bytes() {
         // Proves the id rule: printable ASCII of 1..=64 bytes (escapes decoded first) is kept
-        // on the event; empty, too long, non-ASCII, control characters and non-strings are
-        // `invalid_id` (422), and a repeated `id` is `duplicate_field`.
+        // on the event, inner spaces included; empty, too long, non-ASCII, control characters,
+        // a leading or trailing space and non-strings are `invalid_id` (422), and a repeated
+        // `id` is `duplicate_field`.
         let longest = "i".repeat(ID_MAX_BYTES);
         for (raw, expected) in [
             (
@@ -765,6 +772,10 @@ mod tests {
             r#""caf\u00e9""#,
             r#""a\tb""#,
             r#""a\u007fb""#,
+            r#"" ""#,
+            r#"" a""#,
+            r#""a ""#,
+            r#""\u0020a""#,
             "12",
             "null",
             r#"["a"]"#,
