@@ -147,11 +147,10 @@ kill -TERM "$SERVER"; wait "$SERVER" || true
 python3 - "$WORK/stats.json" "$WORK/load.json" "$log_bytes" "$load" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))["durability"]
-# recovered_events counts log entries (a batch is one entry): take the events from the load.
-events = json.load(open(sys.argv[2]))["events_accepted"]
-entries, seconds = d["recovered_events"], d["recovery_seconds"]
+events, seconds = d["recovered_events"], d["recovery_seconds"]
+acknowledged = json.load(open(sys.argv[2]))["events_accepted"]
 log_bytes = int(sys.argv[3])
-print(f"replayed {events:,} events ({entries:,} log entries, {log_bytes:,} bytes of log, "
+print(f"replayed {events:,} events ({acknowledged:,} acknowledged, {log_bytes:,} bytes of log, "
       f"{log_bytes / events:.1f} bytes per event) in {seconds:.3f} s: "
       f"{seconds / (events / 1e6):.3f} s per million events (load average {sys.argv[4]})")
 PY

@@ -460,12 +460,12 @@ fn restore_into(ledger: &Ledger, user: String, amount: i64) -> Result<(), String
 }
 
 /// Rebuilds `ledger` and the dedup `window` from the data directory: the newest snapshot,
-/// then the log after it.
+/// then the log after it. Also returns the events replayed (a batch is one log entry).
 pub(crate) fn recover(
     storage: Arc<dyn Storage>,
     ledger: &Ledger,
     window: &Window,
-) -> Result<floodgate_store::Replayed, DurableError> {
+) -> Result<(floodgate_store::Replayed, u64), DurableError> {
     let recovery = Recovery::open(storage)?;
     if let Some(snapshot) = recovery.snapshot() {
         decode_snapshot(&snapshot.payload, window, |user, balance| {
@@ -477,8 +477,10 @@ pub(crate) fn recover(
             message,
         })?;
     }
+    let mut events = 0;
     let replayed = recovery.replay(|_, bytes| {
         decode_entry(bytes, |(user, amount, id)| {
+            events += 1;
             if let Some((id, at_unix_ms)) = id {
                 let id = EventId::parse(&id).map_err(|error| error.to_string())?;
                 window.restore(window.key(&id), user_hash(&user), amount, at_unix_ms);
@@ -486,7 +488,7 @@ pub(crate) fn recover(
             restore_into(ledger, user, amount)
         })
     })?;
-    Ok(replayed)
+    Ok((replayed, events))
 }
 
 /// The writer's dispatch state; holding its lock pauses dispatch (how a snapshot gets a
@@ -619,6 +621,8 @@ pub(crate) struct Durable {
     failure: Arc<tokio::sync::Notify>,
     pub(crate) cells: Arc<DurableCells>,
     recovery: RecoveryReport,
+    /// Events replayed at start-up (a batch's entry counts each of its events).
+    recovered_events: u64,
     snapshotter: Snapshotter,
 }
 
@@ -645,9 +649,9 @@ impl Durable {
             Some(storage) => Arc::clone(storage),
             None => Arc::new(FsStorage::open(data_dir.path())?),
         };
-        let replayed = recover(storage, ledger, window)?;
+        let (replayed, recovered_events) = recover(storage, ledger, window)?;
         let recovery = replayed.report.clone();
-        log_recovery(&recovery, data_dir.path());
+        log_recovery(&recovery, recovered_events, data_dir.path());
         let wiring = Wiring {
             ledger: Arc::clone(ledger),
             metrics: Arc::clone(metrics),
@@ -701,6 +705,7 @@ impl Durable {
             failure,
             cells,
             recovery,
+            recovered_events,
             snapshotter,
         })
     }
@@ -822,7 +827,7 @@ impl Durable {
             snapshot_failures: cells.snapshot_failures.load(Ordering::Relaxed),
             disk_full_groups: cells.disk_full_groups.load(Ordering::Relaxed),
             recovery_seconds: self.recovery.elapsed.as_secs_f64(),
-            recovered_events: self.recovery.entries,
+            recovered_events: self.recovered_events,
             storage_failed: self.has_failed(),
         }
     }
@@ -856,11 +861,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn log_recovery(report: &RecoveryReport, path: &Path) {
+fn log_recovery(report: &RecoveryReport, events: u64, path: &Path) {
     tracing::info!(
         data_dir = %path.display(),
         snapshot_position = report.snapshot_position,
-        replayed_events = report.entries,
+        replayed_events = events,
+        replayed_entries = report.entries,
         replayed_records = report.records,
         replayed_bytes = report.bytes,
         log_position = report.last_position,

@@ -310,3 +310,34 @@ async fn with_a_log_an_overflow_is_answered_422_never_202() {
     assert_eq!(engine.balance("big"), Some(i64::MAX));
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_counts_the_events_of_a_batch_entry() {
+    // Proves `recovered_events` counts events, not log entries: a batch of five is one entry
+    // of the log but five events replayed after a kill.
+    let storage = FaultStorage::new();
+    let first_dir = tempfile::tempdir().expect("temp dir");
+    let mut crashed_options = options(first_dir.path());
+    crashed_options.storage = Some(Arc::new(storage.clone()));
+    let engine =
+        Engine::start_durable(config(LedgerStrategy::Owned), &crashed_options).expect("start");
+    let batch = (1..=5)
+        .map(|amount| Event::new("batched", amount))
+        .collect();
+    let outcomes = engine.submit_batch(batch).await.expect("batch taken");
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(
+        engine.submit(Event::new("single", 7)).await,
+        Ok(Ingested::Queued)
+    );
+    let restarted: Arc<dyn Storage> = Arc::new(storage.restart_after(Crash::ProcessKill, 0));
+    engine.shutdown().await;
+
+    let second_dir = tempfile::tempdir().expect("temp dir");
+    let mut options = options(second_dir.path());
+    options.storage = Some(restarted);
+    let engine = Engine::start_durable(config(LedgerStrategy::Owned), &options).expect("recover");
+    assert_eq!(engine.balance("batched"), Some(15));
+    assert_eq!(engine.stats().durability.recovered_events, 6);
+    engine.shutdown().await;
+}
