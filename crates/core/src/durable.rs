@@ -2,9 +2,11 @@
 //!
 //! Lesson: a 202 is a promise, and a promise kept only in memory is broken by the first
 //! restart. With a data directory the engine writes every admitted event to the log
-//! (`floodgate-store`, group commit) and answers only after its group is written (`write`) or
-//! synced (`fsync`); the writer then hands the group to the workers in log order. Balances are
-//! derived state: a snapshot at a log position plus the log after it rebuilds them exactly.
+//! (`floodgate-store`, group commit); once its group is written (`write`) or synced (`fsync`)
+//! the writer hands the group to the workers in log order, and a single event is answered when
+//! a worker applied it (so an overflow is a 422, never a 202; a batch is answered once
+//! durable). Balances are derived state: a snapshot at a log position plus the log after it
+//! rebuilds them exactly.
 //!
 //! Invariants:
 //! - an event is applied by a worker only after its record is in the log, so every balance a
