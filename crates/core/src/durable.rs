@@ -446,8 +446,9 @@ fn decode_snapshot(
 
 /// Applies a recovered amount (a snapshot balance or a replayed event) to the ledger, as a
 /// worker would: admitted against the user budget, then applied. An overflow is skipped, as
-/// it was the first time (the same events in the same order overflow again).
-fn restore_into(ledger: &Ledger, user: String, amount: i64) -> Result<(), String> {
+/// it was the first time (the same events in the same order overflow again). `Ok(false)` for
+/// a skipped overflow.
+fn restore_into(ledger: &Ledger, user: String, amount: i64) -> Result<bool, String> {
     let hash = user_hash(&user);
     ledger.admit(hash, &user).map_err(|_| {
         format!(
@@ -457,8 +458,9 @@ fn restore_into(ledger: &Ledger, user: String, amount: i64) -> Result<(), String
     })?;
     if let Err(overflow) = ledger.apply(user, amount) {
         tracing::warn!(user = %overflow.user, amount, "replayed event overflows, skipped as before");
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Rebuilds `ledger` and the dedup `window` from the data directory: the newest snapshot,
@@ -471,7 +473,7 @@ pub(crate) fn recover(
     let recovery = Recovery::open(storage)?;
     if let Some(snapshot) = recovery.snapshot() {
         decode_snapshot(&snapshot.payload, window, |user, balance| {
-            restore_into(ledger, user, balance)
+            restore_into(ledger, user, balance).map(drop)
         })
         .map_err(|message| floodgate_store::RecoveryError::Apply {
             file: floodgate_store::names::snapshot(snapshot.position),
@@ -483,11 +485,14 @@ pub(crate) fn recover(
     let replayed = recovery.replay(|_, bytes| {
         decode_entry(bytes, |(user, amount, id)| {
             events += 1;
-            if let Some((id, at_unix_ms)) = id {
+            let hash = user_hash(&user);
+            let applied = restore_into(ledger, user, amount)?;
+            // As at run time, an id is kept only for an event that was applied.
+            if let (true, Some((id, at_unix_ms))) = (applied, id) {
                 let id = EventId::parse(&id).map_err(|error| error.to_string())?;
-                window.restore(window.key(&id), user_hash(&user), amount, at_unix_ms);
+                window.restore(window.key(&id), hash, amount, at_unix_ms);
             }
-            restore_into(ledger, user, amount)
+            Ok(())
         })
     })?;
     Ok((replayed, events))
@@ -681,7 +686,6 @@ impl Durable {
             options: options.clone(),
             jobs: Vec::new(),
             lanes: Vec::new(),
-            claims: Vec::new(),
         };
         let log_options = floodgate_store::LogOptions {
             durability: options.mode.store_durability(),
@@ -753,7 +757,8 @@ impl Durable {
     /// Submits admitted events, whose room [`Self::reserve_room`] took, as one log entry; the
     /// returned receiver answers once its group is durable (or refused). Refused at once when the log's queue is full, failed or
     /// closed: the ids' claims are then freed here and the jobs handed back. Once submitted,
-    /// the claims are settled by the log writer (kept when durable, freed when refused),
+    /// the claims are settled by the log writer (freed when refused) or, once durable, by the
+    /// worker that applies the event (kept if applied, freed if it overflowed),
     /// whether or not anyone still waits for the answer.
     pub(crate) fn submit(
         &self,
@@ -893,7 +898,6 @@ struct Acknowledger {
     jobs: Vec<Job>,
     /// The group's jobs sorted by lane (reused buffers).
     lanes: Vec<Vec<Job>>,
-    claims: Vec<Claim>,
 }
 
 impl floodgate_store::Acknowledge<Ticket> for Acknowledger {
@@ -915,9 +919,21 @@ impl Acknowledger {
         // The 202s first: the group is durable; applying follows in log order.
         for ticket in entries {
             let _ = ticket.reply.send(Ok(()));
-            self.jobs.extend(ticket.jobs);
-            self.claims
-                .extend(ticket.ids.into_iter().map(|id| id.claim));
+            let mut jobs = ticket.jobs;
+            // Each id is settled by the worker that applies its event: kept if applied, freed
+            // if it overflowed (see `OnApplied`). A snapshot's cut waits for every dispatched
+            // event to be applied, so its window holds exactly the ids at or before its
+            // position.
+            for id in ticket.ids {
+                match jobs.get_mut(id.index) {
+                    Some(job) => job
+                        .on_applied
+                        .get_or_insert_with(Box::default)
+                        .settle_id(Arc::clone(&self.window), id.claim),
+                    None => self.window.release(id.claim),
+                }
+            }
+            self.jobs.extend(jobs);
         }
         let mut gate = lock(&self.gate);
         let count = self.jobs.len();
@@ -927,11 +943,6 @@ impl Acknowledger {
             .push_all_blocking(&mut self.jobs, &mut self.lanes)
         {
             tracing::error!(user = %job.user, "queue closed before a logged event was dispatched; it is applied at the next start");
-        }
-        // Kept under the gate: a snapshot's window holds exactly the ids at or before its
-        // position.
-        for claim in self.claims.drain(..) {
-            self.window.commit(claim);
         }
         self.in_flight.fetch_sub(count, Ordering::AcqRel);
         gate.position = commit.first_position + commit.entries as u64 - 1;

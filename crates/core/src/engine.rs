@@ -42,7 +42,7 @@ use crate::event::{Event, EventId};
 use crate::forward::{Forward, Forwarded};
 use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
-use crate::queue::{self, Admission, Job, PushError};
+use crate::queue::{self, Admission, Job, OnApplied, PushError};
 pub use crate::stats::{DedupStats, LockSummary, LockTimings, Stats, Summary, WorkerStats};
 use crate::worker::{self, Supervision, WorkerContext};
 
@@ -928,8 +928,8 @@ impl Engine {
         };
         // The answer waits for the apply too: an event that would overflow its balance is
         // answered 422, never 202 (see the README, "What a 202 waits for").
-        let (on_applied, applied) = tokio::sync::oneshot::channel();
-        job.on_applied = Some(on_applied);
+        let (reply, applied) = tokio::sync::oneshot::channel();
+        job.on_applied = Some(OnApplied::reply(reply));
         if !durable.reserve_room(1, admission) {
             return refuse(
                 self.refuse_admitted(Rejected::QueueFull, job, admitted),

@@ -597,7 +597,7 @@ impl Ledger {
                     Ok(entry) => {
                         report.applied += 1;
                         if let Some(on_applied) = on_applied {
-                            let _ = on_applied.send(Ok(entry.balance));
+                            on_applied.finish(Ok(entry.balance));
                         }
                         let applied = Applied::Balance {
                             user: entry.user.as_bytes(),
@@ -608,7 +608,7 @@ impl Ledger {
                     Err(overflow) => {
                         report.overflowed += 1;
                         if let Some(on_applied) = on_applied {
-                            let _ = on_applied.send(Err(()));
+                            on_applied.finish(Err(()));
                         }
                         let overflowed = Applied::Overflowed {
                             overflow: &overflow,
@@ -636,7 +636,7 @@ impl Ledger {
         }
         let outcome = shard.data.lock().apply(job.hash, job.user, job.amount);
         if let Some(on_applied) = job.on_applied {
-            let _ = on_applied.send(outcome.as_ref().map(|&balance| balance).map_err(|_| ()));
+            on_applied.finish(outcome.as_ref().map(|&balance| balance).map_err(|_| ()));
         }
         drop(guard);
         let released = tokio::time::Instant::now();

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::QueueKind;
+use crate::dedup::{Claim, Window};
 use crate::event::Event;
 use crate::ledger::shard_index;
 
@@ -38,13 +39,61 @@ pub struct Job {
     pub amount: i64,
     /// `user_hash(&user)`, used for routing and the table probe.
     pub hash: u64,
-    /// Told the outcome once a worker applied the job (the new balance, or `Err` for an
-    /// overflow), when the answer waits for the apply.
-    pub on_applied: Option<OnApplied>,
+    /// What to do once a worker applied the job or found it would overflow (with a log:
+    /// answer the caller who waits, keep or free the event's id); `None` for most jobs.
+    pub on_applied: Option<Box<OnApplied>>,
 }
 
-/// Where a worker reports one job's outcome: the new balance, or `Err(())` for an overflow.
-pub type OnApplied = tokio::sync::oneshot::Sender<Result<i64, ()>>;
+/// A job's outcome, as its worker reports it: the new balance, or `Err(())` for an overflow.
+pub type AppliedOutcome = Result<i64, ()>;
+
+/// What a worker does with a job's outcome (with a log): tell the caller who waits for the
+/// apply, and keep the event's id in the dedup window only if the event was applied, so an
+/// event refused for overflow (422) leaves its id free and its resend is decided again,
+/// never answered `duplicate`. Dropped unused (the queue closed first), it frees the id.
+#[derive(Debug, Default)]
+pub struct OnApplied {
+    reply: Option<tokio::sync::oneshot::Sender<AppliedOutcome>>,
+    id: Option<(Arc<Window>, Claim)>,
+}
+
+impl OnApplied {
+    /// Tells `reply` the outcome.
+    pub fn reply(reply: tokio::sync::oneshot::Sender<AppliedOutcome>) -> Box<Self> {
+        Box::new(Self {
+            reply: Some(reply),
+            id: None,
+        })
+    }
+
+    /// Also settles `claim` in `window`: kept if applied, freed if not.
+    pub fn settle_id(&mut self, window: Arc<Window>, claim: Claim) {
+        self.id = Some((window, claim));
+    }
+
+    /// Reports the outcome (called by the worker, once).
+    #[allow(clippy::boxed_local)] // a job holds it boxed (one pointer keeps `Job` small)
+    pub fn finish(mut self: Box<Self>, outcome: AppliedOutcome) {
+        if let Some((window, claim)) = self.id.take() {
+            if outcome.is_ok() {
+                window.commit(claim);
+            } else {
+                window.release(claim);
+            }
+        }
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+impl Drop for OnApplied {
+    fn drop(&mut self) {
+        if let Some((window, claim)) = self.id.take() {
+            window.release(claim);
+        }
+    }
+}
 
 impl Job {
     /// The event this job carries (for a refusal that hands it back).

@@ -312,6 +312,65 @@ async fn with_a_log_an_overflow_is_answered_422_never_202() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_log_an_overflowed_event_leaves_its_id_free() {
+    // Proves a 422 is never followed by a 202 `duplicate`: an event with an id that overflows
+    // is refused and its id is not remembered (at run time, in a snapshot, and on replay), so
+    // its resend is decided again: refused while it still overflows, applied once it fits.
+    // An applied event's id stays a duplicate across the restart.
+    let directory = tempfile::tempdir().expect("temp dir");
+    let start = || {
+        Engine::start_durable(config(LedgerStrategy::Owned), &options(directory.path()))
+            .expect("start")
+    };
+    let with_id = |amount: i64, id: &str| {
+        Event::new("big", amount).with_id(floodgate_core::EventId::parse(id).expect("id"))
+    };
+    let reason = |outcome: Result<Ingested, floodgate_core::Refused>| outcome.map_err(|r| r.reason);
+    let engine = start();
+    let near_max = i64::MAX - 10;
+    assert_eq!(
+        reason(engine.submit(with_id(near_max, "first")).await),
+        Ok(Ingested::Queued)
+    );
+    for _ in 0..2 {
+        let resent = reason(engine.submit(with_id(11, "too-much")).await);
+        assert_eq!(
+            resent,
+            Err(Rejected::Overflow),
+            "refused again, never a duplicate"
+        );
+    }
+    engine.shutdown().await;
+
+    let engine = start();
+    assert_eq!(
+        reason(engine.submit(with_id(near_max, "first")).await),
+        Ok(Ingested::Duplicate),
+        "an applied id survives the restart"
+    );
+    assert_eq!(
+        reason(engine.submit(with_id(11, "too-much")).await),
+        Err(Rejected::Overflow),
+        "an overflowed id is still free after the restart"
+    );
+    assert_eq!(
+        reason(engine.submit(Event::new("big", -100)).await),
+        Ok(Ingested::Queued)
+    );
+    assert_eq!(
+        reason(engine.submit(with_id(11, "too-much")).await),
+        Ok(Ingested::Queued),
+        "once it fits, the resend is applied, once"
+    );
+    assert_eq!(
+        reason(engine.submit(with_id(11, "too-much")).await),
+        Ok(Ingested::Duplicate)
+    );
+    assert_eq!(engine.balance("big"), Some(near_max - 100 + 11));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_counts_the_events_of_a_batch_entry() {
     // Proves `recovered_events` counts events, not log entries: a batch of five is one entry
     // of the log but five events replayed after a kill.
