@@ -55,8 +55,21 @@ pub async fn request_balance(
     timeout: Duration,
 ) -> Result<Option<i64>, ReadError> {
     let partition = partition_of(user, partitions);
-    let unreachable = |reason: String| ReadError::Unreachable { partition, reason };
     let request = client.request(read_subject(partition), user.to_owned().into());
+    ask_owner::<BalanceReply>(partition, request, timeout)
+        .await
+        .map(|reply| reply.balance)
+}
+
+/// Waits up to `timeout` for the owner's answer to `request` and decodes it: no responder
+/// means the partition is moving; no answer, a failed request or a bad answer means the owner
+/// is unreachable.
+async fn ask_owner<Reply: serde::de::DeserializeOwned>(
+    partition: Partition,
+    request: impl std::future::Future<Output = Result<async_nats::Message, async_nats::RequestError>>,
+    timeout: Duration,
+) -> Result<Reply, ReadError> {
+    let unreachable = |reason: String| ReadError::Unreachable { partition, reason };
     let reply = match tokio::time::timeout(timeout, request).await {
         Err(_elapsed) => return Err(unreachable(format!("no answer in {timeout:?}"))),
         Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders => {
@@ -65,8 +78,7 @@ pub async fn request_balance(
         Ok(Err(error)) => return Err(unreachable(error.to_string())),
         Ok(Ok(reply)) => reply,
     };
-    serde_json::from_slice::<BalanceReply>(&reply.payload)
-        .map(|reply| reply.balance)
+    serde_json::from_slice::<Reply>(&reply.payload)
         .map_err(|error| unreachable(format!("bad answer: {error}")))
 }
 
@@ -104,17 +116,9 @@ pub async fn request_page(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(PAGE_HEADER, "page");
     let request = client.request_with_headers(read_subject(partition), headers, payload.into());
-    let reply = match tokio::time::timeout(timeout, request).await {
-        Err(_elapsed) => return Err(unreachable(format!("no answer in {timeout:?}"))),
-        Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders => {
-            return Err(ReadError::Moving(partition));
-        }
-        Ok(Err(error)) => return Err(unreachable(error.to_string())),
-        Ok(Ok(reply)) => reply,
-    };
-    serde_json::from_slice::<PageReply>(&reply.payload)
+    ask_owner::<PageReply>(partition, request, timeout)
+        .await
         .map(|reply| reply.balances)
-        .map_err(|error| unreachable(format!("bad answer: {error}")))
 }
 
 /// The answer to one read request (a user's balance, or a page), from `state`.
