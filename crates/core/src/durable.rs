@@ -21,7 +21,7 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use tokio::sync::oneshot;
 use crate::dedup::{Claim, IdKey, Window};
 use crate::engine::Rejected;
 use crate::event::EventId;
+use crate::latch::Latch;
 use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
 use crate::queue::{Admission, Job};
@@ -624,8 +625,8 @@ pub(crate) struct Durable {
     log: Arc<Log<Ticket>>,
     /// Events submitted to the log and not yet dispatched to the workers.
     in_flight: Arc<AtomicUsize>,
-    failed: Arc<AtomicBool>,
-    failure: Arc<tokio::sync::Notify>,
+    /// Raised once a write or sync failed.
+    failed: Arc<Latch>,
     pub(crate) cells: Arc<DurableCells>,
     recovery: RecoveryReport,
     /// Events replayed at start-up (a batch's entry counts each of its events).
@@ -670,8 +671,7 @@ impl Durable {
         };
         let cells = Arc::new(DurableCells::new(recovery.snapshot_position));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicBool::new(false));
-        let failure = Arc::new(tokio::sync::Notify::new());
+        let failed = Arc::new(Latch::default());
         let (trigger, triggers) = std_mpsc::channel();
         let acknowledger = Acknowledger {
             ledger: Arc::clone(ledger),
@@ -681,7 +681,6 @@ impl Durable {
             cells: Arc::clone(&cells),
             in_flight: Arc::clone(&in_flight),
             failed: Arc::clone(&failed),
-            failure: Arc::clone(&failure),
             trigger: trigger.clone(),
             options: options.clone(),
             jobs: Vec::new(),
@@ -708,7 +707,6 @@ impl Durable {
             log,
             in_flight,
             failed,
-            failure,
             cells,
             recovery,
             recovered_events,
@@ -723,18 +721,12 @@ impl Durable {
 
     /// Whether a write or sync failed.
     pub(crate) fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        self.failed.is_raised()
     }
 
     /// Resolves once a write or sync failed.
     pub(crate) async fn failed(&self) {
-        loop {
-            let notified = self.failure.notified();
-            if self.has_failed() {
-                return;
-            }
-            notified.await;
-        }
+        self.failed.raised().await;
     }
 
     /// Reserves room for `events` under the queue bound, where the events in the log writer
@@ -891,8 +883,7 @@ struct Acknowledger {
     gate: Arc<Mutex<Dispatch>>,
     cells: Arc<DurableCells>,
     in_flight: Arc<AtomicUsize>,
-    failed: Arc<AtomicBool>,
-    failure: Arc<tokio::sync::Notify>,
+    failed: Arc<Latch>,
     trigger: std_mpsc::Sender<SnapshotRequest>,
     options: DurableOptions,
     jobs: Vec<Job>,
@@ -971,8 +962,7 @@ impl Acknowledger {
                 Rejected::DiskFull
             }
             AppendError::Failed(_) => {
-                self.failed.store(true, Ordering::Release);
-                self.failure.notify_waiters();
+                self.failed.raise();
                 Rejected::StorageFailed
             }
             AppendError::Closed => Rejected::Draining,

@@ -29,7 +29,7 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -79,8 +79,6 @@ impl WorkerContext {
 #[derive(Debug, Default)]
 pub struct Supervision {
     failed: Latch,
-    /// The first worker that failed (meaningful once `failed` is raised).
-    first_failed: AtomicUsize,
     /// Test hook: the next worker to receive a batch panics.
     #[cfg(feature = "fault-injection")]
     panic_next: std::sync::atomic::AtomicBool,
@@ -97,21 +95,12 @@ impl Supervision {
         self.failed.raised().await;
     }
 
-    /// The first worker that failed, if any.
-    pub fn first_failed(&self) -> Option<usize> {
-        self.has_failed()
-            .then(|| self.first_failed.load(Ordering::Acquire))
-    }
-
     fn worker_panicked(&self, worker: usize, panic: &(dyn Any + Send)) {
         let message = panic
             .downcast_ref::<&str>()
             .map(|text| (*text).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(not a string)".to_owned());
-        if !self.has_failed() {
-            self.first_failed.store(worker, Ordering::Release);
-        }
         self.failed.raise();
         tracing::error!(
             worker, panic = %message,
