@@ -8,13 +8,14 @@
 //! point without losing or double-applying an event. The engine never imports this crate.
 //!
 //! Modules, in the order an event travels: [`partition`] (which subject), [`publish`] (the
-//! front door's acknowledged publish), [`lease`] (who owns a partition), [`state`] (applying
+//! front door's acknowledged publish), [`conflict`] (a duplicate id: resend or reuse), [`lease`] (who owns a partition), [`state`] (applying
 //! in order, exactly once), [`snapshot`] (the fenced snapshot slot), [`owner`] (replay, apply,
 //! snapshot, purge), [`member`] (a node's leases and owners), [`reads`] (balances from any node), [`view`] (what a running member shows its node), [`node`] (the front door's side: the
 //! engine's `Forward`, the member's task). [`layout`]
 //! creates the stream and buckets; [`local_cluster`] starts real servers for tests.
 
 pub mod config;
+pub mod conflict;
 pub mod layout;
 pub mod lease;
 pub mod local_cluster;
@@ -40,6 +41,8 @@ pub use partition::{Partition, partition_of};
 pub use publish::{PublishError, Published, Publisher};
 pub use reads::{ReadError, request_balance};
 pub use snapshot::{SnapshotError, SnapshotSlot};
-pub use state::{Applied, AppliedIds, ClientId, IdBounds, PartitionState};
-pub use view::{MemberStats, MemberView};
+pub use state::{
+    Applied, AppliedIds, ClientId, EventDigest, IdBounds, IdLookup, IdRecord, PartitionState,
+};
+pub use view::{IdFigures, MemberStats, MemberView};
 pub use wire::Snapshot;

@@ -11,6 +11,8 @@
 //! - A full stream is `Rejected::QueueFull` at once (nothing stored, never retried here);
 //!   no answer in time is `Rejected::Unreachable` (maybe stored; the client retries with its
 //!   id).
+//! - A duplicate PubAck for a client id is checked against the stored original (see
+//!   `conflict`): another user or amount is `Rejected::IdConflict`, as standalone answers.
 //! - [`Node::stop`] stops the member after the front door finished: each owner writes a last
 //!   snapshot and releases its lease, so another node takes the partitions at once instead of
 //!   after the lease TTL.
@@ -26,6 +28,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::ClusterConfig;
+use crate::conflict::{self, Verdict};
 use crate::layout::{Layout, LayoutError};
 use crate::member::Member;
 use crate::publish::{ATOMIC_BATCH_MAX, PublishError, Publisher};
@@ -184,11 +187,10 @@ impl Node {
             match self.publisher.publish(event, id).await {
                 Ok(published) => {
                     self.publish_latency.record(started.elapsed());
-                    return Ok(if published.duplicate {
-                        Forwarded::Duplicate
-                    } else {
-                        Forwarded::Stored
-                    });
+                    if !published.duplicate {
+                        return Ok(Forwarded::Stored);
+                    }
+                    return self.judge_duplicate(event, id, published.sequence).await;
                 }
                 Err(PublishError::QueueFull) => return Err(Rejected::QueueFull),
                 Err(error) if started.elapsed() + RETRY_PAUSE < self.config.request_timeout => {
@@ -200,6 +202,27 @@ impl Node {
                     return Err(Rejected::Unreachable);
                 }
             }
+        }
+    }
+}
+
+impl Node {
+    /// A duplicate PubAck for `event` under `id`: a resend of the client's event is
+    /// `Duplicate`, its id used for another user or amount is 422 `id_conflict` (see
+    /// `conflict`). The node's own ids are only ever resent by its retries.
+    async fn judge_duplicate(
+        &self,
+        event: &Event,
+        id: &str,
+        sequence: u64,
+    ) -> Result<Forwarded, Rejected> {
+        let is_client_id = event.id.as_ref().is_some_and(|own| own.as_str() == id);
+        if !is_client_id {
+            return Ok(Forwarded::Duplicate);
+        }
+        match conflict::judge_duplicate(&self.view, event, id, sequence).await? {
+            Verdict::Resend => Ok(Forwarded::Duplicate),
+            Verdict::Conflict(field) => Err(Rejected::IdConflict(field)),
         }
     }
 }

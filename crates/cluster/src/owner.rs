@@ -25,7 +25,7 @@ use crate::layout::Layout;
 use crate::partition::{Partition, subject};
 use crate::publish::CLIENT_ID_HEADER;
 use crate::snapshot::{SnapshotError, SnapshotSlot};
-use crate::state::{ClientId, IdBounds, PartitionState};
+use crate::state::{Applied, ClientId, IdBounds, PartitionState};
 use crate::wire::decode_event;
 
 /// How long the owner waits for an event before snapshotting what it applied (if anything).
@@ -249,7 +249,17 @@ impl Owner {
         let mut state = self.state.write().await;
         match decode_event(payload) {
             Ok(event) => {
-                state.apply_identified(sequence, &event, client_id, self.id_bounds);
+                let applied = state.apply_identified(sequence, &event, client_id, self.id_bounds);
+                if let Applied::IdConflict(field) = applied {
+                    tracing::warn!(
+                        partition = self.partition,
+                        sequence,
+                        id = client_id.map(|id| id.id),
+                        field = field.name(),
+                        "skipped: the id was applied before with another {}",
+                        field.name()
+                    );
+                }
             }
             Err(error) => {
                 tracing::warn!(partition = self.partition, sequence, %error, "not an event");

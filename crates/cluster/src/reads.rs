@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 
 use crate::partition::{Partition, partition_of};
-use crate::state::PartitionState;
+use crate::state::{IdLookup, PartitionState};
 
 /// Prefix of the per-partition read subjects.
 pub const READ_SUBJECT_PREFIX: &str = "floodgate.read";
@@ -82,7 +82,8 @@ async fn ask_owner<Reply: serde::de::DeserializeOwned>(
         .map_err(|error| unreachable(format!("bad answer: {error}")))
 }
 
-/// The header that makes a read request a page request (its payload a [`PageRequest`]).
+/// The header that makes a read request a page request (value `page`, payload a
+/// [`PageRequest`]) or an id lookup (value `id`, payload the client id).
 const PAGE_HEADER: &str = "Floodgate-Read";
 
 /// A page of a partition's balances: users after `after` (compared as bytes), at most `limit`.
@@ -121,13 +122,34 @@ pub async fn request_page(
         .map(|reply| reply.balances)
 }
 
-/// The answer to one read request (a user's balance, or a page), from `state`.
+/// Asks the owner of `partition` what it knows of client id `id` (see
+/// [`PartitionState::lookup_id`]).
+pub async fn request_id_lookup(
+    client: &async_nats::Client,
+    partition: Partition,
+    id: &str,
+    timeout: Duration,
+) -> Result<IdLookup, ReadError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(PAGE_HEADER, "id");
+    let request =
+        client.request_with_headers(read_subject(partition), headers, id.to_owned().into());
+    ask_owner::<IdLookup>(partition, request, timeout).await
+}
+
+/// The answer to one read request (a user's balance, a page, an id lookup), from `state`.
 async fn answer(request: &async_nats::Message, state: &RwLock<PartitionState>) -> Vec<u8> {
-    let is_page = request
+    let kind = request
         .headers
         .as_ref()
-        .is_some_and(|headers| headers.get(PAGE_HEADER).is_some());
-    if is_page {
+        .and_then(|headers| headers.get(PAGE_HEADER))
+        .map(|value| value.as_str().to_owned());
+    if kind.as_deref() == Some("id") {
+        let id = String::from_utf8_lossy(&request.payload);
+        let lookup = state.read().await.lookup_id(&id);
+        return serde_json::to_vec(&lookup).unwrap_or_default();
+    }
+    if kind.is_some() {
         let Ok(page) = serde_json::from_slice::<PageRequest>(&request.payload) else {
             return Vec::new(); // not JSON: the asker reads it as a bad answer
         };

@@ -282,7 +282,7 @@ async fn load_value(store: &kv::Store, partition: Partition) -> Result<Loaded, S
     };
     let snapshot = Snapshot::decode(&bytes).map_err(|error| corrupt(error.to_string()))?;
     Ok(Loaded {
-        state: snapshot.state,
+        state: snapshot.state.loaded(),
         revision: entry.revision,
         value: Some(entry.value),
         chunked,

@@ -9,12 +9,19 @@
 //! duplicate window (2 min); the owner remembers the client ids it applied for longer
 //! ([`IdBounds`], by the stream's own timestamps, so every owner expires the same ids) and
 //! in the snapshot, so a resend stored again after that window, or after a takeover, is skipped
-//! rather than applied twice.
+//! rather than applied twice. With each id it keeps the event's digest (user hash and amount)
+//! and stream sequence: a later event with that id and another user or amount is an id
+//! conflict, skipped and counted (its sender already had its 202), and a front door can ask
+//! whether a sequence JetStream called a duplicate was this id's event (see `conflict`).
+//!
+//! Third invariant, for pages: `balances` is ordered by user (bytes), so a page costs a seek
+//! and `limit` steps, not a scan and a sort of the partition.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use floodgate_core::Event;
+use floodgate_core::dedup::ConflictField;
+use floodgate_core::{Event, ledger::user_hash};
 use serde::{Deserialize, Serialize};
 
 /// What applying one event did.
@@ -28,6 +35,8 @@ pub enum Applied {
     Overflowed,
     /// Not added: its client id was applied before (a resend JetStream stored again).
     Duplicate,
+    /// Not added: its client id was applied before with another user or amount (counted).
+    IdConflict(ConflictField),
 }
 
 /// How long, and how many, client ids a partition remembers.
@@ -36,7 +45,7 @@ pub struct IdBounds {
     /// Ids stored longer ago than this (stream time) are forgotten.
     pub window: Duration,
     /// Most ids remembered per partition (the oldest are forgotten first); each costs about
-    /// its length plus 30 bytes in every snapshot of the partition.
+    /// its length plus 70 bytes in every snapshot of the partition.
     pub max_ids: usize,
 }
 
@@ -49,18 +58,67 @@ impl Default for IdBounds {
     }
 }
 
-/// The client ids a partition applied, oldest first, with the stream time (unix ms) each was
-/// stored at. Serialized as that list; the lookup set is rebuilt on load.
+/// What an event with a client id was: enough to tell a resend from a conflicting reuse of
+/// the id, without keeping the user's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventDigest {
+    /// `floodgate_core::ledger::user_hash` of the user (stable across processes).
+    pub user_hash: u64,
+    /// The amount.
+    pub amount: i64,
+}
+
+impl EventDigest {
+    /// The digest of `event`.
+    pub fn of(event: &Event) -> Self {
+        Self {
+            user_hash: user_hash(&event.user),
+            amount: event.amount,
+        }
+    }
+
+    /// The field in which `event` differs from the event this digest was made of (`None`:
+    /// the same user and amount, a resend). The user is compared first, as standalone does.
+    pub fn conflict_with(&self, event: &Event) -> Option<ConflictField> {
+        if self.user_hash != user_hash(&event.user) {
+            Some(ConflictField::User)
+        } else if self.amount != event.amount {
+            Some(ConflictField::Amount)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a partition keeps of one applied client id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRecord {
+    /// JetStream's timestamp of the message, unix ms.
+    pub stored_at_ms: u64,
+    /// Its stream sequence (0 in snapshots written before sequences were kept).
+    pub sequence: u64,
+    /// Its event's digest (`None` in snapshots written before digests were kept).
+    pub digest: Option<EventDigest>,
+}
+
+/// The client ids a partition applied, oldest first. Serialized as a list of
+/// `[id, stored_at_ms, sequence, user_hash, amount]` (older snapshots: `[id, stored_at_ms]`);
+/// the lookup map is rebuilt on load.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppliedIds {
-    order: VecDeque<(String, u64)>,
-    known: HashSet<String>,
+    order: VecDeque<String>,
+    known: HashMap<String, IdRecord>,
 }
 
 impl AppliedIds {
     /// Whether `id` was applied (and not forgotten yet).
     pub fn contains(&self, id: &str) -> bool {
-        self.known.contains(id)
+        self.known.contains_key(id)
+    }
+
+    /// What is kept of `id`, if it was applied and not forgotten yet.
+    pub fn get(&self, id: &str) -> Option<&IdRecord> {
+        self.known.get(id)
     }
 
     /// Ids remembered now.
@@ -73,34 +131,98 @@ impl AppliedIds {
         self.order.is_empty()
     }
 
-    /// Remembers `id`, stored at `stored_at_ms`, then forgets what `bounds` no longer keep.
-    fn remember(&mut self, id: &str, stored_at_ms: u64, bounds: IdBounds) {
-        if self.known.insert(id.to_owned()) {
-            self.order.push_back((id.to_owned(), stored_at_ms));
+    /// Remembers `id` as `record`, then forgets what `bounds` no longer keep; returns the
+    /// highest stream sequence among the ids forgotten now (0: none).
+    fn remember(&mut self, id: &str, record: IdRecord, bounds: IdBounds) -> u64 {
+        if !self.known.contains_key(id) {
+            self.known.insert(id.to_owned(), record);
+            self.order.push_back(id.to_owned());
         }
         let window_ms = u64::try_from(bounds.window.as_millis()).unwrap_or(u64::MAX);
-        while let Some((oldest, at)) = self.order.front() {
-            let expired = at.saturating_add(window_ms) < stored_at_ms;
+        let mut forgotten_through = 0;
+        while let Some(oldest) = self.order.front() {
+            let at = self
+                .known
+                .get(oldest)
+                .map_or(0, |record| record.stored_at_ms);
+            let expired = at.saturating_add(window_ms) < record.stored_at_ms;
             if !expired && self.order.len() <= bounds.max_ids {
                 break;
             }
-            self.known.remove(oldest);
+            if let Some(gone) = self.known.remove(oldest) {
+                forgotten_through = forgotten_through.max(gone.sequence);
+            }
             self.order.pop_front();
         }
+        forgotten_through
     }
+}
+
+/// One remembered id as serialized: the current form, or the form before digests.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredId {
+    Full(String, u64, u64, u64, i64),
+    Bare(String, u64),
+}
+
+/// One remembered id as written.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum StoredIdRef<'a> {
+    Full(&'a str, u64, u64, u64, i64),
+    Bare(&'a str, u64),
 }
 
 impl Serialize for AppliedIds {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.order.iter())
+        serializer.collect_seq(self.order.iter().filter_map(|id| {
+            let record = self.known.get(id)?;
+            Some(match record.digest {
+                Some(digest) => StoredIdRef::Full(
+                    id,
+                    record.stored_at_ms,
+                    record.sequence,
+                    digest.user_hash,
+                    digest.amount,
+                ),
+                None => StoredIdRef::Bare(id, record.stored_at_ms),
+            })
+        }))
     }
 }
 
 impl<'de> Deserialize<'de> for AppliedIds {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let order: VecDeque<(String, u64)> = VecDeque::deserialize(deserializer)?;
-        let known = order.iter().map(|(id, _)| id.clone()).collect();
-        Ok(Self { order, known })
+        let stored: Vec<StoredId> = Vec::deserialize(deserializer)?;
+        let mut ids = Self::default();
+        for entry in stored {
+            let (id, record) = match entry {
+                StoredId::Full(id, stored_at_ms, sequence, user_hash, amount) => {
+                    let digest = Some(EventDigest { user_hash, amount });
+                    (
+                        id,
+                        IdRecord {
+                            stored_at_ms,
+                            sequence,
+                            digest,
+                        },
+                    )
+                }
+                StoredId::Bare(id, stored_at_ms) => {
+                    let record = IdRecord {
+                        stored_at_ms,
+                        sequence: 0,
+                        digest: None,
+                    };
+                    (id, record)
+                }
+            };
+            if ids.known.insert(id.clone(), record).is_none() {
+                ids.order.push_back(id);
+            }
+        }
+        Ok(ids)
     }
 }
 
@@ -118,8 +240,8 @@ pub struct ClientId<'a> {
 pub struct PartitionState {
     /// The last stream sequence applied (0: none).
     pub applied_sequence: u64,
-    /// Balance per user of the partition.
-    pub balances: HashMap<String, i64>,
+    /// Balance per user of the partition, ordered by user (bytes): the page index.
+    pub balances: BTreeMap<String, i64>,
     /// Events whose amount would have overflowed the balance (not applied).
     pub overflowed_events: u64,
     /// Client ids applied recently (see [`IdBounds`]).
@@ -128,16 +250,50 @@ pub struct PartitionState {
     /// Events skipped because their client id was applied before.
     #[serde(default)]
     pub duplicate_events: u64,
+    /// Events skipped because their client id was applied before with another user or amount.
+    #[serde(default)]
+    pub id_conflicts: u64,
+    /// The highest stream sequence among the ids forgotten (by [`IdBounds`]); every client id
+    /// applied after it is still in `ids`. `None` in a snapshot written before it was kept:
+    /// [`Self::loaded`] then takes `applied_sequence` (nothing earlier is known for sure).
+    #[serde(default)]
+    pub ids_forgotten_through: Option<u64>,
+}
+
+/// What a partition can say about a client id (see `conflict`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdLookup {
+    /// The id was applied here, with this digest (`None`: kept before digests were).
+    Known(Option<EventDigest>),
+    /// Not remembered here: the partition applied every sequence up to `applied_sequence`,
+    /// and remembers every client id applied after `forgotten_through`.
+    Unknown {
+        applied_sequence: u64,
+        forgotten_through: u64,
+    },
 }
 
 impl PartitionState {
+    /// This state as loaded from a snapshot: a snapshot written before
+    /// `ids_forgotten_through` was kept may have forgotten ids up to its last sequence.
+    #[must_use]
+    pub fn loaded(mut self) -> Self {
+        if self.ids_forgotten_through.is_none() {
+            self.ids_forgotten_through = Some(self.applied_sequence);
+        }
+        self
+    }
+
     /// Folds the event stored at `sequence` into the balances, once.
     pub fn apply(&mut self, sequence: u64, event: &Event) -> Applied {
         if sequence <= self.applied_sequence {
             return Applied::AlreadyApplied;
         }
         self.applied_sequence = sequence;
-        let balance = self.balances.entry(event.user.clone()).or_insert(0);
+        let balance = match self.balances.get_mut(event.user.as_str()) {
+            Some(balance) => balance,
+            None => self.balances.entry(event.user.clone()).or_insert(0),
+        };
         if let Some(sum) = balance.checked_add(event.amount) {
             *balance = sum;
             Applied::Applied
@@ -147,10 +303,9 @@ impl PartitionState {
         }
     }
 
-    /// Moves past a stream sequence whose message is not an event of ours (undecodable):
-    /// nothing to apply, but it must not stop the partition.
-    /// [`Self::apply`] for an event that carries a client id: skipped (counted duplicate) when
-    /// the id was applied before, else applied and the id remembered within `bounds`.
+    /// [`Self::apply`] for an event that carries a client id: skipped when the id was applied
+    /// before (counted duplicate, or id conflict when the user or amount differ), else applied
+    /// and the id remembered within `bounds`.
     pub fn apply_identified(
         &mut self,
         sequence: u64,
@@ -164,17 +319,41 @@ impl PartitionState {
         if sequence <= self.applied_sequence {
             return Applied::AlreadyApplied;
         }
-        if self.ids.contains(client_id.id) {
+        if let Some(record) = self.ids.get(client_id.id) {
+            let conflict = record.digest.and_then(|digest| digest.conflict_with(event));
             self.applied_sequence = sequence;
+            if let Some(field) = conflict {
+                self.id_conflicts += 1;
+                return Applied::IdConflict(field);
+            }
             self.duplicate_events += 1;
             return Applied::Duplicate;
         }
         let applied = self.apply(sequence, event);
-        self.ids
-            .remember(client_id.id, client_id.stored_at_ms, bounds);
+        let record = IdRecord {
+            stored_at_ms: client_id.stored_at_ms,
+            sequence,
+            digest: Some(EventDigest::of(event)),
+        };
+        let forgotten = self.ids.remember(client_id.id, record, bounds);
+        let through = self.ids_forgotten_through.unwrap_or(0).max(forgotten);
+        self.ids_forgotten_through = Some(through);
         applied
     }
 
+    /// What this partition knows of client id `id`.
+    pub fn lookup_id(&self, id: &str) -> IdLookup {
+        match self.ids.get(id) {
+            Some(record) => IdLookup::Known(record.digest),
+            None => IdLookup::Unknown {
+                applied_sequence: self.applied_sequence,
+                forgotten_through: self.ids_forgotten_through.unwrap_or(0),
+            },
+        }
+    }
+
+    /// Moves past a stream sequence whose message is not an event of ours (undecodable):
+    /// nothing to apply, but it must not stop the partition.
     pub fn skip(&mut self, sequence: u64) {
         self.applied_sequence = self.applied_sequence.max(sequence);
     }
@@ -184,16 +363,24 @@ impl PartitionState {
         self.known_balance(user).unwrap_or(0)
     }
 
-    /// Up to `limit` balances of users after `after` (compared as bytes), sorted by user.
-    /// Costs a scan of the partition's users (no ordered index here).
+    /// Up to `limit` balances of users after `after` (compared as bytes), sorted by user: a
+    /// seek in the ordered balances and `limit` steps. A cursor that is not UTF-8 seeks to its
+    /// longest UTF-8 prefix and steps over the users not after it.
     pub fn page(&self, after: Option<&[u8]>, limit: usize) -> Vec<(String, i64)> {
-        let mut rows: Vec<(&String, &i64)> = self
-            .balances
-            .iter()
+        use std::ops::Bound;
+        let start = match after {
+            None => Bound::Unbounded,
+            Some(after) => {
+                let valid = match std::str::from_utf8(after) {
+                    Ok(valid) => valid,
+                    Err(error) => std::str::from_utf8(&after[..error.valid_up_to()]).unwrap_or(""),
+                };
+                Bound::Excluded(valid)
+            }
+        };
+        self.balances
+            .range::<str, _>((start, Bound::Unbounded))
             .filter(|(user, _)| after.is_none_or(|after| user.as_bytes() > after))
-            .collect();
-        rows.sort_unstable_by(|left, right| left.0.as_bytes().cmp(right.0.as_bytes()));
-        rows.into_iter()
             .take(limit)
             .map(|(user, balance)| (user.clone(), *balance))
             .collect()
@@ -263,6 +450,96 @@ mod tests {
         assert!(old.ids.is_empty());
     }
 
+    // Proves the owner tells a resend from a reuse of its id: the same user and amount is a
+    // duplicate, another amount or user an id conflict (counted, not applied, sequence moved
+    // on), and the lookup a front door asks for says which, or what the partition applied
+    // and has forgotten when it does not know the id.
+    #[test]
+    fn a_reused_id_with_another_user_or_amount_is_a_counted_conflict() {
+        let bounds = IdBounds {
+            window: Duration::from_secs(10),
+            max_ids: 2,
+        };
+        let id = |id, stored_at_ms| Some(ClientId { id, stored_at_ms });
+        let mut state = PartitionState::default().loaded();
+        state.apply_identified(1, &Event::new("a", 5), id("x", 0), bounds);
+        assert_eq!(
+            state.apply_identified(2, &Event::new("a", 6), id("x", 1), bounds),
+            Applied::IdConflict(ConflictField::Amount)
+        );
+        assert_eq!(
+            state.apply_identified(3, &Event::new("b", 5), id("x", 2), bounds),
+            Applied::IdConflict(ConflictField::User)
+        );
+        assert_eq!(
+            state.apply_identified(4, &Event::new("a", 5), id("x", 3), bounds),
+            Applied::Duplicate
+        );
+        assert_eq!((state.balance("a"), state.balance("b")), (5, 0));
+        assert_eq!((state.id_conflicts, state.duplicate_events), (2, 1));
+        assert_eq!(state.applied_sequence, 4);
+        assert_eq!(
+            state.lookup_id("x"),
+            IdLookup::Known(Some(EventDigest::of(&Event::new("a", 5))))
+        );
+        assert_eq!(
+            state.lookup_id("y"),
+            IdLookup::Unknown {
+                applied_sequence: 4,
+                forgotten_through: 0
+            }
+        );
+        // Two more ids push "x" (sequence 1) out: the lookup says ids up to 1 are forgotten.
+        state.apply_identified(5, &Event::new("a", 1), id("y", 4), bounds);
+        state.apply_identified(6, &Event::new("a", 1), id("z", 5), bounds);
+        assert_eq!(
+            state.lookup_id("x"),
+            IdLookup::Unknown {
+                applied_sequence: 6,
+                forgotten_through: 1
+            }
+        );
+        let json = serde_json::to_string(&state).expect("serializes");
+        let back: PartitionState = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(
+            back.loaded(),
+            state,
+            "digests and the horizon survive the snapshot"
+        );
+    }
+
+    // Proves a snapshot written before digests loads: its ids are known without a digest
+    // (a resend is a duplicate, never a conflict), and everything up to its last sequence
+    // counts as possibly forgotten.
+    #[test]
+    fn a_snapshot_without_digests_loads_conservatively() {
+        let old: PartitionState = serde_json::from_str(
+            r#"{"applied_sequence":9,"balances":{"a":5},"overflowed_events":0,"ids":[["x",0]]}"#,
+        )
+        .expect("an older snapshot");
+        let state = old.loaded();
+        assert_eq!(state.lookup_id("x"), IdLookup::Known(None));
+        assert_eq!(
+            state.lookup_id("y"),
+            IdLookup::Unknown {
+                applied_sequence: 9,
+                forgotten_through: 9
+            }
+        );
+        let mut state = state;
+        let resend = Some(ClientId {
+            id: "x",
+            stored_at_ms: 1,
+        });
+        assert_eq!(
+            state.apply_identified(10, &Event::new("b", 7), resend, IdBounds::default()),
+            Applied::Duplicate
+        );
+        let json = serde_json::to_string(&state).expect("serializes");
+        let back: PartitionState = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back.lookup_id("x"), IdLookup::Known(None), "still bare");
+    }
+
     // Proves a page: users after the cursor (bytes), sorted, at most `limit`.
     #[test]
     fn a_page_is_sorted_after_the_cursor() {
@@ -275,6 +552,9 @@ mod tests {
         assert_eq!(users(state.page(None, 3)), ["a", "b", "c"]);
         assert_eq!(users(state.page(Some(b"b"), 10)), ["c", "d"]);
         assert!(state.page(Some(b"d"), 10).is_empty());
+        // A cursor that is not UTF-8 ("b" then a lone continuation byte) sits after "b".
+        assert_eq!(users(state.page(Some(b"b\x80"), 10)), ["c", "d"]);
+        assert_eq!(users(state.page(Some(b"\xff"), 10)), Vec::<String>::new());
     }
 
     #[test]

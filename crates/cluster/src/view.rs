@@ -15,8 +15,8 @@ use tokio::sync::RwLock as AsyncRwLock;
 use crate::config::ClusterConfig;
 use crate::layout::Layout;
 use crate::partition::{Partition, partition_of};
-use crate::reads::{ReadError, request_balance, request_page};
-use crate::state::PartitionState;
+use crate::reads::{ReadError, request_balance, request_id_lookup, request_page};
+use crate::state::{IdLookup, PartitionState};
 
 /// Counters a member keeps (for /stats and /metrics).
 #[derive(Debug, Default)]
@@ -25,6 +25,19 @@ pub struct MemberStats {
     pub takeovers: AtomicU64,
     /// Partitions this member gave up (lease lost or lapsed, fenced, failed, released).
     pub losses: AtomicU64,
+}
+
+/// A partition's client-id figures (they travel with its snapshot, so they count the
+/// partition's whole history, whichever node applied it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdFigures {
+    /// Client ids the owner remembers now (bounded by `IdBounds`).
+    pub ids_kept: u64,
+    /// Events skipped because their client id was applied before (a resend stored again).
+    pub duplicate_events: u64,
+    /// Events skipped because their client id was applied before with another user or
+    /// amount (their sender had a 202: JetStream's window had passed).
+    pub id_conflicts: u64,
 }
 
 /// What readers can see of one owned partition.
@@ -107,6 +120,43 @@ impl MemberView {
         rows.sort_unstable_by(|left, right| left.0.as_bytes().cmp(right.0.as_bytes()));
         rows.truncate(limit);
         Ok(rows)
+    }
+
+    /// What `partition`'s owner knows of client id `id`: from the state here when the member
+    /// owns it, else asked over NATS.
+    pub async fn lookup_id(&self, partition: Partition, id: &str) -> Result<IdLookup, ReadError> {
+        if let Some(state) = self.state_handle(partition) {
+            return Ok(state.read().await.lookup_id(id));
+        }
+        request_id_lookup(
+            &self.layout.client,
+            partition,
+            id,
+            self.config.request_timeout,
+        )
+        .await
+    }
+
+    /// The client-id figures of the partitions the member owns now, by partition.
+    pub async fn id_figures(&self) -> BTreeMap<Partition, IdFigures> {
+        let handles: Vec<(Partition, Arc<AsyncRwLock<PartitionState>>)> = self
+            .owned_map()
+            .iter()
+            .map(|(&partition, owned)| (partition, Arc::clone(&owned.state)))
+            .collect();
+        let mut figures = BTreeMap::new();
+        for (partition, state) in handles {
+            let state = state.read().await;
+            figures.insert(
+                partition,
+                IdFigures {
+                    ids_kept: state.ids.len() as u64,
+                    duplicate_events: state.duplicate_events,
+                    id_conflicts: state.id_conflicts,
+                },
+            );
+        }
+        figures
     }
 
     /// A copy of the state of `partition` if the member owns it.

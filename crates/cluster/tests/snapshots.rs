@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use floodgate_cluster::snapshot::{self, CHUNK_BYTES};
 use floodgate_cluster::{
@@ -15,7 +15,7 @@ use support::READY_TIMEOUT;
 
 /// A partition state of `users` users with 40-byte names: about 50 bytes each in JSON.
 fn state_of(users: usize, sequence: u64) -> PartitionState {
-    let balances: HashMap<String, i64> = (0..users)
+    let balances: BTreeMap<String, i64> = (0..users)
         .map(|number| (format!("user-with-a-forty-byte-long-name-{number:06}"), 7))
         .collect();
     PartitionState {
@@ -23,6 +23,7 @@ fn state_of(users: usize, sequence: u64) -> PartitionState {
         balances,
         ..PartitionState::default()
     }
+    .loaded()
 }
 
 /// The keys of the snapshot bucket that start with `prefix`.

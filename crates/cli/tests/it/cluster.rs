@@ -653,3 +653,100 @@ async fn a_full_stream_is_queue_full_and_a_lost_cluster_is_cluster_unreachable()
     let status = wait_exit(&mut child).await;
     assert!(status.success(), "{status}");
 }
+
+/// Posts one event with an id; the status and the whole JSON body.
+async fn post_for_body(
+    addr: &str,
+    id: &str,
+    user: &str,
+    amount: i64,
+) -> (StatusCode, serde_json::Value) {
+    let body = serde_json::json!({"user": user, "amount": amount, "id": id}).to_string();
+    let response = client()
+        .post(format!("http://{addr}/events"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the node answers");
+    let status = response.status();
+    (status, response.json().await.expect("json"))
+}
+
+/// Asserts `addr` answers a resend of (`user`, 5) under `id` 202 duplicate, and the same id
+/// with amount 6, or for `elsewhere` (another partition), 422 `id_conflict` naming the field.
+async fn assert_conflicts_over_http(addr: &str, id: &str, user: &str, elsewhere: &str) {
+    let (status, reason, _) = post(addr, id, user, 5).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::ACCEPTED, "duplicate")
+    );
+    for (other_user, amount, field) in [(user, 6, "amount"), (elsewhere, 5, "user")] {
+        let (status, body) = post_for_body(addr, id, other_user, amount).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["reason"], "id_conflict", "{body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(&format!("`{field}`")), "{body}");
+    }
+}
+
+// Proves the cross-node id_conflict on real nodes: an id stored through one node, sent to
+// the other with another amount or another user (another partition), is 422 id_conflict
+// with the field in `detail`, exactly as standalone answers, and the same event is a 202
+// duplicate: first while the original waits in the stream (leases held by the test), then
+// after the owners applied and purged it. The balance counts the event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_reused_on_another_node_is_id_conflict() {
+    const SMALL_PARTITIONS: u32 = 2;
+    let nats = LocalCluster::start(1).expect("nats-server");
+    let urls = nats.urls();
+    let mut config = ClusterConfig::new(SMALL_PARTITIONS, 1);
+    config.lease_ttl = Duration::from_millis(LEASE_TTL_MS);
+    let layout = Layout::connect(&urls, &config, Duration::from_secs(30))
+        .await
+        .expect("JetStream ready");
+    let holder = LeaseHolder::hold_all(&layout, &config).await;
+    let args = node_args(&urls.join(","), SMALL_PARTITIONS, 1_000);
+    let (first, first_addr) = start_node(&args).await;
+    let (second, second_addr) = start_node(&args).await;
+    let alice = user(0);
+    let elsewhere = (1..1_000)
+        .map(user)
+        .find(|other| {
+            partition_of(other, SMALL_PARTITIONS) != partition_of(&alice, SMALL_PARTITIONS)
+        })
+        .expect("a user in the other partition");
+    let (status, reason, _) = post(&first_addr, "order-1", &alice, 5).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::ACCEPTED, "accepted")
+    );
+    assert_conflicts_over_http(&second_addr, "order-1", &alice, &elsewhere).await;
+
+    holder.release().await;
+    let nodes = [first_addr.clone(), second_addr.clone()];
+    assert!(
+        wait_all_owned(&nodes, SMALL_PARTITIONS).await.is_some(),
+        "the nodes own every partition"
+    );
+    let sums = BTreeMap::from([(alice.clone(), 5)]);
+    assert!(unsettled(&second_addr, &sums).await.is_empty(), "applied");
+    let mut stream = layout.stream.clone();
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    while stream.info().await.expect("info").state.messages > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the event is purged after its snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for addr in &nodes {
+        assert_conflicts_over_http(addr, "order-1", &alice, &elsewhere).await;
+    }
+    assert!(
+        unsettled(&first_addr, &sums).await.is_empty(),
+        "counted once"
+    );
+    stop_gracefully(first).await;
+    stop_gracefully(second).await;
+}

@@ -1,0 +1,156 @@
+//! A resend or a reuse? What a front door answers when JetStream says a client id is a
+//! duplicate: the PubAck names the stored message's sequence, and the event behind it decides.
+//!
+//! Lesson: JetStream deduplicates by `Nats-Msg-Id` alone, so "duplicate" means "this id was
+//! stored", not "this event was stored". Standalone answers the same id with another user or
+//! amount 422 `id_conflict`; a node can too, within JetStream's duplicate window, because the
+//! sequence of the original is known:
+//!
+//! 1. The original is still in the stream (not applied and purged yet): read it by sequence and
+//!    compare user and amount.
+//! 2. It was purged: its owner applied it and kept the id with a digest of its event (see
+//!    `state`). Ask the owner of the *new* event's partition ([`IdLookup`]): a digest decides;
+//!    an owner that does not know the id but has applied past the original's sequence and
+//!    forgotten no id after it proves the original was another partition's, so another
+//!    user's. An owner that does not know it and has not applied that far proves the same:
+//!    a purged event was applied by its own partition's owner, and snapshots (which a new
+//!    owner starts from) cover every purge.
+//! 3. The owner forgot ids up to the original (`forgotten_through`), or the original was
+//!    written before digests were kept: nothing tells; answered a duplicate, as before.
+//!
+//! Invariant: a refusal here is never a guess. A partition without an owner, or an owner or
+//! stream that does not answer, is `Rejected::Unreachable` (503; the resend is safe), never
+//! `duplicate` nor `id_conflict` by default.
+
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use floodgate_core::dedup::ConflictField;
+use floodgate_core::{Event, Rejected};
+
+use crate::partition::partition_of;
+use crate::reads::ReadError;
+use crate::state::{EventDigest, IdLookup};
+use crate::view::MemberView;
+use crate::wire::decode_event;
+
+/// What a duplicate PubAck turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The same user and amount (or nothing tells them apart): a resend.
+    Resend,
+    /// The id was stored with another user or amount.
+    Conflict(ConflictField),
+}
+
+/// Decides a duplicate of `event` (client id `id`) whose original JetStream stored at
+/// `sequence`: from the stored message while it is in the stream, else from the owner of the
+/// event's partition.
+pub async fn judge_duplicate(
+    view: &MemberView,
+    event: &Event,
+    id: &str,
+    sequence: u64,
+) -> Result<Verdict, Rejected> {
+    match view.layout.stream.get_raw_message(sequence).await {
+        Ok(stored) => {
+            let same_id = stored
+                .headers
+                .get("Nats-Msg-Id")
+                .is_some_and(|stored_id| stored_id.as_str() == id);
+            if same_id && let Ok(original) = decode_event(&stored.payload) {
+                return Ok(compare_events(&original, event));
+            }
+            // Not a single event of ours under this id: let the owner decide.
+        }
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+        Err(error) => {
+            tracing::warn!(%error, id, sequence, "duplicate not checked: stream unreachable");
+            return Err(Rejected::Unreachable);
+        }
+    }
+    let partition = partition_of(&event.user, view.config.partitions);
+    match view.lookup_id(partition, id).await {
+        Ok(lookup) => Ok(judge_lookup(event, sequence, lookup)),
+        Err(error @ (ReadError::Moving(_) | ReadError::Unreachable { .. })) => {
+            tracing::debug!(%error, id, "duplicate not checked: owner not answering");
+            Err(Rejected::Unreachable)
+        }
+    }
+}
+
+/// The verdict when the original event is at hand.
+pub fn compare_events(original: &Event, event: &Event) -> Verdict {
+    if original.user != event.user {
+        Verdict::Conflict(ConflictField::User)
+    } else if original.amount != event.amount {
+        Verdict::Conflict(ConflictField::Amount)
+    } else {
+        Verdict::Resend
+    }
+}
+
+/// The verdict from what the owner of `event`'s partition knows of its id, the original
+/// having been stored (and purged) at `sequence`.
+pub fn judge_lookup(event: &Event, sequence: u64, lookup: IdLookup) -> Verdict {
+    match lookup {
+        IdLookup::Known(Some(digest)) => digest_verdict(digest, event),
+        IdLookup::Known(None) => Verdict::Resend,
+        IdLookup::Unknown {
+            forgotten_through, ..
+        } if sequence <= forgotten_through => Verdict::Resend,
+        // Not this partition's client-id event (it would be remembered), or not applied here
+        // though purged (only its own partition's owner purges it): another partition's,
+        // hence another user's.
+        IdLookup::Unknown { .. } => Verdict::Conflict(ConflictField::User),
+    }
+}
+
+fn digest_verdict(digest: EventDigest, event: &Event) -> Verdict {
+    digest
+        .conflict_with(event)
+        .map_or(Verdict::Resend, Verdict::Conflict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves every branch of the decision from an owner's answer: a digest decides by user
+    // then amount; a bare id is a resend; an unknown id is another user's unless the owner
+    // may have forgotten it.
+    #[test]
+    fn an_owner_answer_decides_or_admits_it_cannot() {
+        let event = Event::new("a", 5);
+        let known =
+            |user: &str, amount| IdLookup::Known(Some(EventDigest::of(&Event::new(user, amount))));
+        assert_eq!(judge_lookup(&event, 7, known("a", 5)), Verdict::Resend);
+        assert_eq!(
+            judge_lookup(&event, 7, known("a", 6)),
+            Verdict::Conflict(ConflictField::Amount)
+        );
+        assert_eq!(
+            judge_lookup(&event, 7, known("b", 6)),
+            Verdict::Conflict(ConflictField::User)
+        );
+        assert_eq!(
+            judge_lookup(&event, 7, IdLookup::Known(None)),
+            Verdict::Resend
+        );
+        let unknown = |applied_sequence, forgotten_through| IdLookup::Unknown {
+            applied_sequence,
+            forgotten_through,
+        };
+        assert_eq!(judge_lookup(&event, 7, unknown(9, 7)), Verdict::Resend);
+        assert_eq!(
+            judge_lookup(&event, 7, unknown(9, 6)),
+            Verdict::Conflict(ConflictField::User)
+        );
+        assert_eq!(
+            judge_lookup(&event, 7, unknown(3, 0)),
+            Verdict::Conflict(ConflictField::User)
+        );
+        assert_eq!(
+            compare_events(&Event::new("a", 5), &Event::new("a", 6)),
+            Verdict::Conflict(ConflictField::Amount)
+        );
+    }
+}
