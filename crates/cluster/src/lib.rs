@@ -44,5 +44,5 @@ pub use snapshot::{SnapshotError, SnapshotSlot};
 pub use state::{
     Applied, AppliedIds, ClientId, EventDigest, IdBounds, IdLookup, IdRecord, PartitionState,
 };
-pub use view::{IdFigures, MemberStats, MemberView};
+pub use view::{IdFigures, IdGauges, MemberStats, MemberView};
 pub use wire::Snapshot;

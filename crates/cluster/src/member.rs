@@ -256,6 +256,7 @@ impl Member {
         let (stop, stop_receiver) = watch::channel(false);
         let state = owner.state();
         let lag_events = owner.lag_events();
+        let ids = owner.id_gauges();
         let responder = tokio::spawn(serve_balances(
             self.layout.client.clone(),
             partition,
@@ -267,6 +268,7 @@ impl Member {
             let visible = OwnedPartition {
                 state: Arc::clone(&state),
                 lag_events,
+                ids,
             };
             owned.insert(partition, visible);
         });

@@ -26,6 +26,7 @@ use crate::partition::{Partition, subject};
 use crate::publish::CLIENT_ID_HEADER;
 use crate::snapshot::{SnapshotError, SnapshotSlot};
 use crate::state::{Applied, ClientId, IdBounds, PartitionState};
+use crate::view::IdGauges;
 use crate::wire::decode_event;
 
 /// How long the owner waits for an event before snapshotting what it applied (if anything).
@@ -72,6 +73,8 @@ pub struct Owner {
     /// Events of the partition in the stream not yet delivered to this owner (JetStream's
     /// pending count for the consumer, as of the last delivery).
     lag_events: Arc<AtomicU64>,
+    /// The partition's client-id figures, published after each event for /stats.
+    id_gauges: Arc<IdGauges>,
 }
 
 impl Owner {
@@ -89,6 +92,8 @@ impl Owner {
         let (slot, state) = Box::pin(claim)
             .await
             .map_err(|source| TakeOverError { partition, source })?;
+        let id_gauges = Arc::new(IdGauges::default());
+        id_gauges.publish(&state);
         Ok(Self {
             layout,
             partition,
@@ -98,6 +103,7 @@ impl Owner {
             unsnapshotted_events: 0,
             id_bounds: IdBounds::default(),
             lag_events: Arc::new(AtomicU64::new(0)),
+            id_gauges,
         })
     }
 
@@ -116,6 +122,11 @@ impl Owner {
     /// The apply lag in events, shared for /stats while the owner runs.
     pub fn lag_events(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.lag_events)
+    }
+
+    /// The partition's client-id figures, shared for /stats while the owner runs.
+    pub fn id_gauges(&self) -> Arc<IdGauges> {
+        Arc::clone(&self.id_gauges)
     }
 
     /// Applies the partition's events in stream order until `stop` turns true or the lease
@@ -266,6 +277,7 @@ impl Owner {
                 state.skip(sequence);
             }
         }
+        self.id_gauges.publish(&state);
         drop(state);
         self.unsnapshotted_events += 1;
     }

@@ -40,11 +40,42 @@ pub struct IdFigures {
     pub id_conflicts: u64,
 }
 
+/// [`IdFigures`] as the owner publishes them after each event, for readers that cannot wait
+/// for the state's lock (a metrics scrape).
+#[derive(Debug, Default)]
+pub struct IdGauges {
+    ids_kept: AtomicU64,
+    duplicate_events: AtomicU64,
+    id_conflicts: AtomicU64,
+}
+
+impl IdGauges {
+    /// Publishes the figures of `state`.
+    pub fn publish(&self, state: &PartitionState) {
+        self.ids_kept
+            .store(state.ids.len() as u64, Ordering::Relaxed);
+        self.duplicate_events
+            .store(state.duplicate_events, Ordering::Relaxed);
+        self.id_conflicts
+            .store(state.id_conflicts, Ordering::Relaxed);
+    }
+
+    /// The figures last published.
+    pub fn load(&self) -> IdFigures {
+        IdFigures {
+            ids_kept: self.ids_kept.load(Ordering::Relaxed),
+            duplicate_events: self.duplicate_events.load(Ordering::Relaxed),
+            id_conflicts: self.id_conflicts.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// What readers can see of one owned partition.
 #[derive(Clone, Debug)]
 pub(crate) struct OwnedPartition {
     pub(crate) state: Arc<AsyncRwLock<PartitionState>>,
     pub(crate) lag_events: Arc<AtomicU64>,
+    pub(crate) ids: Arc<IdGauges>,
 }
 
 /// The partitions a member owns now.
@@ -137,26 +168,13 @@ impl MemberView {
         .await
     }
 
-    /// The client-id figures of the partitions the member owns now, by partition.
-    pub async fn id_figures(&self) -> BTreeMap<Partition, IdFigures> {
-        let handles: Vec<(Partition, Arc<AsyncRwLock<PartitionState>>)> = self
-            .owned_map()
+    /// The client-id figures of the partitions the member owns now, by partition (as of
+    /// each owner's last applied event).
+    pub fn id_figures(&self) -> BTreeMap<Partition, IdFigures> {
+        self.owned_map()
             .iter()
-            .map(|(&partition, owned)| (partition, Arc::clone(&owned.state)))
-            .collect();
-        let mut figures = BTreeMap::new();
-        for (partition, state) in handles {
-            let state = state.read().await;
-            figures.insert(
-                partition,
-                IdFigures {
-                    ids_kept: state.ids.len() as u64,
-                    duplicate_events: state.duplicate_events,
-                    id_conflicts: state.id_conflicts,
-                },
-            );
-        }
-        figures
+            .map(|(&partition, owned)| (partition, owned.ids.load()))
+            .collect()
     }
 
     /// A copy of the state of `partition` if the member owns it.

@@ -243,7 +243,7 @@ async fn past_the_window_a_reused_id_is_skipped_and_counted_by_the_owner() {
     settle(&mut member, &config, "alice", 5, 1).await;
     let state = member.partition_state(0).await.expect("owned");
     assert_eq!(state.id_conflicts, 1, "{state:?}");
-    let figures = member.view().id_figures().await;
+    let figures = member.view().id_figures();
     assert_eq!(
         figures
             .get(&0)

@@ -1,6 +1,7 @@
 //! What a cluster node adds to `/stats` and `/metrics`: owned partitions, apply lag per
-//! partition, publish latency, takeovers and losses, read from the running member at request
-//! or scrape time.
+//! partition, the owners' client-id figures per partition (ids kept, duplicates skipped, id
+//! conflicts skipped), publish latency, takeovers and losses, read from the running member at
+//! request or scrape time.
 //!
 //! Invariant: every figure is read from the node's own counters ([`Node::view`],
 //! [`Node::publish_latency`]); nothing here counts, so `/stats` and `/metrics` agree.
@@ -8,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use floodgate_cluster::Node;
+use floodgate_cluster::{IdFigures, Node};
 use floodgate_core::metrics::HistogramSnapshot;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -25,6 +26,13 @@ pub fn stats(node: &Node) -> serde_json::Value {
         .into_iter()
         .map(|(partition, events)| (partition.to_string(), json!(events)))
         .collect();
+    let ids = view.id_figures();
+    let per_partition =
+        |figure: fn(&IdFigures) -> u64| -> serde_json::Map<String, serde_json::Value> {
+            ids.iter()
+                .map(|(partition, figures)| (partition.to_string(), json!(figure(figures))))
+                .collect()
+        };
     let latency = node.publish_latency();
     json!({
         "node": node.name(),
@@ -32,6 +40,9 @@ pub fn stats(node: &Node) -> serde_json::Value {
         "partitions": node.config().partitions,
         "owned_partitions": view.owned(),
         "apply_lag_events": lag,
+        "ids_kept": per_partition(|figures| figures.ids_kept),
+        "duplicate_events": per_partition(|figures| figures.duplicate_events),
+        "id_conflicts": per_partition(|figures| figures.id_conflicts),
         "takeovers": view.stats().takeovers.load(Ordering::Relaxed),
         "losses": view.stats().losses.load(Ordering::Relaxed),
         "publish_latency": {
@@ -89,6 +100,7 @@ impl Collector for ClusterCollector {
             ConstGauge::new(i64::try_from(events).unwrap_or(i64::MAX))
                 .encode(lag.encode_family(&labels)?)?;
         }
+        encode_id_gauges(&mut encoder, &view.id_figures())?;
         for (name, help, value) in [
             (
                 "cluster_takeovers",
@@ -137,6 +149,43 @@ impl Collector for ClusterCollector {
                 None,
             )
     }
+}
+
+/// One per-partition client-id gauge: its name, help and figure.
+type IdGauge = (&'static str, &'static str, fn(&IdFigures) -> u64);
+
+/// The owners' client-id figures, one gauge family each, labelled by partition.
+const ID_GAUGES: [IdGauge; 3] = [
+    (
+        "cluster_ids_kept",
+        "Client ids an owned partition remembers now (beyond JetStream's duplicate window)",
+        |figures| figures.ids_kept,
+    ),
+    (
+        "cluster_duplicate_events",
+        "Events of an owned partition skipped because their client id was applied before (its whole history, carried by its snapshot)",
+        |figures| figures.duplicate_events,
+    ),
+    (
+        "cluster_id_conflicts",
+        "Events of an owned partition skipped because their client id was applied before with another user or amount (answered 202 past JetStream's duplicate window)",
+        |figures| figures.id_conflicts,
+    ),
+];
+
+fn encode_id_gauges(
+    encoder: &mut DescriptorEncoder<'_>,
+    ids: &std::collections::BTreeMap<floodgate_cluster::Partition, IdFigures>,
+) -> Result<(), std::fmt::Error> {
+    for (name, help, figure) in ID_GAUGES {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (partition, figures) in ids {
+            let labels = [("partition", partition.to_string())];
+            ConstGauge::new(i64::try_from(figure(figures)).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -747,6 +747,63 @@ async fn an_id_reused_on_another_node_is_id_conflict() {
         unsettled(&first_addr, &sums).await.is_empty(),
         "counted once"
     );
+    let home = partition_of(&alice, SMALL_PARTITIONS).to_string();
+    let mut kept = 0;
+    for addr in &nodes {
+        let cluster = stats(addr).await.expect("stats")["cluster"].clone();
+        kept += cluster["ids_kept"][&home].as_u64().unwrap_or(0);
+        for figure in ["duplicate_events", "id_conflicts"] {
+            let counts = cluster[figure].as_object().expect("a map").values();
+            assert!(
+                counts.into_iter().all(|count| count == 0),
+                "JetStream caught them: {cluster}"
+            );
+        }
+        assert_stats_and_metrics_documented(addr, &cluster).await;
+    }
+    assert_eq!(kept, 1, "the owner of alice's partition keeps order-1");
     stop_gracefully(first).await;
     stop_gracefully(second).await;
+}
+
+/// Asserts the `cluster` object of `/stats` has exactly the fields the OpenAPI document
+/// describes, and that every `floodgate_cluster_*` family of `/metrics` is in the README.
+async fn assert_stats_and_metrics_documented(addr: &str, cluster: &serde_json::Value) {
+    let document: serde_json::Value =
+        serde_json::from_str(floodgate_server::routes::OPENAPI_DOCUMENT).expect("the document");
+    let documented: BTreeSet<&str> =
+        document["components"]["schemas"]["Stats"]["properties"]["cluster"]["properties"]
+            .as_object()
+            .expect("cluster properties")
+            .keys()
+            .map(String::as_str)
+            .collect();
+    let served: BTreeSet<&str> = cluster
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(served, documented, "/stats cluster against openapi.json");
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let readme = include_str!("../../../../README.md");
+    let families: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with("floodgate_cluster_"))
+        .collect();
+    assert!(families.contains("floodgate_cluster_ids_kept"), "{text}");
+    for family in families {
+        let named = readme.contains(&format!("`{family}`"))
+            || readme.contains(&format!("`{family}_total`"));
+        assert!(named, "{family} is not in the README's /metrics row");
+    }
 }
