@@ -30,7 +30,7 @@ use crate::partition::partition_of;
 use crate::reads::ReadError;
 use crate::state::{EventDigest, IdLookup};
 use crate::view::MemberView;
-use crate::wire::decode_event;
+use crate::wire::{Payload, decode_event, decode_payload};
 
 /// What a duplicate PubAck turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +75,58 @@ pub async fn judge_duplicate(
             Err(Rejected::Unreachable)
         }
     }
+}
+
+/// Decides a duplicate batch message (`message_id`, carrying `events`; JetStream's original
+/// at `sequence`) event by event: from the stored message while it is in the stream (the same
+/// message id means the same client ids in the same order; user and amount are compared),
+/// else id by id from the owner of each event's partition, as [`judge_duplicate`] does. An
+/// event without a client id is only ever in a repeated message through the node's own retry:
+/// a resend.
+pub async fn judge_batch_duplicate(
+    view: &MemberView,
+    events: &[&Event],
+    message_id: &str,
+    sequence: u64,
+) -> Result<Vec<Verdict>, Rejected> {
+    match view.layout.stream.get_raw_message(sequence).await {
+        Ok(stored) => {
+            let same_id = stored
+                .headers
+                .get("Nats-Msg-Id")
+                .is_some_and(|stored_id| stored_id.as_str() == message_id);
+            if same_id
+                && let Ok(Payload::Batch(originals)) = decode_payload(&stored.payload)
+                && originals.len() == events.len()
+            {
+                let pairs = originals.iter().zip(events);
+                return Ok(pairs
+                    .map(|(original, event)| compare_events(original, event))
+                    .collect());
+            }
+        }
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+        Err(error) => {
+            tracing::warn!(%error, message_id, sequence, "duplicate not checked: stream unreachable");
+            return Err(Rejected::Unreachable);
+        }
+    }
+    let mut verdicts = Vec::with_capacity(events.len());
+    for event in events {
+        let Some(id) = &event.id else {
+            verdicts.push(Verdict::Resend);
+            continue;
+        };
+        let partition = partition_of(&event.user, view.config.partitions);
+        match view.lookup_id(partition, id.as_str()).await {
+            Ok(lookup) => verdicts.push(judge_lookup(event, sequence, lookup)),
+            Err(error @ (ReadError::Moving(_) | ReadError::Unreachable { .. })) => {
+                tracing::debug!(%error, message_id, "duplicate not checked: owner not answering");
+                return Err(Rejected::Unreachable);
+            }
+        }
+    }
+    Ok(verdicts)
 }
 
 /// The verdict when the original event is at hand.

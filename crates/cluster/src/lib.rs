@@ -38,11 +38,12 @@ pub use member::Member;
 pub use node::{Node, unique_node_name};
 pub use owner::{Owner, OwnerExit};
 pub use partition::{Partition, partition_of};
-pub use publish::{PublishError, Published, Publisher};
+pub use publish::{BatchMessage, PublishError, Published, Publisher};
 pub use reads::{ReadError, request_balance};
 pub use snapshot::{SnapshotError, SnapshotSlot};
 pub use state::{
-    Applied, AppliedIds, ClientId, EventDigest, IdBounds, IdLookup, IdRecord, PartitionState,
+    Applied, AppliedIds, BatchApplied, ClientId, EventDigest, IdBounds, IdLookup, IdRecord,
+    PartitionState,
 };
 pub use view::{IdFigures, IdGauges, MemberStats, MemberView};
 pub use wire::Snapshot;

@@ -12,7 +12,8 @@
 //!   no answer in time is `Rejected::Unreachable` (maybe stored; the client retries with its
 //!   id).
 //! - A duplicate PubAck for a client id is checked against the stored original (see
-//!   `conflict`): another user or amount is `Rejected::IdConflict`, as standalone answers.
+//!   `conflict`): another user or amount is `Rejected::IdConflict`, as standalone answers;
+//!   for a batch message, event by event.
 //! - [`Node::stop`] stops the member after the front door finished: each owner writes a last
 //!   snapshot and releases its lease, so another node takes the partitions at once instead of
 //!   after the lease TTL.
@@ -31,7 +32,7 @@ use crate::config::ClusterConfig;
 use crate::conflict::{self, Verdict};
 use crate::layout::{Layout, LayoutError};
 use crate::member::Member;
-use crate::publish::{ATOMIC_BATCH_MAX, PublishError, Publisher};
+use crate::publish::{BATCH_MAX_EVENTS, BatchMessage, PublishError, Published, Publisher};
 use crate::view::MemberView;
 
 /// Publish-latency buckets: 100 µs doubling 17 times (to about 6.5 s, past the ack timeout's
@@ -130,22 +131,26 @@ impl Node {
         }
     }
 
-    /// Publishes `events` as one atomic batch (all stored or none), retrying an unanswered
-    /// commit (a new batch id, the same message ids) until `request_timeout` has passed. A
-    /// batch holding an id the stream already stored is refused whole by JetStream; its events
-    /// are then published one by one, so each learns whether it is a duplicate.
+    /// Publishes `events` as one message per partition they touch (all stored or none: one
+    /// plain publish for one partition, one JetStream atomic batch for several), retrying an
+    /// unanswered publish (the same messages, the same message ids) until `request_timeout` has
+    /// passed. Every event of a message gets the message's answer. Messages the stream already
+    /// holds (an identical resend, or a retry after a lost answer) make the atomic batch
+    /// refused whole; they are then published one by one, so each learns whether it is a
+    /// duplicate.
     async fn store_batch(&self, events: &[Event]) -> Vec<Result<Forwarded, Rejected>> {
-        let ids: Vec<String> = events.iter().map(|event| self.message_id(event)).collect();
-        let pairs: Vec<(&Event, &str)> =
-            events.iter().zip(ids.iter().map(String::as_str)).collect();
-        let all = |answer: Result<Forwarded, Rejected>| vec![answer; events.len()];
         if events.is_empty() {
             return Vec::new();
+        }
+        let messages = self.publisher.batch_messages(events);
+        let all = |answer: Result<Forwarded, Rejected>| vec![answer; events.len()];
+        if messages.len() == 1 {
+            return self.store_messages_one_by_one(events, &messages).await;
         }
         let started = Instant::now();
         loop {
             let batch_id = format!("batch-{}", self.publisher.make_id());
-            match self.publisher.publish_atomic(&batch_id, &pairs).await {
+            match self.publisher.publish_atomic(&batch_id, &messages).await {
                 Ok(()) => {
                     self.publish_latency.record(started.elapsed());
                     return all(Ok(Forwarded::Stored));
@@ -162,13 +167,89 @@ impl Node {
                     return all(Err(Rejected::Unreachable));
                 }
                 Err(error) => {
-                    // A stored id (10201), or a stream without atomic publish: one by one.
-                    tracing::debug!(%error, batch_id, "batch refused whole: publishing its events one by one");
-                    let one_by_one = pairs
-                        .iter()
-                        .map(|&(event, id)| self.store_with_id(event, id));
-                    return join_all(one_by_one).await;
+                    // A stored message id (10201), or a stream without atomic publish.
+                    tracing::debug!(%error, batch_id, "batch refused whole: publishing its messages one by one");
+                    return self.store_messages_one_by_one(events, &messages).await;
                 }
+            }
+        }
+    }
+
+    /// Publishes each message of `events` on its own; each event gets its message's answer.
+    async fn store_messages_one_by_one(
+        &self,
+        events: &[Event],
+        messages: &[BatchMessage],
+    ) -> Vec<Result<Forwarded, Rejected>> {
+        let answers = messages
+            .iter()
+            .map(|message| self.store_message(events, message));
+        let mut results = vec![Err(Rejected::Unreachable); events.len()];
+        for (message, answers) in messages.iter().zip(join_all(answers).await) {
+            for (&index, answer) in message.events.iter().zip(answers) {
+                results[index] = answer;
+            }
+        }
+        results
+    }
+
+    /// Publishes one batch message of `events`, retrying an unanswered publish with the same
+    /// message id until `request_timeout` has passed; one answer per event it carries. A
+    /// duplicate is judged event by event against the stored original (see `conflict`).
+    async fn store_message(
+        &self,
+        events: &[Event],
+        message: &BatchMessage,
+    ) -> Vec<Result<Forwarded, Rejected>> {
+        let started = Instant::now();
+        let answer = loop {
+            let answer = self.publisher.publish_message(message).await;
+            match self.settle_publish(answer, started, &message.message_id) {
+                Some(settled) => break settled,
+                None => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        };
+        let carried: Vec<&Event> = message.events.iter().map(|&index| &events[index]).collect();
+        match answer {
+            Ok(published) if published.duplicate => {
+                let verdicts = conflict::judge_batch_duplicate(
+                    &self.view,
+                    &carried,
+                    &message.message_id,
+                    published.sequence,
+                )
+                .await;
+                match verdicts {
+                    Ok(verdicts) => verdicts.into_iter().map(forwarded).collect(),
+                    Err(refused) => vec![Err(refused); carried.len()],
+                }
+            }
+            Ok(_) => vec![Ok(Forwarded::Stored); carried.len()],
+            Err(refused) => vec![Err(refused); carried.len()],
+        }
+    }
+
+    /// What a publish's answer means: acknowledged (stored or a duplicate), refused, or
+    /// `None` (retry: no answer, and `request_timeout` has not passed since `started`).
+    fn settle_publish(
+        &self,
+        answer: Result<Published, PublishError>,
+        started: Instant,
+        id: &str,
+    ) -> Option<Result<Published, Rejected>> {
+        match answer {
+            Ok(published) => {
+                self.publish_latency.record(started.elapsed());
+                Some(Ok(published))
+            }
+            Err(PublishError::QueueFull) => Some(Err(Rejected::QueueFull)),
+            Err(error) if started.elapsed() + RETRY_PAUSE < self.config.request_timeout => {
+                tracing::debug!(%error, id, "publish not answered: retrying with the same id");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, id, "publish not answered: refused as cluster_unreachable");
+                Some(Err(Rejected::Unreachable))
             }
         }
     }
@@ -184,23 +265,14 @@ impl Node {
     async fn store_with_id(&self, event: &Event, id: &str) -> Result<Forwarded, Rejected> {
         let started = Instant::now();
         loop {
-            match self.publisher.publish(event, id).await {
-                Ok(published) => {
-                    self.publish_latency.record(started.elapsed());
-                    if !published.duplicate {
-                        return Ok(Forwarded::Stored);
-                    }
+            let answer = self.publisher.publish(event, id).await;
+            match self.settle_publish(answer, started, id) {
+                Some(Ok(published)) if published.duplicate => {
                     return self.judge_duplicate(event, id, published.sequence).await;
                 }
-                Err(PublishError::QueueFull) => return Err(Rejected::QueueFull),
-                Err(error) if started.elapsed() + RETRY_PAUSE < self.config.request_timeout => {
-                    tracing::debug!(%error, id, "publish not answered: retrying with the same id");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, id, "publish not answered: refused as cluster_unreachable");
-                    return Err(Rejected::Unreachable);
-                }
+                Some(Ok(_)) => return Ok(Forwarded::Stored),
+                Some(Err(refused)) => return Err(refused),
+                None => tokio::time::sleep(RETRY_PAUSE).await,
             }
         }
     }
@@ -220,10 +292,15 @@ impl Node {
         if !is_client_id {
             return Ok(Forwarded::Duplicate);
         }
-        match conflict::judge_duplicate(&self.view, event, id, sequence).await? {
-            Verdict::Resend => Ok(Forwarded::Duplicate),
-            Verdict::Conflict(field) => Err(Rejected::IdConflict(field)),
-        }
+        forwarded(conflict::judge_duplicate(&self.view, event, id, sequence).await?)
+    }
+}
+
+/// The answer a verdict on a duplicate means.
+fn forwarded(verdict: Verdict) -> Result<Forwarded, Rejected> {
+    match verdict {
+        Verdict::Resend => Ok(Forwarded::Duplicate),
+        Verdict::Conflict(field) => Err(Rejected::IdConflict(field)),
     }
 }
 
@@ -240,7 +317,7 @@ impl Forward for Node {
     }
 
     fn batch_max_events(&self) -> Option<usize> {
-        Some(ATOMIC_BATCH_MAX)
+        Some(BATCH_MAX_EVENTS)
     }
 }
 

@@ -27,7 +27,7 @@ use crate::publish::CLIENT_ID_HEADER;
 use crate::snapshot::{SnapshotError, SnapshotSlot};
 use crate::state::{Applied, ClientId, IdBounds, PartitionState};
 use crate::view::IdGauges;
-use crate::wire::decode_event;
+use crate::wire::{Payload, decode_payload};
 
 /// How long the owner waits for an event before snapshotting what it applied (if anything).
 const IDLE_SNAPSHOT: Duration = Duration::from_millis(500);
@@ -228,7 +228,8 @@ impl Owner {
         let Ok(info) = message.info() else {
             return Ok(());
         };
-        let stored_at_ms = info.published.unix_timestamp_nanos() / 1_000_000;
+        let stored_at_ms =
+            u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let client_id = message
             .headers
             .as_ref()
@@ -236,10 +237,15 @@ impl Owner {
             .and_then(|headers| headers.get("Nats-Msg-Id"))
             .map(|id| ClientId {
                 id: id.as_str(),
-                stored_at_ms: u64::try_from(stored_at_ms).unwrap_or(0),
+                stored_at_ms,
             });
-        self.apply_identified(info.stream_sequence, &message.payload, client_id)
-            .await;
+        self.apply_message(
+            info.stream_sequence,
+            &message.payload,
+            client_id,
+            stored_at_ms,
+        )
+        .await;
         self.lag_events.store(info.pending, Ordering::Relaxed);
         self.snapshot_if_due(valid_until, self.snapshot_every_events)
             .await
@@ -257,9 +263,25 @@ impl Owner {
         payload: &[u8],
         client_id: Option<ClientId<'_>>,
     ) {
+        let stored_at_ms = client_id.map_or(0, |id| id.stored_at_ms);
+        self.apply_message(sequence, payload, client_id, stored_at_ms)
+            .await;
+    }
+
+    /// Folds the message stored at `sequence` into the state, whole and once: one event (its
+    /// client id from the headers) or a batch message (its ids inside; see `wire`). A payload
+    /// that does not decode is skipped whole (nothing of it applied), never half applied.
+    pub async fn apply_message(
+        &mut self,
+        sequence: u64,
+        payload: &[u8],
+        client_id: Option<ClientId<'_>>,
+        stored_at_ms: u64,
+    ) {
+        let decoded = decode_payload(payload);
         let mut state = self.state.write().await;
-        match decode_event(payload) {
-            Ok(event) => {
+        let events = match decoded {
+            Ok(Payload::One(event)) => {
                 let applied = state.apply_identified(sequence, &event, client_id, self.id_bounds);
                 if let Applied::IdConflict(field) = applied {
                     tracing::warn!(
@@ -271,15 +293,30 @@ impl Owner {
                         field.name()
                     );
                 }
+                1
+            }
+            Ok(Payload::Batch(events)) => {
+                let applied = state.apply_batch(sequence, &events, stored_at_ms, self.id_bounds);
+                if applied.id_conflicts > 0 {
+                    tracing::warn!(
+                        partition = self.partition,
+                        sequence,
+                        id_conflicts = applied.id_conflicts,
+                        "skipped events of a batch message: their ids were applied before with \
+                         another user or amount"
+                    );
+                }
+                events.len() as u64
             }
             Err(error) => {
                 tracing::warn!(partition = self.partition, sequence, %error, "not an event");
                 state.skip(sequence);
+                1
             }
-        }
+        };
         self.id_gauges.publish(&state);
         drop(state);
-        self.unsnapshotted_events += 1;
+        self.unsnapshotted_events += events;
     }
 
     /// Snapshots and purges when at least `threshold` events are not yet snapshotted and the

@@ -1,5 +1,6 @@
-//! The front door's side: put one validated event on its partition's subject and report what
-//! JetStream answered, awaiting the acknowledgement of every publish.
+//! The front door's side: put one validated event on its partition's subject, or a batch as
+//! one message per partition it spans, and report what JetStream answered, awaiting the
+//! acknowledgement of every publish.
 //!
 //! Invariants:
 //! - A success is returned only after JetStream's PubAck (stored on a quorum of replicas); an
@@ -10,6 +11,9 @@
 //! - A full stream (error 10077, `discard: new` past `max_msgs`) is [`PublishError::QueueFull`]:
 //!   nothing was stored. A timeout or lost connection is [`PublishError::Unreachable`]: the
 //!   event may or may not be stored, and retrying with the same id is safe.
+//! - A batch is [`BatchMessage`]s, one per partition (`wire` documents the encoding and the
+//!   message id), built once and republished unchanged on a retry; several are published as
+//!   one JetStream atomic batch, so they are stored all together or not at all.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,7 +21,7 @@ use async_nats::jetstream::{self, ErrorCode, context::PublishErrorKind};
 use floodgate_core::Event;
 
 use crate::partition::{Partition, partition_of, subject};
-use crate::wire::encode_event;
+use crate::wire::{batch_message_id, encode_batch, encode_event};
 
 /// Where an acknowledged event was stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +67,23 @@ fn is_client_id(event: &Event, message_id: &str) -> bool {
 
 /// Most messages in one JetStream atomic batch (the server's limit).
 pub const ATOMIC_BATCH_MAX: usize = 1000;
+/// Most events in one batch: a batch message of 1,000 events is at most ~210 KB (see `wire`),
+/// well under NATS's default 1 MiB `max_payload`.
+pub const BATCH_MAX_EVENTS: usize = 1000;
+
+/// One partition's share of a batch: its message, built once so that a retry republishes
+/// exactly the same bytes under the same `Nats-Msg-Id`.
+#[derive(Clone, Debug)]
+pub struct BatchMessage {
+    /// The partition whose subject it goes to.
+    pub partition: Partition,
+    /// Its `Nats-Msg-Id` (`wire::batch_message_id`).
+    pub message_id: String,
+    /// The encoded events (`wire::encode_batch`).
+    pub payload: bytes::Bytes,
+    /// The positions, in the batch, of the events it carries (in order).
+    pub events: Vec<usize>,
+}
 /// JetStream's error for an atomic batch holding an id already stored.
 const STORED_ID_IN_BATCH: u64 = 10201;
 
@@ -109,50 +130,90 @@ impl Publisher {
         format!("{}-{number}", self.node)
     }
 
-    /// Publishes `events` (each with its message id) as one JetStream atomic batch and waits
-    /// for the commit's acknowledgement: every event stored, or none. At most
-    /// [`ATOMIC_BATCH_MAX`] events. A stored id in the batch is
-    /// [`PublishError::StoredIdInBatch`] (nothing stored: publish the events one by one to
-    /// learn which are duplicates); a full stream is [`PublishError::QueueFull`].
+    /// `events` split by partition: one [`BatchMessage`] per partition they touch (in
+    /// partition order), each carrying that partition's events in the batch's order.
+    pub fn batch_messages(&self, events: &[Event]) -> Vec<BatchMessage> {
+        let mut by_partition: std::collections::BTreeMap<Partition, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (index, event) in events.iter().enumerate() {
+            let partition = partition_of(&event.user, self.partitions);
+            by_partition.entry(partition).or_default().push(index);
+        }
+        by_partition
+            .into_iter()
+            .map(|(partition, indexes)| {
+                let carried = || indexes.iter().map(|&index| &events[index]);
+                BatchMessage {
+                    partition,
+                    message_id: batch_message_id(carried(), &self.make_id()),
+                    payload: encode_batch(carried()),
+                    events: indexes,
+                }
+            })
+            .collect()
+    }
+
+    /// Publishes one batch message and waits for its acknowledgement (`duplicate`: JetStream
+    /// had its message id, so the same events were stored before).
+    pub async fn publish_message(&self, message: &BatchMessage) -> Result<Published, PublishError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(message.payload.clone())
+            .message_id(message.message_id.as_str());
+        let ack_future = self
+            .context
+            .send_publish(subject(message.partition), publish)
+            .await
+            .map_err(|error| classify(&error))?;
+        let ack = ack_future.await.map_err(|error| classify(&error))?;
+        Ok(Published {
+            partition: message.partition,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Publishes `messages` as one JetStream atomic batch and waits for the commit's
+    /// acknowledgement: every message stored, or none. At most [`ATOMIC_BATCH_MAX`] messages.
+    /// A message id the stream already stored is [`PublishError::StoredIdInBatch`] (nothing
+    /// stored: publish the messages one by one to learn which are duplicates); a stream
+    /// without room for all of them is [`PublishError::QueueFull`].
     pub async fn publish_atomic(
         &self,
         batch_id: &str,
-        events: &[(&Event, &str)],
+        messages: &[BatchMessage],
     ) -> Result<(), PublishError> {
         let client = self.context.client();
-        let last = events.len().checked_sub(1).ok_or_else(|| {
-            PublishError::Refused("an atomic batch needs at least one event".to_owned())
+        let last = messages.len().checked_sub(1).ok_or_else(|| {
+            PublishError::Refused("an atomic batch needs at least one message".to_owned())
         })?;
         if last >= ATOMIC_BATCH_MAX {
             return Err(PublishError::Refused(format!(
-                "{} events: an atomic batch holds at most {ATOMIC_BATCH_MAX}",
-                events.len()
+                "{} messages: an atomic batch holds at most {ATOMIC_BATCH_MAX}",
+                messages.len()
             )));
         }
         let unreachable =
             |error: &dyn std::fmt::Display| PublishError::Unreachable(error.to_string());
-        for (index, &(event, message_id)) in events.iter().enumerate() {
-            let subject = subject(partition_of(&event.user, self.partitions));
+        for (index, message) in messages.iter().enumerate() {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Batch-Id", batch_id);
             headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
-            headers.insert("Nats-Msg-Id", message_id);
-            if is_client_id(event, message_id) {
-                headers.insert(CLIENT_ID_HEADER, "1");
-            }
+            headers.insert("Nats-Msg-Id", message.message_id.as_str());
+            let subject = subject(message.partition);
+            let payload = message.payload.clone();
             if index < last {
                 client
-                    .publish_with_headers(subject, headers, encode_event(event))
+                    .publish_with_headers(subject, headers, payload)
                     .await
                     .map_err(|error| unreachable(&error))?;
                 continue;
             }
             headers.insert("Nats-Batch-Commit", "1");
             let reply = client
-                .request_with_headers(subject, headers, encode_event(event))
+                .request_with_headers(subject, headers, payload)
                 .await
                 .map_err(|error| unreachable(&error))?;
-            return batch_answer(&reply.payload, events.len());
+            return batch_answer(&reply.payload, messages.len());
         }
         Ok(())
     }
@@ -184,14 +245,14 @@ impl Publisher {
     }
 }
 
-/// What the commit's answer of an atomic batch of `count` events means.
+/// What the commit's answer of an atomic batch of `count` messages means.
 fn batch_answer(payload: &[u8], count: usize) -> Result<(), PublishError> {
     let answer: BatchAnswer = serde_json::from_slice(payload)
         .map_err(|error| PublishError::Unreachable(format!("bad batch answer: {error}")))?;
     match answer.error {
         None if answer.count == Some(count as u64) => Ok(()),
         None => Err(PublishError::Refused(format!(
-            "the batch answer counts {:?} events, not {count}",
+            "the batch answer counts {:?} messages, not {count}",
             answer.count
         ))),
         Some(error) if error.err_code == ErrorCode::STREAM_STORE_FAILED.0 => {

@@ -39,6 +39,21 @@ pub enum Applied {
     IdConflict(ConflictField),
 }
 
+/// What applying one batch message did, event by event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchApplied {
+    /// The message's sequence was applied before: nothing done.
+    pub already_applied: bool,
+    /// Events added to their balances.
+    pub applied: u64,
+    /// Events skipped: their client id was applied before.
+    pub duplicates: u64,
+    /// Events skipped: their client id was applied before with another user or amount.
+    pub id_conflicts: u64,
+    /// Events not added: the balance would leave the i64 range.
+    pub overflowed: u64,
+}
+
 /// How long, and how many, client ids a partition remembers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdBounds {
@@ -290,6 +305,11 @@ impl PartitionState {
             return Applied::AlreadyApplied;
         }
         self.applied_sequence = sequence;
+        self.add(event)
+    }
+
+    /// Adds `event`'s amount to its user's balance, unless it would overflow (then counted).
+    fn add(&mut self, event: &Event) -> Applied {
         let balance = match self.balances.get_mut(event.user.as_str()) {
             Some(balance) => balance,
             None => self.balances.entry(event.user.clone()).or_insert(0),
@@ -319,17 +339,36 @@ impl PartitionState {
         if sequence <= self.applied_sequence {
             return Applied::AlreadyApplied;
         }
-        if let Some(record) = self.ids.get(client_id.id) {
-            let conflict = record.digest.and_then(|digest| digest.conflict_with(event));
+        if let Some(skipped) = self.skip_known_id(event, client_id.id) {
             self.applied_sequence = sequence;
-            if let Some(field) = conflict {
-                self.id_conflicts += 1;
-                return Applied::IdConflict(field);
-            }
-            self.duplicate_events += 1;
-            return Applied::Duplicate;
+            return skipped;
         }
         let applied = self.apply(sequence, event);
+        self.remember_id(sequence, event, client_id, bounds);
+        applied
+    }
+
+    /// Skips `event` if its client id was applied before (counted duplicate, or id conflict
+    /// when the user or amount differ): `Some` with what it was; `None` if the id is new.
+    fn skip_known_id(&mut self, event: &Event, id: &str) -> Option<Applied> {
+        let record = self.ids.get(id)?;
+        let conflict = record.digest.and_then(|digest| digest.conflict_with(event));
+        if let Some(field) = conflict {
+            self.id_conflicts += 1;
+            return Some(Applied::IdConflict(field));
+        }
+        self.duplicate_events += 1;
+        Some(Applied::Duplicate)
+    }
+
+    /// Remembers `event`'s client id, applied in the message at `sequence`, within `bounds`.
+    fn remember_id(
+        &mut self,
+        sequence: u64,
+        event: &Event,
+        client_id: ClientId<'_>,
+        bounds: IdBounds,
+    ) {
         let record = IdRecord {
             stored_at_ms: client_id.stored_at_ms,
             sequence,
@@ -338,7 +377,45 @@ impl PartitionState {
         let forgotten = self.ids.remember(client_id.id, record, bounds);
         let through = self.ids_forgotten_through.unwrap_or(0).max(forgotten);
         self.ids_forgotten_through = Some(through);
-        applied
+    }
+
+    /// Folds a batch message stored at `sequence` (at `stored_at_ms`, stream time) into the
+    /// balances, whole and once: nothing if the sequence is applied already; otherwise every
+    /// event in order, an event whose client id (`Event::id`) was applied before skipped
+    /// (counted duplicate, or id conflict), the others' ids remembered within `bounds` (with
+    /// the message's sequence); then the sequence moves to the message's. There is no point
+    /// inside a message at which the state is kept, so a snapshot (taken between messages)
+    /// never holds part of one.
+    pub fn apply_batch(
+        &mut self,
+        sequence: u64,
+        events: &[Event],
+        stored_at_ms: u64,
+        bounds: IdBounds,
+    ) -> BatchApplied {
+        let mut outcome = BatchApplied::default();
+        if sequence <= self.applied_sequence {
+            outcome.already_applied = true;
+            return outcome;
+        }
+        for event in events {
+            let client_id = event.id.as_ref().map(|id| ClientId {
+                id: id.as_str(),
+                stored_at_ms,
+            });
+            let skipped = client_id.and_then(|id| self.skip_known_id(event, id.id));
+            match skipped.unwrap_or_else(|| self.add(event)) {
+                Applied::Duplicate => outcome.duplicates += 1,
+                Applied::IdConflict(_) => outcome.id_conflicts += 1,
+                Applied::Overflowed => outcome.overflowed += 1,
+                Applied::Applied | Applied::AlreadyApplied => outcome.applied += 1,
+            }
+            if let (None, Some(client_id)) = (skipped, client_id) {
+                self.remember_id(sequence, event, client_id, bounds);
+            }
+        }
+        self.applied_sequence = sequence;
+        outcome
     }
 
     /// What this partition knows of client id `id`.
@@ -397,6 +474,66 @@ mod tests {
     use super::*;
 
     // Proves an event delivered again (same or lower sequence) is not applied again.
+    // Proves a batch message is applied whole and once: its events in order (an id applied
+    // before, in an earlier message or earlier in this one, skipped and counted, as a conflict
+    // when its amount differs; an overflow counted), the sequence moved once, the ids kept
+    // with the message's sequence, and a redelivery of the message changes nothing.
+    #[test]
+    fn a_batch_message_is_applied_whole_and_once() {
+        let id = |user: &str, amount, id: &str| {
+            Event::new(user, amount).with_id(floodgate_core::EventId::parse(id).expect("id"))
+        };
+        let bounds = IdBounds::default();
+        let mut state = PartitionState::default();
+        state.apply_identified(
+            1,
+            &id("a", 1, "x"),
+            Some(ClientId {
+                id: "x",
+                stored_at_ms: 0,
+            }),
+            bounds,
+        );
+        let batch = [
+            id("a", 1, "x"),
+            id("b", 2, "y"),
+            Event::new("a", 3),
+            id("b", 2, "y"),
+            id("c", i64::MAX, "z"),
+            id("c", 1, "w"),
+            id("a", 9, "x"),
+        ];
+        let outcome = state.apply_batch(2, &batch, 5, bounds);
+        assert_eq!(
+            outcome,
+            BatchApplied {
+                already_applied: false,
+                applied: 3,
+                duplicates: 2,
+                id_conflicts: 1,
+                overflowed: 1,
+            }
+        );
+        assert_eq!(
+            (state.balance("a"), state.balance("b"), state.balance("c")),
+            (4, 2, i64::MAX)
+        );
+        assert_eq!(
+            (
+                state.applied_sequence,
+                state.duplicate_events,
+                state.id_conflicts
+            ),
+            (2, 2, 1)
+        );
+        assert_eq!(state.ids.get("y").map(|record| record.sequence), Some(2));
+        assert!(state.ids.contains("w"));
+        let before = state.clone();
+        assert!(state.apply_batch(2, &batch, 5, bounds).already_applied);
+        assert!(state.apply_batch(1, &batch, 5, bounds).already_applied);
+        assert_eq!(state, before, "a redelivered message changes nothing");
+    }
+
     #[test]
     fn redelivery_is_not_applied_twice() {
         let mut state = PartitionState::default();

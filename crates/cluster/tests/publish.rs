@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use floodgate_cluster::{ClusterConfig, Layout, LocalCluster, PublishError, Publisher};
-use floodgate_core::Event;
+use floodgate_cluster::wire::{Payload, decode_payload};
+use floodgate_cluster::{
+    ClusterConfig, Layout, LocalCluster, PublishError, Publisher, partition_of,
+};
+use floodgate_core::{Event, EventId};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -87,54 +90,102 @@ async fn publish_without_servers_is_unreachable() {
     );
 }
 
-// Proves an atomic batch is all or nothing on nats-server: a batch is stored whole; a batch
-// holding one id already stored is refused whole (StoredIdInBatch, its new events not
-// stored); a batch that would pass the stream's bound is refused whole as QueueFull, though
-// part of it would fit.
+/// Two users on different partitions of `partitions`.
+fn users_on_two_partitions(partitions: u32) -> (String, String) {
+    let first = "user-0".to_owned();
+    let other = (1..1_000)
+        .map(|number| format!("user-{number}"))
+        .find(|user| partition_of(user, partitions) != partition_of(&first, partitions))
+        .expect("another partition");
+    (first, other)
+}
+
+fn with_id(user: &str, amount: i64, id: &str) -> Event {
+    Event::new(user, amount).with_id(EventId::parse(id).expect("id"))
+}
+
+// Proves a batch is one message per partition, stored all together or not at all: split by
+// partition (events in batch order, decodable back with their ids); an atomic batch of those
+// messages is stored whole; an identical resend has the same message ids and is refused whole
+// (StoredIdInBatch), each of its messages then a duplicate on its own; a batch that does not
+// fit the stream's bound (counted in messages) is refused whole as QueueFull, though one of
+// its messages would fit.
 #[tokio::test]
-async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
+async fn a_batch_is_one_message_per_partition_stored_whole_or_not_at_all() {
     let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
     let mut config = ClusterConfig::new(2, cluster.size());
-    config.capacity_events = 5;
+    config.capacity_events = 3;
     let layout = connect(&cluster, &config).await;
     let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
-    let (alice, bob) = (Event::new("alice", 1), Event::new("bob", 2));
-    let messages = |stream: &mut async_nats::jetstream::stream::Stream| {
+    let (left, right) = users_on_two_partitions(config.partitions);
+    let messages = |stream: &async_nats::jetstream::stream::Stream| {
         let mut stream = stream.clone();
         async move { stream.info().await.expect("info").state.messages }
     };
-    let mut stream = layout.stream.clone();
+    let batch = [
+        with_id(&left, 1, "a1"),
+        with_id(&right, 2, "b1"),
+        with_id(&left, 3, "a2"),
+    ];
 
+    let split = publisher.batch_messages(&batch);
+    assert_eq!(split.len(), 2, "one message per partition");
+    let left_message = split
+        .iter()
+        .find(|message| message.partition == partition_of(&left, 2))
+        .expect("left's message");
+    assert_eq!(left_message.events, [0, 2]);
+    assert_eq!(
+        decode_payload(&left_message.payload).expect("decodes"),
+        Payload::Batch(vec![batch[0].clone(), batch[2].clone()])
+    );
     publisher
-        .publish_atomic("batch-1", &[(&alice, "a1"), (&bob, "b1"), (&alice, "a2")])
+        .publish_atomic("batch-1", &split)
         .await
         .expect("stored whole");
-    assert_eq!(messages(&mut stream).await, 3);
-    let with_stored_id = publisher
-        .publish_atomic("batch-2", &[(&bob, "b2"), (&alice, "a1")])
-        .await;
-    assert!(
-        matches!(with_stored_id, Err(PublishError::StoredIdInBatch)),
-        "{with_stored_id:?}"
+    assert_eq!(messages(&layout.stream).await, 2);
+
+    let resend = publisher.batch_messages(&batch);
+    let ids = |split: &[floodgate_cluster::BatchMessage]| {
+        split
+            .iter()
+            .map(|message| message.message_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&resend),
+        ids(&split),
+        "the same ids, the same message ids"
     );
-    assert_eq!(messages(&mut stream).await, 3, "b2 not stored either");
-    let too_many = publisher
-        .publish_atomic("batch-3", &[(&bob, "b3"), (&bob, "b4"), (&bob, "b5")])
-        .await;
+    let again = publisher.publish_atomic("batch-2", &resend).await;
+    assert!(
+        matches!(again, Err(PublishError::StoredIdInBatch)),
+        "{again:?}"
+    );
+    for message in &resend {
+        let receipt = publisher.publish_message(message).await.expect("answered");
+        assert!(receipt.duplicate, "each message alone is a duplicate");
+    }
+    assert_eq!(messages(&layout.stream).await, 2, "nothing stored twice");
+
+    let two_more = publisher.batch_messages(&[with_id(&left, 1, "a3"), with_id(&right, 1, "b3")]);
+    let too_many = publisher.publish_atomic("batch-3", &two_more).await;
     assert!(
         matches!(too_many, Err(PublishError::QueueFull)),
         "{too_many:?}"
     );
     assert_eq!(
-        messages(&mut stream).await,
-        3,
+        messages(&layout.stream).await,
+        2,
         "nothing of a batch past the bound"
     );
+    let one_more = publisher.batch_messages(&[with_id(&left, 1, "a3"), with_id(&left, 1, "a4")]);
+    assert_eq!(one_more.len(), 1);
     publisher
-        .publish_atomic("batch-4", &[(&bob, "b3"), (&bob, "b4")])
+        .publish_atomic("batch-4", &one_more)
         .await
         .expect("what fits is stored");
-    assert_eq!(messages(&mut stream).await, 5);
+    assert_eq!(messages(&layout.stream).await, 3);
 }
 
 // Proves an events stream created before atomic batches (no `allow_atomic`) gets them turned
@@ -178,9 +229,10 @@ async fn an_older_stream_gets_atomic_batches_on_connect() {
         "the stream's own capacity kept"
     );
     let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
-    let event = Event::new("alice", 1);
+    let (left, right) = users_on_two_partitions(config.partitions);
+    let split = publisher.batch_messages(&[Event::new(left, 1), Event::new(right, 1)]);
     publisher
-        .publish_atomic("batch-1", &[(&event, "a1"), (&event, "a2")])
+        .publish_atomic("batch-1", &split)
         .await
         .expect("an atomic batch");
 }

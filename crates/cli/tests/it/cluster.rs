@@ -1,5 +1,5 @@
 //! `floodgate serve --nats`: real cluster nodes (the binary) on a real nats-server. Three nodes
-//! under concurrent clients lose one to SIGKILL and get it back; one node meets a full stream
+//! under concurrent clients (single events and batches) lose one to SIGKILL and get it back; one node meets a full stream
 //! and a lost NATS connection. Every balance, read from any node, must equal the sum of the
 //! events the clients got a 202 for, each counted once.
 
@@ -88,53 +88,93 @@ fn user(index: usize) -> String {
 /// The events acknowledged (202) so far, by id: a resend answered 202 is the same event.
 type Acknowledged = Arc<Mutex<HashMap<String, (String, i64)>>>;
 
+/// Events in a batch of a batch client (over several partitions: users differ).
+const BATCH_EVENTS: usize = 12;
+
 /// One client: posts events with ids to the nodes in turn until `stop`; an event not answered
-/// 202 (a dead node, 503) is resent with the same id to the next node until it is.
+/// 202 (a dead node, 503) is resent with the same id to the next node until it is. Odd
+/// clients post batches instead (`BATCH_EVENTS` events over several partitions, resent whole
+/// with the same ids until a 200 that accepts every event, as `accepted` or `duplicate`).
 async fn run_client(
     number: usize,
     nodes: Arc<Mutex<Vec<String>>>,
     acknowledged: Acknowledged,
     stop: Arc<AtomicBool>,
 ) {
-    let http = client();
     let mut sequence = 0_usize;
     while !stop.load(Ordering::Relaxed) {
         sequence += 1;
-        let id = format!("c{number}-{sequence}");
-        let user = user((number * 7 + sequence) % USERS);
-        let amount = i64::try_from(sequence % 9).unwrap_or(0) + 1;
-        let body = serde_json::json!({"user": user, "amount": amount, "id": id}).to_string();
-        let started = Instant::now();
-        let mut attempt = number + sequence;
-        loop {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "event {id} never acknowledged"
-            );
-            let addr = {
-                let nodes = nodes.lock().expect("nodes");
-                nodes[attempt % nodes.len()].clone()
-            };
-            attempt += 1;
-            let answer = http
-                .post(format!("http://{addr}/events"))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            match answer.map(|response| response.status()) {
-                Ok(StatusCode::ACCEPTED) => {
-                    acknowledged
-                        .lock()
-                        .expect("acknowledged")
-                        .insert(id.clone(), (user.clone(), amount));
-                    break;
-                }
-                Ok(StatusCode::SERVICE_UNAVAILABLE) | Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(other) => panic!("event {id}: unexpected {other}"),
+        let events: Vec<(String, String, i64)> =
+            (0..if number % 2 == 1 { BATCH_EVENTS } else { 1 })
+                .map(|k| {
+                    let serial = sequence * BATCH_EVENTS + k;
+                    let id = format!("c{number}-{sequence}-{k}");
+                    let user = user((number * 7 + serial) % USERS);
+                    let amount = i64::try_from(serial % 9).unwrap_or(0) + 1;
+                    (id, user, amount)
+                })
+                .collect();
+        let (path, body) = if number % 2 == 1 {
+            let batch: Vec<serde_json::Value> = events
+                .iter()
+                .map(|(id, user, amount)| serde_json::json!({"user": user, "amount": amount, "id": id}))
+                .collect();
+            ("events/batch", serde_json::Value::from(batch).to_string())
+        } else {
+            let (id, user, amount) = &events[0];
+            let body = serde_json::json!({"user": user, "amount": amount, "id": id});
+            ("events", body.to_string())
+        };
+        post_until_acknowledged(&nodes, number + sequence, path, &body).await;
+        let mut acknowledged = acknowledged.lock().expect("acknowledged");
+        for (id, user, amount) in events {
+            acknowledged.insert(id, (user, amount));
+        }
+    }
+}
+
+/// Posts `body` to `path` on the nodes in turn, starting at `attempt`, until a node
+/// acknowledges all of it (202, or 200 with nothing rejected); 503s and dead nodes are retried
+/// on the next node with the same body (the same ids).
+async fn post_until_acknowledged(
+    nodes: &Mutex<Vec<String>>,
+    mut attempt: usize,
+    path: &str,
+    body: &str,
+) {
+    let http = client();
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{body} never acknowledged"
+        );
+        let addr = {
+            let nodes = nodes.lock().expect("nodes");
+            nodes[attempt % nodes.len()].clone()
+        };
+        attempt += 1;
+        let answer = http
+            .post(format!("http://{addr}/{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await;
+        let Ok(response) = answer else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        match response.status() {
+            StatusCode::ACCEPTED => return,
+            StatusCode::OK => {
+                let answer: serde_json::Value = response.json().await.expect("json");
+                assert_eq!(answer["rejected"].as_u64(), Some(0), "{answer}");
+                return;
             }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("{body}: unexpected {other}"),
         }
     }
 }
@@ -315,7 +355,8 @@ async fn wait_rejoined(addr: &str) {
 }
 
 // Proves the promise on real processes: three nodes on one nats-server share the
-// partitions; under concurrent clients (ids, resending to another node until a 202) one node
+// partitions; under concurrent clients (ids; single events and batches of 12 over several
+// partitions, each resent with the same ids to another node until acknowledged) one node
 // is SIGKILLed, a read of its partition answers 503 partition_moving at once, the two others
 // take all its partitions, it restarts and takes its share back, and every user's balance,
 // read from each node, is the sum of the acknowledged events, each counted once (also as
@@ -377,7 +418,8 @@ async fn three_nodes_survive_a_kill_and_a_rejoin_with_every_acknowledged_event()
 }
 
 // Proves the broker case on real processes: three nodes on a three-server JetStream
-// cluster (replicas 3); under concurrent clients one nats-server is SIGKILLed, then one node;
+// cluster (replicas 3); under concurrent clients (single events and batches) one nats-server
+// is SIGKILLed, then one node;
 // the live nodes own every partition again and every user's balance, read from each of them,
 // is the sum of the acknowledged events, each counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
