@@ -12,10 +12,12 @@
 //! in order, exactly once), [`snapshot`] (the fenced snapshot slot), [`owner`] (replay, apply,
 //! snapshot, purge), [`member`] (a node's leases and owners), [`reads`] (balances from any node), [`view`] (what a running member shows its node), [`node`] (the front door's side: the
 //! engine's `Forward`, the member's task). [`layout`]
-//! creates the stream and buckets; [`local_cluster`] starts real servers for tests.
+//! creates the stream and buckets; [`local_cluster`] starts real servers for tests, their
+//! route links optionally behind [`route_proxy`]s a test can cut.
 
 pub mod config;
 pub mod conflict;
+pub mod fault;
 pub mod layout;
 pub mod lease;
 pub mod local_cluster;
@@ -25,6 +27,7 @@ pub mod owner;
 pub mod partition;
 pub mod publish;
 pub mod reads;
+pub mod route_proxy;
 pub mod snapshot;
 pub mod state;
 pub mod view;

@@ -10,12 +10,18 @@
 //!   processes, accepted for tests).
 //! - Nothing leaks: dropping the cluster kills and reaps every process it started; the store
 //!   directories live in a temporary directory removed with it.
+//! - Partitions without root: [`LocalCluster::start_partitionable`] routes every server-to-server
+//!   link through a [`LinkProxy`] the test controls (server `i` dials server `j` only through
+//!   the proxy of link `i → j`), and each server advertises a route address that refuses, so
+//!   no server can reach another around the proxies by the routes it learns by gossip.
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::route_proxy::LinkProxy;
 
 /// Environment variable naming the nats-server binary to start.
 pub const SERVER_BINARY_VARIABLE: &str = "FLOODGATE_NATS_SERVER";
@@ -86,6 +92,11 @@ struct Server {
 pub struct LocalCluster {
     binary: PathBuf,
     servers: Vec<Server>,
+    /// The route links `(from, to, proxy)` of a partitionable cluster (empty otherwise).
+    links: Vec<(usize, usize, LinkProxy)>,
+    /// Refuses every connection: the route address each server of a partitionable cluster
+    /// advertises, so gossip never leads a server around the proxies (held for its port).
+    _refuser: Option<LinkProxy>,
     // Dropped last (fields drop in order): the processes are reaped before their stores go.
     directory: tempfile::TempDir,
 }
@@ -95,6 +106,16 @@ impl LocalCluster {
     /// accepts connections. JetStream's own readiness (a meta leader) is the caller's to await
     /// (`connect` retries until the stream can be created).
     pub fn start(size: usize) -> Result<Self, LocalClusterError> {
+        Self::start_with(size, false)
+    }
+
+    /// Like [`Self::start`], with every route link behind a proxy the caller can cut
+    /// ([`Self::isolate`]) and heal ([`Self::heal`]).
+    pub fn start_partitionable(size: usize) -> Result<Self, LocalClusterError> {
+        Self::start_with(size, true)
+    }
+
+    fn start_with(size: usize, partitionable: bool) -> Result<Self, LocalClusterError> {
         let binary = server_binary()?;
         let directory = tempfile::Builder::new()
             .prefix("floodgate-nats-")
@@ -103,10 +124,24 @@ impl LocalCluster {
         for _ in 0..size {
             ports.push((free_port()?, free_port()?));
         }
+        let (links, refuser) = if partitionable && size > 1 {
+            let (links, refuser) = route_links(&ports)?;
+            (links, Some(refuser))
+        } else {
+            (Vec::new(), None)
+        };
         let mut servers = Vec::with_capacity(size);
         for (index, &(client_port, route_port)) in ports.iter().enumerate() {
             let config_path = directory.path().join(format!("n{index}.conf"));
-            let config = server_config(index, directory.path(), client_port, route_port, &ports);
+            let routes = route_targets(index, &ports, &links);
+            let advertise = refuser.as_ref().map(LinkProxy::port);
+            let config = server_config(
+                index,
+                directory.path(),
+                (client_port, route_port),
+                &routes,
+                advertise,
+            );
             std::fs::write(&config_path, config)?;
             servers.push(Server {
                 client_port,
@@ -118,6 +153,8 @@ impl LocalCluster {
         let mut cluster = Self {
             binary,
             servers,
+            links,
+            _refuser: refuser,
             directory,
         };
         for index in 0..size {
@@ -197,6 +234,68 @@ impl LocalCluster {
     pub fn route_port(&self, index: usize) -> u16 {
         self.servers[index].route_port
     }
+
+    /// Cuts every route link to and from server `index` (a partitionable cluster only): it
+    /// keeps its clients but reaches no other server until [`Self::heal`]. Returns whether
+    /// there were links to cut.
+    pub fn isolate(&self, index: usize) -> bool {
+        let mut cut = false;
+        for (from, to, proxy) in &self.links {
+            if *from == index || *to == index {
+                proxy.cut();
+                cut = true;
+            }
+        }
+        cut
+    }
+
+    /// Lets every route link carry traffic again; the servers reconnect on their own.
+    pub fn heal(&self) {
+        for (_, _, proxy) in &self.links {
+            proxy.heal();
+        }
+    }
+}
+
+/// One proxy per ordered pair of servers (`i` dials `j` through it), and one that refuses.
+#[allow(clippy::type_complexity)] // a list of (from, to, proxy) is clearer than a new type
+fn route_links(
+    ports: &[(u16, u16)],
+) -> Result<(Vec<(usize, usize, LinkProxy)>, LinkProxy), LocalClusterError> {
+    let mut links = Vec::new();
+    for from in 0..ports.len() {
+        for (to, &(_, route_port)) in ports.iter().enumerate() {
+            if from != to {
+                let target = std::net::SocketAddr::from(([127, 0, 0, 1], route_port));
+                links.push((from, to, LinkProxy::start(target)?));
+            }
+        }
+    }
+    let refuser = LinkProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 1)))?;
+    refuser.cut();
+    Ok((links, refuser))
+}
+
+/// The route ports server `index` dials: the other servers' own, or the proxies in front of
+/// them when the links are proxied.
+fn route_targets(
+    index: usize,
+    ports: &[(u16, u16)],
+    links: &[(usize, usize, LinkProxy)],
+) -> Vec<u16> {
+    if links.is_empty() {
+        return ports
+            .iter()
+            .enumerate()
+            .filter(|&(other, _)| other != index)
+            .map(|(_, &(_, route))| route)
+            .collect();
+    }
+    links
+        .iter()
+        .filter(|(from, _, _)| *from == index)
+        .map(|(_, _, proxy)| proxy.port())
+        .collect()
 }
 
 impl Drop for LocalCluster {
@@ -218,13 +317,14 @@ fn free_port() -> Result<u16, LocalClusterError> {
 }
 
 /// The configuration of server `index`: client port, JetStream store, and routes to the
-/// others (none for a lone server).
+/// others (`routes`: the route ports it dials; none for a lone server), advertising
+/// `advertise` as its route port when given.
 fn server_config(
     index: usize,
     directory: &Path,
-    client_port: u16,
-    route_port: u16,
-    ports: &[(u16, u16)],
+    (client_port, route_port): (u16, u16),
+    routes: &[u16],
+    advertise: Option<u16>,
 ) -> String {
     let store = directory.join(format!("n{index}"));
     let mut config = format!(
@@ -232,16 +332,18 @@ fn server_config(
          jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n",
         store.display()
     );
-    if ports.len() > 1 {
-        let routes: Vec<String> = ports
+    if !routes.is_empty() {
+        let routes: Vec<String> = routes
             .iter()
-            .enumerate()
-            .filter(|&(other, _)| other != index)
-            .map(|(_, &(_, route))| format!("nats-route://127.0.0.1:{route}"))
+            .map(|route| format!("nats-route://127.0.0.1:{route}"))
             .collect();
+        let advertise = advertise
+            .map(|port| format!("  advertise: 127.0.0.1:{port}\n"))
+            .unwrap_or_default();
         let _ = write!(
             config,
-            "cluster {{\n  name: floodgate\n  listen: 127.0.0.1:{route_port}\n  routes: [{}]\n}}\n",
+            "cluster {{\n  name: floodgate\n  listen: 127.0.0.1:{route_port}\n{advertise}  \
+             routes: [{}]\n}}\n",
             routes.join(", ")
         );
     }

@@ -263,12 +263,13 @@ impl Member {
             Arc::clone(&state),
             valid_receiver.clone(),
         ));
-        let task = tokio::spawn(owner.run(valid_receiver, stop_receiver));
+        let task = tokio::spawn(owner.run(valid_receiver.clone(), stop_receiver));
         self.set_owned(|owned| {
             let visible = OwnedPartition {
                 state: Arc::clone(&state),
                 lag_events,
                 ids,
+                valid_until: valid_receiver,
             };
             owned.insert(partition, visible);
         });

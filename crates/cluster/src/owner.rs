@@ -21,6 +21,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures_util::StreamExt;
 use tokio::sync::{RwLock, watch};
 
+use crate::fault::{PausePoint, pause_point};
 use crate::layout::Layout;
 use crate::partition::{Partition, subject};
 use crate::publish::CLIENT_ID_HEADER;
@@ -341,7 +342,9 @@ impl Owner {
 
     /// Writes the snapshot (fenced), then purges the events it covers.
     pub async fn snapshot_and_purge(&mut self) -> Result<(), SnapshotError> {
+        pause_point(PausePoint::BeforeSnapshotWrite, self.partition);
         let covered = self.write_snapshot().await?;
+        pause_point(PausePoint::BeforePurge, self.partition);
         self.purge_through(covered).await
     }
 

@@ -2,15 +2,23 @@
 //! the partitions it owns, their balances, its counters and the apply lag, readable while the
 //! member's own task keeps ticking.
 //!
-//! Invariant: the member alone changes the map of owned partitions (under a short lock, never
-//! held across an `.await`); readers clone the partition's state handle and read it after
-//! letting the map go.
+//! Invariants:
+//! - The member alone changes the map of owned partitions (under a short lock, never held
+//!   across an `.await`); readers clone the partition's state handle and read it after
+//!   letting the map go.
+//! - A partition counts as owned here only while its lease is valid (the deadline the keeper
+//!   refreshes at each renewal): a node cut off from the brokers, or paused, stops answering
+//!   reads from its state and stops listing the partition at 0.9 × TTL after its last
+//!   renewal, even while its keeper is still waiting for the bucket to answer, so it never
+//!   shows a balance after the moment another node could own the partition.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use tokio::sync::RwLock as AsyncRwLock;
+use tokio::sync::watch;
 
 use crate::config::ClusterConfig;
 use crate::layout::Layout;
@@ -76,6 +84,15 @@ pub(crate) struct OwnedPartition {
     pub(crate) state: Arc<AsyncRwLock<PartitionState>>,
     pub(crate) lag_events: Arc<AtomicU64>,
     pub(crate) ids: Arc<IdGauges>,
+    /// The lease's validity deadline (kept current by the member's keeper).
+    pub(crate) valid_until: watch::Receiver<Instant>,
+}
+
+impl OwnedPartition {
+    /// Whether the lease behind this partition is still valid now.
+    fn is_valid(&self) -> bool {
+        *self.valid_until.borrow() > Instant::now()
+    }
 }
 
 /// The partitions a member owns now.
@@ -96,9 +113,13 @@ impl MemberView {
         &self.stats
     }
 
-    /// The partitions the member owns now, in order.
+    /// The partitions the member owns now (lease valid), in order.
     pub fn owned(&self) -> Vec<Partition> {
-        self.owned_map().keys().copied().collect()
+        self.owned_map()
+            .iter()
+            .filter(|(_, owned)| owned.is_valid())
+            .map(|(&partition, _)| partition)
+            .collect()
     }
 
     /// The balance of `user`: from the member's state when it owns the user's partition, else
@@ -173,6 +194,7 @@ impl MemberView {
     pub fn id_figures(&self) -> BTreeMap<Partition, IdFigures> {
         self.owned_map()
             .iter()
+            .filter(|(_, owned)| owned.is_valid())
             .map(|(&partition, owned)| (partition, owned.ids.load()))
             .collect()
     }
@@ -188,6 +210,7 @@ impl MemberView {
     pub fn apply_lag(&self) -> BTreeMap<Partition, u64> {
         self.owned_map()
             .iter()
+            .filter(|(_, owned)| owned.is_valid())
             .map(|(&partition, owned)| (partition, owned.lag_events.load(Ordering::Relaxed)))
             .collect()
     }
@@ -195,6 +218,7 @@ impl MemberView {
     fn state_handle(&self, partition: Partition) -> Option<Arc<AsyncRwLock<PartitionState>>> {
         self.owned_map()
             .get(&partition)
+            .filter(|owned| owned.is_valid())
             .map(|owned| Arc::clone(&owned.state))
     }
 

@@ -14,18 +14,18 @@ use tokio::process::Child;
 
 use crate::support::{client, signal, start, wait_exit};
 
-const PARTITIONS: u32 = 8;
-const LEASE_TTL_MS: u64 = 1_500;
+pub(crate) const PARTITIONS: u32 = 8;
+pub(crate) const LEASE_TTL_MS: u64 = 1_500;
 /// Liveness deadline of a takeover or a rejoin (not a speed target: the measured time is
 /// printed next to the stated bound, TTL × 4/3 + JetStream's expiry latency).
-const MOVE_DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const MOVE_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the final balances may take to settle (owners apply after the 202).
 const SETTLE_DEADLINE: Duration = Duration::from_secs(20);
-const USERS: usize = 40;
+pub(crate) const USERS: usize = 40;
 const CLIENTS: usize = 6;
 
 /// The cluster flags of a node, with a stream bound of `capacity` events.
-fn node_args(urls: &str, partitions: u32, capacity: usize) -> Vec<String> {
+pub(crate) fn node_args(urls: &str, partitions: u32, capacity: usize) -> Vec<String> {
     vec![
         "--nats".into(),
         urls.into(),
@@ -38,13 +38,13 @@ fn node_args(urls: &str, partitions: u32, capacity: usize) -> Vec<String> {
     ]
 }
 
-async fn start_node(args: &[String]) -> (Child, String) {
+pub(crate) async fn start_node(args: &[String]) -> (Child, String) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     start(&args, &[]).await
 }
 
 /// `GET /stats` of a node (`None` if it does not answer).
-async fn stats(addr: &str) -> Option<serde_json::Value> {
+pub(crate) async fn stats(addr: &str) -> Option<serde_json::Value> {
     let response = client()
         .get(format!("http://{addr}/stats"))
         .send()
@@ -54,7 +54,7 @@ async fn stats(addr: &str) -> Option<serde_json::Value> {
 }
 
 /// The partitions a node owns now (empty if it does not answer).
-async fn owned(addr: &str) -> BTreeSet<u64> {
+pub(crate) async fn owned(addr: &str) -> BTreeSet<u64> {
     let Some(stats) = stats(addr).await else {
         return BTreeSet::new();
     };
@@ -65,7 +65,7 @@ async fn owned(addr: &str) -> BTreeSet<u64> {
 }
 
 /// Polls until `nodes` together own every partition, each at most once; the time it took.
-async fn wait_all_owned(nodes: &[String], partitions: u32) -> Option<Duration> {
+pub(crate) async fn wait_all_owned(nodes: &[String], partitions: u32) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < MOVE_DEADLINE {
         let mut all = Vec::new();
@@ -81,12 +81,12 @@ async fn wait_all_owned(nodes: &[String], partitions: u32) -> Option<Duration> {
     None
 }
 
-fn user(index: usize) -> String {
+pub(crate) fn user(index: usize) -> String {
     format!("u{index}")
 }
 
 /// The events acknowledged (202) so far, by id: a resend answered 202 is the same event.
-type Acknowledged = Arc<Mutex<HashMap<String, (String, i64)>>>;
+pub(crate) type Acknowledged = Arc<Mutex<HashMap<String, (String, i64)>>>;
 
 /// Events in a batch of a batch client (over several partitions: users differ).
 const BATCH_EVENTS: usize = 12;
@@ -189,7 +189,7 @@ fn expected_sums(acknowledged: &Acknowledged) -> BTreeMap<String, i64> {
 }
 
 /// `GET /balances/{user}` on `addr`: the status and the balance, if any.
-async fn read_balance(addr: &str, user: &str) -> (StatusCode, Option<i64>, String) {
+pub(crate) async fn read_balance(addr: &str, user: &str) -> (StatusCode, Option<i64>, String) {
     let response = client()
         .get(format!("http://{addr}/balances/{user}"))
         .send()
@@ -203,7 +203,10 @@ async fn read_balance(addr: &str, user: &str) -> (StatusCode, Option<i64>, Strin
 
 /// Polls every user's balance on `addr` until all equal `sums`; the users that differ at the
 /// deadline.
-async fn unsettled(addr: &str, sums: &BTreeMap<String, i64>) -> Vec<(String, i64, Option<i64>)> {
+pub(crate) async fn unsettled(
+    addr: &str,
+    sums: &BTreeMap<String, i64>,
+) -> Vec<(String, i64, Option<i64>)> {
     let started = Instant::now();
     loop {
         let mut wrong = Vec::new();
@@ -251,7 +254,7 @@ async fn every_page(addr: &str, limit: usize) -> BTreeMap<String, i64> {
     }
 }
 
-async fn stop_gracefully(mut child: Child) {
+pub(crate) async fn stop_gracefully(mut child: Child) {
     signal(&child, "TERM");
     let status = wait_exit(&mut child).await;
     assert!(
@@ -261,7 +264,7 @@ async fn stop_gracefully(mut child: Child) {
 }
 
 /// Concurrent clients posting to a set of nodes (see [`run_client`]).
-struct Load {
+pub(crate) struct Load {
     nodes: Arc<Mutex<Vec<String>>>,
     acknowledged: Acknowledged,
     stop: Arc<AtomicBool>,
@@ -269,7 +272,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(addrs: &[String]) -> Self {
+    pub(crate) fn start(addrs: &[String]) -> Self {
         let nodes = Arc::new(Mutex::new(addrs.to_vec()));
         let acknowledged: Acknowledged = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -291,13 +294,18 @@ impl Load {
         }
     }
 
+    /// How many events have been acknowledged so far.
+    pub(crate) fn acknowledged_count(&self) -> usize {
+        self.acknowledged.lock().expect("acknowledged").len()
+    }
+
     /// Sends the clients to `addr` instead of node `index`'s old address.
-    fn replace(&self, index: usize, addr: &str) {
+    pub(crate) fn replace(&self, index: usize, addr: &str) {
         addr.clone_into(&mut self.nodes.lock().expect("nodes")[index]);
     }
 
     /// Stops the clients once each has its last event acknowledged; the sums per user.
-    async fn finish(self) -> BTreeMap<String, i64> {
+    pub(crate) async fn finish(self) -> BTreeMap<String, i64> {
         self.stop.store(true, Ordering::Relaxed);
         for client in self.clients {
             client.await.expect("client");
@@ -560,7 +568,12 @@ async fn check_batches(addr: &str, sums: &mut BTreeMap<String, i64>) {
 }
 
 /// Posts one event with an id; the status and reason.
-async fn post(addr: &str, id: &str, user: &str, amount: i64) -> (StatusCode, String, bool) {
+pub(crate) async fn post(
+    addr: &str,
+    id: &str,
+    user: &str,
+    amount: i64,
+) -> (StatusCode, String, bool) {
     let body = serde_json::json!({"user": user, "amount": amount, "id": id}).to_string();
     let response = client()
         .post(format!("http://{addr}/events"))

@@ -4,6 +4,7 @@
 
 mod broken_pipes;
 mod cluster;
+mod cluster_failures;
 mod descriptors;
 mod durability;
 mod exactly_once;
