@@ -246,7 +246,9 @@ impl Member {
         )
         .await
         {
-            Ok(owner) => owner.with_id_bounds(self.config.id_bounds),
+            Ok(owner) => owner
+                .with_id_bounds(self.config.id_bounds)
+                .counting_applied_into(Arc::clone(&self.view.stats.applied_events)),
             Err(error) => {
                 let _ = self.leases.release(&lease).await;
                 return Err(error.to_string());

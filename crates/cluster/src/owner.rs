@@ -76,6 +76,8 @@ pub struct Owner {
     lag_events: Arc<AtomicU64>,
     /// The partition's client-id figures, published after each event for /stats.
     id_gauges: Arc<IdGauges>,
+    /// Events folded into the balances by this owner (shared with the member's counters).
+    applied_events: Arc<AtomicU64>,
 }
 
 impl Owner {
@@ -105,6 +107,7 @@ impl Owner {
             id_bounds: IdBounds::default(),
             lag_events: Arc::new(AtomicU64::new(0)),
             id_gauges,
+            applied_events: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -112,6 +115,13 @@ impl Owner {
     #[must_use]
     pub fn with_id_bounds(mut self, bounds: IdBounds) -> Self {
         self.id_bounds = bounds;
+        self
+    }
+
+    /// This owner counting the events it applies into `counter` (the member's total).
+    #[must_use]
+    pub fn counting_applied_into(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.applied_events = counter;
         self
     }
 
@@ -284,6 +294,9 @@ impl Owner {
         let events = match decoded {
             Ok(Payload::One(event)) => {
                 let applied = state.apply_identified(sequence, &event, client_id, self.id_bounds);
+                if applied == Applied::Applied {
+                    self.applied_events.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Applied::IdConflict(field) = applied {
                     tracing::warn!(
                         partition = self.partition,
@@ -298,6 +311,8 @@ impl Owner {
             }
             Ok(Payload::Batch(events)) => {
                 let applied = state.apply_batch(sequence, &events, stored_at_ms, self.id_bounds);
+                self.applied_events
+                    .fetch_add(applied.applied, Ordering::Relaxed);
                 if applied.id_conflicts > 0 {
                     tracing::warn!(
                         partition = self.partition,

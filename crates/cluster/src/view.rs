@@ -33,6 +33,9 @@ pub struct MemberStats {
     pub takeovers: AtomicU64,
     /// Partitions this member gave up (lease lost or lapsed, fenced, failed, released).
     pub losses: AtomicU64,
+    /// Events this member's owners folded into balances since it started, a takeover's replay
+    /// included (an event skipped as already applied, duplicate or overflowing is not counted).
+    pub applied_events: Arc<AtomicU64>,
 }
 
 /// A partition's client-id figures (they travel with its snapshot, so they count the

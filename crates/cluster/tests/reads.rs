@@ -63,7 +63,7 @@ async fn balances_are_read_from_any_member_and_moving_while_unowned() {
 }
 
 // Proves a running member (driven by its own task) is readable through its view: the owned
-// partitions, the balances, the takeover counter, and an apply lag per owned partition that is
+// partitions, the balances, the takeover and applied-event counters, and an apply lag per owned partition that is
 // zero once every event is applied (whether a non-zero lag is seen first depends on timing: it
 // is printed, not asserted). A stopped member owns nothing.
 #[tokio::test]
@@ -100,6 +100,13 @@ async fn a_running_member_shows_ownership_balances_and_apply_lag() {
             .takeovers
             .load(std::sync::atomic::Ordering::Relaxed),
         4
+    );
+    assert_eq!(
+        view.stats()
+            .applied_events
+            .load(std::sync::atomic::Ordering::Relaxed),
+        80,
+        "every published event counted as applied once"
     );
     println!("lag observed before catching up: {saw_lag}");
 

@@ -243,6 +243,36 @@ fn parse_response(buffer: &[u8], at_eof: bool, latency: Duration) -> Option<Answ
     })
 }
 
+/// Reads one response from a keep-alive connection; its status, or `None` if the connection
+/// ended first. Bytes past the response stay in `buffer`.
+pub async fn read_status(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<u16> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = response.parse(buffer) {
+            let status = response.code?;
+            let length: usize = response
+                .headers
+                .iter()
+                .find(|header| header.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|header| std::str::from_utf8(header.value).ok()?.trim().parse().ok())
+                .unwrap_or(0);
+            if buffer.len() >= head + length {
+                buffer.drain(..head + length);
+                return Some(status);
+            }
+        }
+        if buffer.len() > MAX_RESPONSE_BYTES {
+            return None;
+        }
+        let mut chunk = [0; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,7 @@ pub fn stats(node: &Node) -> serde_json::Value {
         "id_conflicts": per_partition(|figures| figures.id_conflicts),
         "takeovers": view.stats().takeovers.load(Ordering::Relaxed),
         "losses": view.stats().losses.load(Ordering::Relaxed),
+        "applied_events": view.stats().applied_events.load(Ordering::Relaxed),
         "publish_latency": {
             "count": latency.count(),
             "p50_ms": quantile_ms(&latency, 0.5),
@@ -111,6 +112,11 @@ impl Collector for ClusterCollector {
                 "cluster_losses",
                 "Partitions this node gave up (lease lost, shared out, or stopping)",
                 view.stats().losses.load(Ordering::Relaxed),
+            ),
+            (
+                "cluster_applied_events",
+                "Events this node's owners applied to balances (a takeover's replay included)",
+                view.stats().applied_events.load(Ordering::Relaxed),
             ),
         ] {
             ConstCounter::new(value).encode(encoder.encode_descriptor(

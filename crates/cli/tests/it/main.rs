@@ -9,6 +9,7 @@ mod descriptors;
 mod durability;
 mod exactly_once;
 mod lab_durable;
+mod lab_scale_out;
 mod secure_config;
 mod settings;
 mod shutdown;

@@ -12,27 +12,24 @@
 //! compared with the events the generator saw acknowledged (each counted once). Every process
 //! started is killed or stopped before the experiment returns.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use floodgate_load::{LoadConfig, Mode, Report, RetryPolicy};
 use serde::Serialize;
-use tokio::process::{Child, Command};
 
+use super::process::{
+    FloodgateProcess, floodgate_binary, free_port, fresh_dir, get_json, remove_dir,
+};
 use super::{EXACTLY_ONCE, Findings, LabError, finish};
 use crate::outcome::Outcome;
 use crate::plot::{Bar, PlotKind, PlotSpec};
-use crate::probe::{Answer, exchange};
 use crate::table::Table;
 use crate::verdict::{Check, Expectation, format_figure};
 
-/// How long a started server may take to answer `/healthz`.
-const START_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the last server may take to apply what it acknowledged.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
-/// Deadline of one request to `/healthz` or `/stats`.
-const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 /// A load request unanswered for this long is resent.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room left after the kill schedule before the load stops starting requests: a restart
@@ -124,29 +121,22 @@ pub async fn run(params: &Params) -> Result<Outcome, LabError> {
     ))
 }
 
-/// The server binary: given, `$FLOODGATE_BIN`, or this program when it is `floodgate`.
-fn floodgate_binary(given: Option<&Path>) -> Result<PathBuf, LabError> {
-    if let Some(path) = given {
-        return Ok(path.to_path_buf());
-    }
-    if let Some(path) = std::env::var_os("FLOODGATE_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let program = std::env::current_exe()?;
-    if program.file_stem().is_some_and(|stem| stem == "floodgate") {
-        Ok(program)
-    } else {
-        Err(LabError::Unavailable(
-            "the floodgate binary: run `floodgate lab exactly-once` or set FLOODGATE_BIN",
-        ))
-    }
-}
-
 /// One run on a fresh data directory: load with resends, kills on schedule, then the count.
 async fn run_once(binary: &Path, params: &Params, ids: bool) -> Result<Run, LabError> {
-    let directory = tempfile_dir()?;
+    let directory = fresh_dir("exactly-once")?;
+    let result = run_in(binary, params, ids, &directory).await;
+    remove_dir(&directory);
+    result
+}
+
+async fn run_in(
+    binary: &Path,
+    params: &Params,
+    ids: bool,
+    directory: &Path,
+) -> Result<Run, LabError> {
     let port = free_port()?;
-    let mut server = start_server(binary, &directory, port).await?;
+    let mut server = start_server(binary, directory, port).await?;
     let load = tokio::spawn(floodgate_load::run(load_config(params, port, ids)));
     let mut kills = 0;
     for _ in 0..params.kills {
@@ -154,18 +144,17 @@ async fn run_once(binary: &Path, params: &Params, ids: bool) -> Result<Run, LabE
         if load.is_finished() {
             break;
         }
-        kill(&mut server).await?;
+        server.kill().await?;
         kills += 1;
-        server = start_server(binary, &directory, port).await?;
+        server = start_server(binary, directory, port).await?;
     }
     let report = match load.await {
         Ok(Ok(report)) => report,
         Ok(Err(error)) => return Err(LabError::Load(error.to_string())),
         Err(error) => return Err(LabError::Load(error.to_string())),
     };
-    let applied = settled_total(port).await;
-    stop(&mut server).await?;
-    let _ = std::fs::remove_dir_all(&directory);
+    let applied = settled_total(server.addr()).await;
+    server.stop().await?;
     Ok(Run {
         ids,
         kills,
@@ -194,101 +183,29 @@ fn load_config(params: &Params, port: u16, ids: bool) -> LoadConfig {
     config
 }
 
-/// A fresh directory under the system's temporary folder.
-fn tempfile_dir() -> Result<PathBuf, LabError> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    let path = std::env::temp_dir().join(format!(
-        "floodgate-lab-exactly-once-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&path)?;
-    Ok(path)
-}
-
-/// A port nothing listens on right now (the server restarts on it after each kill, so the
-/// load's resends find it again).
-fn free_port() -> Result<u16, LabError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Starts `floodgate serve` (fsync) on `directory` and `port`; returns once it answers.
-async fn start_server(binary: &Path, directory: &Path, port: u16) -> Result<Child, LabError> {
-    let mut child = Command::new(binary)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(directory)
-        .args(["--durability", "fsync"])
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let deadline = Instant::now() + START_DEADLINE;
-    while Instant::now() < deadline {
-        if get(port, "/healthz")
-            .await
-            .is_some_and(|(status, _)| status == 200)
-        {
-            return Ok(child);
-        }
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    Err(LabError::Server(format!(
-        "{} serve on port {port} did not start",
-        binary.display()
-    )))
-}
-
-/// SIGKILL, then wait for the exit.
-async fn kill(child: &mut Child) -> Result<(), LabError> {
-    child.start_kill()?;
-    child.wait().await?;
-    Ok(())
-}
-
-/// SIGTERM (a graceful stop), then wait for the exit; SIGKILL if it does not come.
-async fn stop(child: &mut Child) -> Result<(), LabError> {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    if tokio::time::timeout(START_DEADLINE, child.wait())
-        .await
-        .is_err()
-    {
-        kill(child).await?;
-    }
-    Ok(())
-}
-
-/// `GET path` on the server: status and body, or `None` when it does not answer.
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    match exchange(addr, request.as_bytes(), PROBE_DEADLINE).await {
-        Ok(Answer::Response { status, body, .. }) => Some((status, body)),
-        _ => None,
-    }
+/// Starts `floodgate serve` (fsync) on `directory` and `port` (the same after each kill, so
+/// the load's resends find it again).
+async fn start_server(
+    binary: &Path,
+    directory: &Path,
+    port: u16,
+) -> Result<FloodgateProcess, LabError> {
+    let data_dir = directory.as_os_str().to_owned();
+    let args = [
+        "--data-dir".into(),
+        data_dir,
+        "--durability".into(),
+        "fsync".into(),
+    ];
+    FloodgateProcess::start(binary, &format!("127.0.0.1:{port}"), args).await
 }
 
 /// The server's total balance once every event it acknowledged is applied (all amounts are
 /// 1: the number of events applied).
-async fn settled_total(port: u16) -> Result<i128, LabError> {
+async fn settled_total(addr: SocketAddr) -> Result<i128, LabError> {
     let deadline = Instant::now() + SETTLE_DEADLINE;
     while Instant::now() < deadline {
-        if let Some((200, body)) = get(port, "/stats").await
-            && let Ok(stats) = serde_json::from_str::<serde_json::Value>(&body)
-        {
+        if let Some(stats) = get_json(addr, "/stats").await {
             let settled = stats["queue_depth"] == 0
                 && stats["applied"].as_u64() >= stats["accepted"].as_u64();
             if let (true, Some(total)) = (settled, stats["balance_total"].as_i64()) {

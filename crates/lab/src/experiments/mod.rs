@@ -8,6 +8,8 @@
 
 pub mod exactly_once;
 pub mod hot_keys;
+pub mod process;
+pub mod scale_out;
 pub mod servers;
 pub mod shared_receiver;
 pub mod stage1;
@@ -74,11 +76,13 @@ pub enum Experiment {
     SharedReceiver,
     /// Beyond: resends with ids are applied once through kill -9, without ids twice.
     ExactlyOnce,
+    /// Beyond: three cluster nodes on three brokers through a broker and a node kill -9.
+    ScaleOut,
 }
 
 impl Experiment {
     /// Every experiment, in the order of the seed's story.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Stage1Freeze,
         Self::Stage2Concurrency,
         Self::Stage3BadInput,
@@ -91,6 +95,7 @@ impl Experiment {
         Self::HotKeys,
         Self::SharedReceiver,
         Self::ExactlyOnce,
+        Self::ScaleOut,
     ];
 
     /// The experiment called `name`, if any.
@@ -115,6 +120,7 @@ impl Experiment {
             Self::HotKeys => &HOT_KEYS,
             Self::SharedReceiver => &SHARED_RECEIVER,
             Self::ExactlyOnce => &EXACTLY_ONCE,
+            Self::ScaleOut => &SCALE_OUT,
         }
     }
 
@@ -142,6 +148,7 @@ impl Experiment {
             Self::HotKeys => form!(hot_keys),
             Self::SharedReceiver => form!(shared_receiver),
             Self::ExactlyOnce => form!(exactly_once),
+            Self::ScaleOut => form!(scale_out),
         }
     }
 }
@@ -306,6 +313,19 @@ pub const EXACTLY_ONCE: ExperimentInfo = ExperimentInfo {
             carries an id, and drift upwards (events applied twice) when none does.",
     seed_says: "(not in the seed) The seed's client never resends; a real one must, and a \
                 resend without an identity is a second event.",
+};
+
+/// The scale-out claim (beyond the seed, issue 15).
+pub const SCALE_OUT: ExperimentInfo = ExperimentInfo {
+    name: "scale-out",
+    stage: "beyond",
+    claim: "Three `floodgate serve --nats` nodes on a three-server JetStream cluster, under \
+            clients that resend with ids to any node, lose no acknowledged event and apply none \
+            twice through a SIGKILL of the stream's leader broker and of a node: the live nodes \
+            own every partition again within TTL + TTL/3 + expiry, the front doors keep \
+            accepting, and the restarted node takes partitions back.",
+    seed_says: "(not in the seed) One process is one point of failure; issue 15 adds nodes on \
+                a replicated log with leased partition owners.",
 };
 
 #[cfg(test)]

@@ -13,31 +13,28 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use floodgate_core::DurabilityMode;
 use floodgate_load::{LoadConfig, Mode};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
+use super::process::{
+    FloodgateProcess, START_WAIT, floodgate_binary, fresh_dir, get_answer, remove_dir,
+};
 use super::{Findings, LabError, STAGE9, finish};
 use crate::outcome::Outcome;
 use crate::plot::{PlotKind, PlotSpec, Series, XScale};
-use crate::probe::{Answer, exchange};
+use crate::probe::{Answer, read_status};
 use crate::table::Table;
 use crate::verdict::{Check, Expectation, format_figure};
 
-/// How long a server may take to print its address, and a probe to be answered.
-const START_WAIT: Duration = Duration::from_secs(20);
 /// Clients give up this long after the planned kill if the server is somehow still answering.
 const CLIENT_GRACE: Duration = Duration::from_secs(10);
 /// Users the sweep's load spreads over.
 const SWEEP_USERS: u64 = 10_000;
-/// Most bytes of one response the kill-round clients read.
-const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 
 /// Parameters of the stage-9 experiment.
 #[derive(Debug, Clone, Serialize)]
@@ -142,97 +139,19 @@ pub async fn run(params: &Params) -> Result<Outcome, LabError> {
     Ok(finish(&STAGE9, params.quick, params, started, findings))
 }
 
-/// The binary to start: the one named, `$FLOODGATE_BIN`, or this process if it is `floodgate`.
-fn floodgate_binary(named: Option<&Path>) -> Result<PathBuf, LabError> {
-    if let Some(path) = named {
-        return Ok(path.to_path_buf());
-    }
-    if let Some(path) = std::env::var_os("FLOODGATE_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let current = std::env::current_exe()?;
-    if current.file_stem().is_some_and(|stem| stem == "floodgate") {
-        return Ok(current);
-    }
-    Err(LabError::Unavailable(
-        "the floodgate binary: run `floodgate lab`, or set FLOODGATE_BIN",
-    ))
-}
-
-/// A `floodgate serve` child process and the address it listens on.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    /// Starts `floodgate serve` on 127.0.0.1:0 with `data_dir` in `mode`; waits for its
-    /// address in the start-up log, then keeps draining the log.
-    async fn start(binary: &Path, data_dir: &Path, mode: DurabilityMode) -> Result<Self, LabError> {
-        let mut child = Command::new(binary)
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(["--durability", &mode.to_string()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|error| LabError::Server(format!("{}: {error}", binary.display())))?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or(LabError::Server("no stderr pipe".to_owned()))?;
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = tokio::time::timeout(START_WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|text| text.parse::<SocketAddr>().ok())
-                {
-                    return Some(addr);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        let Some(addr) = addr else {
-            let _ = child.kill().await;
-            return Err(LabError::Server(format!(
-                "floodgate serve ({mode}) printed no address"
-            )));
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, addr })
-    }
-
-    /// SIGKILL, then reap.
-    async fn kill(mut self) -> Result<(), LabError> {
-        self.child.kill().await?;
-        Ok(())
-    }
-}
-
-/// A fresh data directory for one server, removed by [`remove_dir`].
-fn fresh_dir(label: &str) -> Result<PathBuf, LabError> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    let path = std::env::temp_dir().join(format!(
-        "floodgate-lab-stage9-{}-{label}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&path)?;
-    Ok(path)
-}
-
-fn remove_dir(path: &Path) {
-    let _ = std::fs::remove_dir_all(path);
+/// Starts `floodgate serve` on 127.0.0.1:0 with `data_dir` in `mode`.
+async fn start_server(
+    binary: &Path,
+    data_dir: &Path,
+    mode: DurabilityMode,
+) -> Result<FloodgateProcess, LabError> {
+    let args = [
+        "--data-dir".into(),
+        data_dir.as_os_str().to_owned(),
+        "--durability".into(),
+        mode.to_string().into(),
+    ];
+    FloodgateProcess::start(binary, "127.0.0.1:0", args).await
 }
 
 /// Loads a fresh server in `mode`, SIGKILLs it mid-load, restarts it on the same directory and
@@ -242,7 +161,7 @@ async fn kill_round(
     mode: DurabilityMode,
     params: &Params,
 ) -> Result<KillRound, LabError> {
-    let directory = fresh_dir(&mode.to_string())?;
+    let directory = fresh_dir(&format!("stage9-{mode}"))?;
     let result = kill_round_in(binary, mode, params, &directory).await;
     remove_dir(&directory);
     result
@@ -255,8 +174,8 @@ async fn kill_round_in(
     directory: &Path,
 ) -> Result<KillRound, LabError> {
     let kill_after = Duration::from_millis(params.kill_after_ms);
-    let server = ServerProcess::start(binary, directory, mode).await?;
-    let addr = server.addr;
+    let server = start_server(binary, directory, mode).await?;
+    let addr = server.addr();
     let clients: Vec<_> = (0..params.clients)
         .map(|index| {
             tokio::spawn(post_until_gone(
@@ -276,8 +195,8 @@ async fn kill_round_in(
                 .map_err(|error| LabError::Load(format!("client task: {error}")))?,
         );
     }
-    let restarted = ServerProcess::start(binary, directory, mode).await?;
-    let balances = read_balances(restarted.addr, params.clients).await;
+    let restarted = start_server(binary, directory, mode).await?;
+    let balances = read_balances(restarted.addr(), params.clients).await;
     restarted.kill().await?;
     let balances = balances?;
     Ok(compare(&tallies, &balances, kill_after))
@@ -327,41 +246,11 @@ async fn post_until_gone(addr: SocketAddr, user: String, limit: Duration) -> Tal
     tally
 }
 
-/// Reads one response from a keep-alive connection; its status, or `None` if the connection
-/// ended first. Bytes past the response stay in `buffer`.
-async fn read_status(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<u16> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut response = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = response.parse(buffer) {
-            let status = response.code?;
-            let length: usize = response
-                .headers
-                .iter()
-                .find(|header| header.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|header| std::str::from_utf8(header.value).ok()?.trim().parse().ok())
-                .unwrap_or(0);
-            if buffer.len() >= head + length {
-                buffer.drain(..head + length);
-                return Some(status);
-            }
-        }
-        if buffer.len() > MAX_RESPONSE_BYTES {
-            return None;
-        }
-        let mut chunk = [0; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-        }
-    }
-}
-
 /// Each client's user's balance after the restart (0 for a user the server does not know).
 async fn read_balances(addr: SocketAddr, clients: usize) -> Result<Vec<i64>, LabError> {
     let mut balances = Vec::with_capacity(clients);
     for index in 0..clients {
-        let answer = get(addr, &format!("/balances/{}", user(index))).await?;
+        let answer = get_answer(addr, &format!("/balances/{}", user(index)), START_WAIT).await?;
         let balance = match &answer {
             Answer::Response { status: 404, .. } => 0,
             Answer::Response {
@@ -380,12 +269,6 @@ async fn read_balances(addr: SocketAddr, clients: usize) -> Result<Vec<i64>, Lab
         balances.push(balance);
     }
     Ok(balances)
-}
-
-/// `GET path` on a new connection.
-async fn get(addr: SocketAddr, path: &str) -> Result<Answer, LabError> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    Ok(exchange(addr, request.as_bytes(), START_WAIT).await?)
 }
 
 /// Acknowledged against recovered, per user (every event adds 1 to its client's user).
@@ -411,7 +294,7 @@ async fn sweep_point(
     connections: usize,
     params: &Params,
 ) -> Result<SweepPoint, LabError> {
-    let directory = fresh_dir(&format!("sweep-{connections}"))?;
+    let directory = fresh_dir(&format!("stage9-sweep-{connections}"))?;
     let result = sweep_point_in(binary, connections, params, &directory).await;
     remove_dir(&directory);
     result
@@ -423,8 +306,8 @@ async fn sweep_point_in(
     params: &Params,
     directory: &Path,
 ) -> Result<SweepPoint, LabError> {
-    let server = ServerProcess::start(binary, directory, DurabilityMode::Fsync).await?;
-    let mut load = LoadConfig::new(format!("http://{}", server.addr));
+    let server = start_server(binary, directory, DurabilityMode::Fsync).await?;
+    let mut load = LoadConfig::new(format!("http://{}", server.addr()));
     load.mode = Mode::Closed {
         concurrency: connections,
         requests: None,
@@ -432,7 +315,7 @@ async fn sweep_point_in(
     };
     load.users = SWEEP_USERS;
     let report = floodgate_load::run(load).await;
-    let stats = get(server.addr, "/stats").await;
+    let stats = get_answer(server.addr(), "/stats", START_WAIT).await;
     server.kill().await?;
     let report = report.map_err(|error| LabError::Load(error.to_string()))?;
     let stats = match stats? {
