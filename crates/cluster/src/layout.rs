@@ -11,9 +11,16 @@
 //!   key stops counting towards the share of partitions each member takes.
 //! - The snapshot bucket keeps one revision per partition; every write is compare-and-set on
 //!   the revision the writer last saw, which is what fences a stale owner.
+//! - No drift: a node whose buckets would differ from the existing ones (another
+//!   `--lease-ttl-ms`, another replica count) refuses to start at once, naming the bucket,
+//!   the setting and both values ([`LayoutError::Drift`]). It never updates them: a shorter
+//!   lease TTL in the bucket would let JetStream expire the leases of nodes that still count
+//!   them valid for their own, longer TTL (two owners acting at once), and a longer one would
+//!   leave the cluster with mixed TTLs that the next restart of an older node refuses.
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::{self, kv, stream};
 
 use crate::config::ClusterConfig;
@@ -56,6 +63,22 @@ pub enum LayoutError {
         urls: String,
         source: async_nats::ConnectError,
     },
+    /// A bucket exists with a configuration this node would not create: start it with the
+    /// cluster's settings (or, with every node stopped, delete the bucket; the lease and
+    /// membership buckets hold no data).
+    #[error(
+        "the JetStream bucket {bucket} has {field} = {existing}, this node would create it \
+         with {ours}: start every node with the same {setting}, or stop every node and delete \
+         the bucket (`nats kv del {bucket}`){data}"
+    )]
+    Drift {
+        bucket: &'static str,
+        field: &'static str,
+        existing: String,
+        ours: String,
+        setting: &'static str,
+        data: &'static str,
+    },
     /// JetStream did not let us create or find the stream and buckets in time.
     #[error("JetStream not ready after {waited_ms} ms: {last_error}")]
     NotReady { waited_ms: u64, last_error: String },
@@ -85,6 +108,21 @@ impl Layout {
             .build(client.clone());
         let started = Instant::now();
         loop {
+            match Box::pin(check_buckets(&context, config)).await {
+                Ok(Some(drift)) => return Err(drift),
+                Ok(None) => {}
+                Err(error) if started.elapsed() < ready_timeout => {
+                    tracing::debug!(%error, "JetStream not ready yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(error) => {
+                    return Err(LayoutError::NotReady {
+                        waited_ms: started.elapsed().as_millis() as u64,
+                        last_error: error.to_string(),
+                    });
+                }
+            }
             // Boxed: four JetStream round trips and their answers make a large future.
             match Box::pin(Self::create_objects(&client, &context, config)).await {
                 Ok(layout) => return Ok(layout),
@@ -150,6 +188,61 @@ impl Layout {
             members_stream,
         })
     }
+}
+
+/// The first difference between an existing bucket and the one this node would create
+/// (`None`: none exists yet, or each matches).
+async fn check_buckets(
+    context: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<Option<LayoutError>, async_nats::Error> {
+    const TTL_SETTING: &str = "--lease-ttl-ms";
+    const REPLICAS_SETTING: &str = "number of --nats URLs (replicas = min(3, URLs))";
+    let no_data = " (it holds no data: leases and live members only)";
+    let buckets = [
+        (LEASE_BUCKET, config.lease_ttl, no_data),
+        (MEMBER_BUCKET, config.lease_ttl, no_data),
+        (
+            SNAPSHOT_BUCKET,
+            Duration::ZERO,
+            " (it holds the snapshots: only with the stream purged too)",
+        ),
+    ];
+    for (bucket, max_age, data) in buckets {
+        let existing = match context.get_stream(format!("KV_{bucket}")).await {
+            Ok(stream) => stream.cached_info().config.clone(),
+            Err(error)
+                if matches!(error.kind(), GetStreamErrorKind::JetStream(inner)
+                    if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let drift = |field, existing: String, ours: String, setting| LayoutError::Drift {
+            bucket,
+            field,
+            existing,
+            ours,
+            setting,
+            data,
+        };
+        if existing.max_age != max_age {
+            let existing = format!("{} ms", existing.max_age.as_millis());
+            let ours = format!("{} ms", max_age.as_millis());
+            return Ok(Some(drift("max_age", existing, ours, TTL_SETTING)));
+        }
+        if existing.num_replicas != config.replicas {
+            let (existing, ours) = (existing.num_replicas, config.replicas);
+            return Ok(Some(drift(
+                "replicas",
+                existing.to_string(),
+                ours.to_string(),
+                REPLICAS_SETTING,
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// An events stream created before atomic batches gets them turned on (an update JetStream

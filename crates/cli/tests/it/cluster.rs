@@ -862,3 +862,31 @@ async fn assert_stats_and_metrics_documented(addr: &str, cluster: &serde_json::V
         assert!(named, "{family} is not in the README's /metrics row");
     }
 }
+
+// Proves a node started with another `--lease-ttl-ms` than the cluster's buckets exits at
+// once, non-zero, with a message naming the bucket, both values and the setting, before it
+// serves anything; a node with the cluster's TTL starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_lease_ttl_refuses_to_start() {
+    let nats = LocalCluster::start(1).expect("nats-server");
+    let urls = nats.urls().join(",");
+    let (node, _addr) = start_node(&node_args(&urls, 2, 1_000)).await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--nats", &urls])
+            .args(["--partitions", "2", "--lease-ttl-ms", "4000"])
+            .env("FLOODGATE_DURABILITY", "memory")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("exits at once, without waiting for JetStream")
+    .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for part in ["floodgate_leases", "1500 ms", "4000 ms", "--lease-ttl-ms"] {
+        assert!(stderr.contains(part), "{part} in {stderr}");
+    }
+    stop_gracefully(node).await;
+}

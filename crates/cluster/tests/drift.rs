@@ -1,0 +1,40 @@
+//! Configuration drift: a node whose buckets would differ from the ones the cluster created
+//! refuses to start at once and says why, instead of retrying until its ready timeout or
+//! changing what the running nodes rely on.
+
+mod support;
+
+use std::time::Duration;
+
+use floodgate_cluster::{ClusterConfig, Layout, LayoutError, LocalCluster};
+use support::READY_TIMEOUT;
+
+// Proves a node started with another lease TTL than the buckets were created with gets
+// `LayoutError::Drift` naming the lease bucket, both TTLs and the setting (not `NotReady`
+// after the ready timeout), that the buckets keep their TTL, and that a node with the
+// cluster's TTL still connects.
+#[tokio::test]
+async fn another_lease_ttl_than_the_buckets_is_refused_with_both_values() {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let mut config = ClusterConfig::new(2, cluster.size());
+    config.lease_ttl = Duration::from_secs(2);
+    let first = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
+        .await
+        .expect("JetStream ready");
+
+    let mut drifted = config.clone();
+    drifted.lease_ttl = Duration::from_secs(3);
+    let refused = Layout::connect(&cluster.urls(), &drifted, READY_TIMEOUT).await;
+    let Err(error @ LayoutError::Drift { .. }) = refused else {
+        panic!("expected a drift refusal, got {refused:?}");
+    };
+    let message = error.to_string();
+    for part in ["floodgate_leases", "2000 ms", "3000 ms", "--lease-ttl-ms"] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
+    let status = first.leases.status().await.expect("status");
+    assert_eq!(status.max_age(), Duration::from_secs(2), "unchanged");
+
+    let same = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT).await;
+    assert!(same.is_ok(), "the cluster's own settings connect: {same:?}");
+}
