@@ -15,8 +15,13 @@
 //!   manifest naming them. The fence is unchanged (only the key's value is compare-and-set and
 //!   followed); a stale owner's chunks are never named by the key, and each write removes the
 //!   chunks of the generation it replaced.
+//! - Orphans: chunks whose writer died between them and its manifest are named by no manifest.
+//!   The claim removes every chunk of the partition that the claimed manifest does not name:
+//!   after the claim no earlier owner can make a manifest name them (fenced), so they can only
+//!   be garbage.
 
 use async_nats::jetstream::kv;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::partition::{Partition, key};
@@ -110,7 +115,10 @@ impl SnapshotSlot {
                 None => slot.encode(&loaded.state)?,
             };
             match slot.put_value(value).await {
-                Ok(()) => return Ok((slot, loaded.state)),
+                Ok(()) => {
+                    slot.remove_orphan_chunks().await;
+                    return Ok((slot, loaded.state));
+                }
                 // Someone wrote between our read and our write: read again.
                 Err(SnapshotError::Fenced(_)) => {}
                 Err(error) => return Err(error),
@@ -210,6 +218,39 @@ impl SnapshotSlot {
             let chunk_key = chunk_key(self.partition, &chunked.generation, index);
             if let Err(error) = self.store.purge(&chunk_key).await {
                 tracing::debug!(chunk_key, %error, "old snapshot chunk not removed");
+            }
+        }
+    }
+
+    /// Removes the partition's chunks that the current manifest does not name (best effort,
+    /// like [`Self::remove_chunks`]). Only after a claim: from then on no earlier owner can
+    /// write a manifest naming them.
+    async fn remove_orphan_chunks(&self) {
+        let prefix = format!("{}.", key(self.partition));
+        let named = self
+            .current
+            .as_ref()
+            .map(|chunked| format!("{prefix}{}.", chunked.generation));
+        let mut keys = match self.store.keys().await {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::debug!(partition = self.partition, %error, "orphan chunks not listed");
+                return;
+            }
+        };
+        let mut orphans = Vec::new();
+        while let Some(Ok(chunk_key)) = keys.next().await {
+            let named_now = named
+                .as_ref()
+                .is_some_and(|named| chunk_key.starts_with(named));
+            if chunk_key.starts_with(&prefix) && !named_now {
+                orphans.push(chunk_key);
+            }
+        }
+        for chunk_key in orphans {
+            tracing::info!(chunk_key, "removing a snapshot chunk no manifest names");
+            if let Err(error) = self.store.purge(&chunk_key).await {
+                tracing::debug!(chunk_key, %error, "orphan snapshot chunk not removed");
             }
         }
     }

@@ -94,3 +94,51 @@ async fn a_snapshot_larger_than_a_bucket_value_is_chunked_and_fenced() {
     );
     assert_eq!(snapshot::load(&store, 0).await.expect("load").0, small);
 }
+
+// Proves chunks left by a writer that crashed between its chunks and its manifest (put here
+// by hand under a generation no manifest names) are removed by the next owner's claim, while
+// the chunks the manifest names stay (the snapshot still loads whole) and another
+// partition's keys are untouched.
+#[tokio::test]
+async fn a_claim_removes_chunks_no_manifest_names() {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let config = ClusterConfig::new(2, cluster.size());
+    let layout = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
+        .await
+        .expect("JetStream ready");
+    let store = layout.snapshots.clone();
+    let big = state_of(32_000, 100);
+    let (mut first, _) = SnapshotSlot::claim(store.clone(), 0, "first", 1)
+        .await
+        .expect("claim");
+    first.write(&big).await.expect("a chunked write");
+    let named = keys_with(&layout, "p0.").await;
+    assert!(named.len() > 1, "{named:?}");
+    // A second writer that died after two of its chunks, before its manifest.
+    for key in [
+        "p0.crashed-7-1.0",
+        "p0.crashed-7-1.1",
+        "p1.other-partition-1.0",
+    ] {
+        store
+            .put(key, bytes::Bytes::from_static(b"chunk bytes"))
+            .await
+            .expect("put");
+    }
+    assert_eq!(keys_with(&layout, "p0.").await.len(), named.len() + 2);
+
+    let (_next, loaded) = SnapshotSlot::claim(store.clone(), 0, "next", 3)
+        .await
+        .expect("claim");
+    assert_eq!(loaded, big, "the named chunks stay");
+    let mut left = keys_with(&layout, "p0.").await;
+    left.sort();
+    let mut expected = named.clone();
+    expected.sort();
+    assert_eq!(left, expected, "only the orphans removed");
+    assert_eq!(
+        keys_with(&layout, "p1.").await,
+        vec!["p1.other-partition-1.0".to_owned()],
+        "another partition's keys are not this claim's"
+    );
+}
