@@ -32,7 +32,8 @@ fn assert_fails(outcome: &Outcome) {
 
 async fn quick(experiment: Experiment) -> Outcome {
     let _serial = SERIAL.lock().await;
-    match experiment.run(true).await {
+    // Boxed: an experiment's future is large (the scale-out experiment's processes and probes).
+    match Box::pin(experiment.run(true)).await {
         Ok(outcome) => outcome,
         Err(error) => panic!("{} could not run: {error}", experiment.info().name),
     }
