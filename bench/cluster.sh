@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The cost of the hop: ingest through one cluster node (`serve --nats`, one local nats-server
-# with JetStream, file storage, 16 partitions) against the standalone default with
+# with JetStream, file storage, $PARTITIONS partitions, 16 by default) against the standalone default with
 # --durability memory, in alternating rounds, loaded by `floodgate load` (closed loop, beside
 # them on the same cores):
 #   single   one event per POST /events, 64 connections
-#   batch    JSON batches of $BATCH events per POST /events/batch (one atomic publish on a
-#            node: $BATCH <= 1000), 8 connections
+#   batch    JSON batches of $BATCH events per POST /events/batch, 8 connections (on a node:
+#            one message per partition the batch spans, several in one JetStream atomic
+#            batch; $BATCH <= 1000; PARTITIONS=1 makes every batch one plain publish)
 # Per run: events accepted per second (from the load report), the CPU time per event of the
 # floodgate process and of nats-server (utime + stime over the run, from /proc) and the
 # 1-minute load average when the run started. At the end: medians and node / standalone.
@@ -13,12 +14,13 @@
 # 2-core machine cannot show: a node's cost apart from the broker's (they share the cores),
 # nor scale-out (three nodes and three brokers on two cores measure contention).
 #
-#   ROUNDS=3 SECONDS_PER_RUN=5 BATCH=1000 bench/cluster.sh
+#   ROUNDS=3 SECONDS_PER_RUN=5 BATCH=1000 PARTITIONS=16 bench/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-3}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
 BATCH="${BATCH:-1000}"
+PARTITIONS="${PARTITIONS:-16}"
 USERS="${USERS:-10000}"
 FLOODGATE="${FLOODGATE:-target/release/floodgate}"
 NATS_SERVER="${FLOODGATE_NATS_SERVER:-$HOME/.local/share/floodgate/nats-2.15.1/bin/nats-server}"
@@ -44,7 +46,7 @@ run_one() { # door variant round
   NATS=0
   if [ "$door" = node ]; then
     start_nats "$WORK/store-$variant-$round"
-    door_flags+=(--nats "nats://127.0.0.1:$NATS_PORT" --partitions 16)
+    door_flags+=(--nats "nats://127.0.0.1:$NATS_PORT" --partitions "$PARTITIONS")
   fi
   "$FLOODGATE" serve --addr "127.0.0.1:$port" "${door_flags[@]}" >"$WORK/server.log" 2>&1 &
   SERVER=$!
