@@ -92,8 +92,8 @@ struct Server {
 pub struct LocalCluster {
     binary: PathBuf,
     servers: Vec<Server>,
-    /// The route links `(from, to, proxy)` of a partitionable cluster (empty otherwise).
-    links: Vec<(usize, usize, LinkProxy)>,
+    /// The route links of a partitionable cluster (empty otherwise).
+    links: Vec<RouteLink>,
     /// Refuses every connection: the route address each server of a partitionable cluster
     /// advertises, so gossip never leads a server around the proxies (held for its port).
     _refuser: Option<LinkProxy>,
@@ -240,9 +240,9 @@ impl LocalCluster {
     /// there were links to cut.
     pub fn isolate(&self, index: usize) -> bool {
         let mut cut = false;
-        for (from, to, proxy) in &self.links {
-            if *from == index || *to == index {
-                proxy.cut();
+        for link in &self.links {
+            if link.from == index || link.to == index {
+                link.proxy.cut();
                 cut = true;
             }
         }
@@ -251,23 +251,29 @@ impl LocalCluster {
 
     /// Lets every route link carry traffic again; the servers reconnect on their own.
     pub fn heal(&self) {
-        for (_, _, proxy) in &self.links {
-            proxy.heal();
+        for link in &self.links {
+            link.proxy.heal();
         }
     }
 }
 
-/// One proxy per ordered pair of servers (`i` dials `j` through it), and one that refuses.
-#[allow(clippy::type_complexity)] // a list of (from, to, proxy) is clearer than a new type
-fn route_links(
-    ports: &[(u16, u16)],
-) -> Result<(Vec<(usize, usize, LinkProxy)>, LinkProxy), LocalClusterError> {
+/// Server `from` dials server `to` through `proxy`.
+#[derive(Debug)]
+struct RouteLink {
+    from: usize,
+    to: usize,
+    proxy: LinkProxy,
+}
+
+/// One proxy per ordered pair of servers, and one that refuses.
+fn route_links(ports: &[(u16, u16)]) -> Result<(Vec<RouteLink>, LinkProxy), LocalClusterError> {
     let mut links = Vec::new();
     for from in 0..ports.len() {
         for (to, &(_, route_port)) in ports.iter().enumerate() {
             if from != to {
                 let target = std::net::SocketAddr::from(([127, 0, 0, 1], route_port));
-                links.push((from, to, LinkProxy::start(target)?));
+                let proxy = LinkProxy::start(target)?;
+                links.push(RouteLink { from, to, proxy });
             }
         }
     }
@@ -278,11 +284,7 @@ fn route_links(
 
 /// The route ports server `index` dials: the other servers' own, or the proxies in front of
 /// them when the links are proxied.
-fn route_targets(
-    index: usize,
-    ports: &[(u16, u16)],
-    links: &[(usize, usize, LinkProxy)],
-) -> Vec<u16> {
+fn route_targets(index: usize, ports: &[(u16, u16)], links: &[RouteLink]) -> Vec<u16> {
     if links.is_empty() {
         return ports
             .iter()
@@ -293,8 +295,8 @@ fn route_targets(
     }
     links
         .iter()
-        .filter(|(from, _, _)| *from == index)
-        .map(|(_, _, proxy)| proxy.port())
+        .filter(|link| link.from == index)
+        .map(|link| link.proxy.port())
         .collect()
 }
 
