@@ -1,17 +1,16 @@
 //! A page of one partition's balances, before and after the ordered index, on a partition of
 //! 1,000,000 users, in one run (`cargo bench -p floodgate-cluster --bench page`):
 //!
-//! - `page/sorted_scan`: the old way (balances in a `HashMap`; every page request filters the
+//! - `sorted_scan`: the first way (balances in a `HashMap`; every page request filters the
 //!   users after the cursor and sorts them), copied here as it was;
-//! - `page/ordered_index`: [`PartitionState::page`] (balances in a `BTreeMap`: a seek and
-//!   `limit` steps).
+//! - `ordered_map`: the balances in a `BTreeMap` (commit 246b7e8), copied here;
+//! - `hash_and_ordered_set`: [`PartitionState`] now (a `HashMap` for the balances and a
+//!   `BTreeSet` of the users beside it, see `balances.rs`).
 //!
-//! And what the index costs the owner's apply (an event for an existing user, in random
-//! order): `apply/hash_map` (the old apply, copied) against `apply/ordered_index`
-//! ([`PartitionState::apply`]).
+//! And what each costs the owner's apply (an event for an existing user, in scattered order).
 //! Compare ratios within one run; the machine is shared.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -46,6 +45,20 @@ fn sorted_scan(
         .collect()
 }
 
+/// The `BTreeMap` page, as it was: a seek and `limit` steps.
+fn ordered_map_page(
+    balances: &BTreeMap<String, i64>,
+    after: &str,
+    limit: usize,
+) -> Vec<(String, i64)> {
+    use std::ops::Bound;
+    balances
+        .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
+        .take(limit)
+        .map(|(user, balance)| (user.clone(), *balance))
+        .collect()
+}
+
 fn partition() -> PartitionState {
     let mut state = PartitionState::default();
     for number in 0..USERS {
@@ -59,13 +72,19 @@ fn page(criterion: &mut Criterion) {
     let hashed: HashMap<String, i64> = state
         .balances
         .iter()
-        .map(|(user, balance)| (user.clone(), *balance))
+        .map(|(user, balance)| (user.to_owned(), balance))
         .collect();
+    let ordered: BTreeMap<String, i64> = hashed.clone().into_iter().collect();
     let cursor = user(USERS / 2);
+    let page = state.page(Some(cursor.as_bytes()), PAGE_ROWS);
     assert_eq!(
         sorted_scan(&hashed, Some(cursor.as_bytes()), PAGE_ROWS),
-        state.page(Some(cursor.as_bytes()), PAGE_ROWS),
-        "the same page both ways"
+        page
+    );
+    assert_eq!(
+        ordered_map_page(&ordered, &cursor, PAGE_ROWS),
+        page,
+        "the same page every way"
     );
     let mut group = criterion.benchmark_group("page_1m_users");
     group.sample_size(10);
@@ -73,7 +92,10 @@ fn page(criterion: &mut Criterion) {
     group.bench_function("sorted_scan", |bencher| {
         bencher.iter(|| black_box(sorted_scan(&hashed, Some(cursor.as_bytes()), PAGE_ROWS)));
     });
-    group.bench_function("ordered_index", |bencher| {
+    group.bench_function("ordered_map", |bencher| {
+        bencher.iter(|| black_box(ordered_map_page(&ordered, &cursor, PAGE_ROWS)));
+    });
+    group.bench_function("hash_and_ordered_set", |bencher| {
         bencher.iter(|| black_box(state.page(Some(cursor.as_bytes()), PAGE_ROWS)));
     });
     group.finish();
@@ -91,8 +113,9 @@ fn apply(criterion: &mut Criterion) {
     let mut hashed: HashMap<String, i64> = state
         .balances
         .iter()
-        .map(|(user, balance)| (user.clone(), *balance))
+        .map(|(user, balance)| (user.to_owned(), balance))
         .collect();
+    let mut ordered: BTreeMap<String, i64> = hashed.clone().into_iter().collect();
     let mut group = criterion.benchmark_group("apply_1m_users");
     group.throughput(Throughput::Elements(APPLY_BATCH as u64));
     group.sample_size(20);
@@ -115,8 +138,26 @@ fn apply(criterion: &mut Criterion) {
             BatchSize::LargeInput,
         );
     });
+    group.bench_function("ordered_map", |bencher| {
+        bencher.iter_batched(
+            || {
+                offset += APPLY_BATCH;
+                scattered_users(offset)
+            },
+            |events| {
+                for event in &events {
+                    if let Some(balance) = ordered.get_mut(event.user.as_str())
+                        && let Some(sum) = balance.checked_add(event.amount)
+                    {
+                        *balance = sum;
+                    }
+                }
+            },
+            BatchSize::LargeInput,
+        );
+    });
     let mut sequence = USERS as u64;
-    group.bench_function("ordered_index", |bencher| {
+    group.bench_function("hash_and_ordered_set", |bencher| {
         bencher.iter_batched(
             || {
                 offset += APPLY_BATCH;

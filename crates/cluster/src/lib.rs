@@ -15,6 +15,7 @@
 //! creates the stream and buckets; [`local_cluster`] starts real servers for tests, their
 //! route links optionally behind [`route_proxy`]s a test can cut.
 
+pub mod balances;
 pub mod config;
 pub mod conflict;
 pub mod fault;
@@ -33,6 +34,7 @@ pub mod state;
 pub mod view;
 pub mod wire;
 
+pub use balances::Balances;
 pub use config::{ClusterConfig, replicas_for};
 pub use layout::{Layout, LayoutError};
 pub use lease::{Lease, LeaseError, Leases};

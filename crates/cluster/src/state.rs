@@ -14,15 +14,18 @@
 //! conflict, skipped and counted (its sender already had its 202), and a front door can ask
 //! whether a sequence JetStream called a duplicate was this id's event (see `conflict`).
 //!
-//! Third invariant, for pages: `balances` is ordered by user (bytes), so a page costs a seek
-//! and `limit` steps, not a scan and a sort of the partition.
+//! Third invariant, for pages: `balances` keeps its users in byte order beside the hash map
+//! (see `balances`), so a page costs a seek and `limit` steps, not a scan and a sort of the
+//! partition, and an event of a known user still one hash lookup.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use floodgate_core::dedup::ConflictField;
 use floodgate_core::{Event, ledger::user_hash};
 use serde::{Deserialize, Serialize};
+
+use crate::balances::Balances;
 
 /// What applying one event did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,8 +258,8 @@ pub struct ClientId<'a> {
 pub struct PartitionState {
     /// The last stream sequence applied (0: none).
     pub applied_sequence: u64,
-    /// Balance per user of the partition, ordered by user (bytes): the page index.
-    pub balances: BTreeMap<String, i64>,
+    /// Balance per user of the partition, with the users in byte order (the page index).
+    pub balances: Balances,
     /// Events whose amount would have overflowed the balance (not applied).
     pub overflowed_events: u64,
     /// Client ids applied recently (see [`IdBounds`]).
@@ -310,12 +313,7 @@ impl PartitionState {
 
     /// Adds `event`'s amount to its user's balance, unless it would overflow (then counted).
     fn add(&mut self, event: &Event) -> Applied {
-        let balance = match self.balances.get_mut(event.user.as_str()) {
-            Some(balance) => balance,
-            None => self.balances.entry(event.user.clone()).or_insert(0),
-        };
-        if let Some(sum) = balance.checked_add(event.amount) {
-            *balance = sum;
+        if self.balances.add(&event.user, event.amount) {
             Applied::Applied
         } else {
             self.overflowed_events += 1;
@@ -441,31 +439,14 @@ impl PartitionState {
     }
 
     /// Up to `limit` balances of users after `after` (compared as bytes), sorted by user: a
-    /// seek in the ordered balances and `limit` steps. A cursor that is not UTF-8 seeks to its
-    /// longest UTF-8 prefix and steps over the users not after it.
+    /// seek in the users' order and `limit` steps (see [`Balances::page`]).
     pub fn page(&self, after: Option<&[u8]>, limit: usize) -> Vec<(String, i64)> {
-        use std::ops::Bound;
-        let start = match after {
-            None => Bound::Unbounded,
-            Some(after) => {
-                let valid = match std::str::from_utf8(after) {
-                    Ok(valid) => valid,
-                    Err(error) => std::str::from_utf8(&after[..error.valid_up_to()]).unwrap_or(""),
-                };
-                Bound::Excluded(valid)
-            }
-        };
-        self.balances
-            .range::<str, _>((start, Bound::Unbounded))
-            .filter(|(user, _)| after.is_none_or(|after| user.as_bytes() > after))
-            .take(limit)
-            .map(|(user, balance)| (user.clone(), *balance))
-            .collect()
+        self.balances.page(after, limit)
     }
 
     /// The balance of `user`, `None` if no event of theirs was applied.
     pub fn known_balance(&self, user: &str) -> Option<i64> {
-        self.balances.get(user).copied()
+        self.balances.get(user)
     }
 }
 

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
 use floodgate_cluster::snapshot::{self, CHUNK_BYTES};
 use floodgate_cluster::{
     ClusterConfig, Layout, LocalCluster, PartitionState, SnapshotError, SnapshotSlot,
@@ -15,7 +13,7 @@ use support::READY_TIMEOUT;
 
 /// A partition state of `users` users with 40-byte names: about 50 bytes each in JSON.
 fn state_of(users: usize, sequence: u64) -> PartitionState {
-    let balances: BTreeMap<String, i64> = (0..users)
+    let balances: floodgate_cluster::Balances = (0..users)
         .map(|number| (format!("user-with-a-forty-byte-long-name-{number:06}"), 7))
         .collect();
     PartitionState {
