@@ -17,6 +17,11 @@
 //!   lease TTL in the bucket would let JetStream expire the leases of nodes that still count
 //!   them valid for their own, longer TTL (two owners acting at once), and a longer one would
 //!   leave the cluster with mixed TTLs that the next restart of an older node refuses.
+//! - One partition count: the stream records the `--partitions` it was created for (its
+//!   metadata, [`PARTITIONS_METADATA`]), and a node started with another count refuses to start
+//!   ([`LayoutError::PartitionDrift`]). A user's events go to `hash(user) mod partitions`: two
+//!   counts would put one user's events on two subjects, with two owners and two balances. A
+//!   stream created before the count was recorded gets this node's count written in.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +39,8 @@ pub const LEASE_BUCKET: &str = "floodgate_leases";
 pub const SNAPSHOT_BUCKET: &str = "floodgate_snapshots";
 /// Name of the membership bucket (one key per live member, expiring like a lease).
 pub const MEMBER_BUCKET: &str = "floodgate_members";
+/// The events stream's metadata key holding the partition count it was created for.
+pub const PARTITIONS_METADATA: &str = "floodgate_partitions";
 
 /// The connection and the JetStream objects, shared by a node's parts.
 #[derive(Clone, Debug)]
@@ -79,6 +86,14 @@ pub enum LayoutError {
         setting: &'static str,
         data: &'static str,
     },
+    /// The events stream was created for another partition count than this node's.
+    #[error(
+        "the JetStream stream {STREAM_NAME} was created for {existing} partitions, this node \
+         was started with --partitions {ours}: every node of a cluster must use the same \
+         count (a user's events go to hash(user) mod partitions, so two counts would split a \
+         user's balance between two owners); start this node with --partitions {existing}"
+    )]
+    PartitionDrift { existing: String, ours: u32 },
     /// JetStream did not let us create or find the stream and buckets in time.
     #[error("JetStream not ready after {waited_ms} ms: {last_error}")]
     NotReady { waited_ms: u64, last_error: String },
@@ -108,7 +123,7 @@ impl Layout {
             .build(client.clone());
         let started = Instant::now();
         loop {
-            match Box::pin(check_buckets(&context, config)).await {
+            match Box::pin(check_layout(&context, config)).await {
                 Ok(Some(drift)) => return Err(drift),
                 Ok(None) => {}
                 Err(error) if started.elapsed() < ready_timeout => {
@@ -190,6 +205,43 @@ impl Layout {
     }
 }
 
+/// The first difference between the existing stream and buckets and the ones this node would
+/// create (`None`: none exists yet, or each matches).
+async fn check_layout(
+    context: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<Option<LayoutError>, async_nats::Error> {
+    if let Some(drift) = check_partitions(context, config).await? {
+        return Ok(Some(drift));
+    }
+    check_buckets(context, config).await
+}
+
+/// The events stream's recorded partition count, if it exists, records one and differs.
+async fn check_partitions(
+    context: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<Option<LayoutError>, async_nats::Error> {
+    let existing = match context.get_stream(STREAM_NAME).await {
+        Ok(stream) => stream.cached_info().config.metadata.clone(),
+        Err(error) if is_not_found(&error) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    Ok(existing
+        .get(PARTITIONS_METADATA)
+        .filter(|recorded| **recorded != config.partitions.to_string())
+        .map(|recorded| LayoutError::PartitionDrift {
+            existing: recorded.clone(),
+            ours: config.partitions,
+        }))
+}
+
+/// Whether a stream lookup failed because the stream does not exist.
+fn is_not_found(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(error.kind(), GetStreamErrorKind::JetStream(inner)
+        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
 /// The first difference between an existing bucket and the one this node would create
 /// (`None`: none exists yet, or each matches).
 async fn check_buckets(
@@ -211,12 +263,7 @@ async fn check_buckets(
     for (bucket, max_age, data) in buckets {
         let existing = match context.get_stream(format!("KV_{bucket}")).await {
             Ok(stream) => stream.cached_info().config.clone(),
-            Err(error)
-                if matches!(error.kind(), GetStreamErrorKind::JetStream(inner)
-                    if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                continue;
-            }
+            Err(error) if is_not_found(&error) => continue,
             Err(error) => return Err(error.into()),
         };
         let drift = |field, existing: String, ours: String, setting| LayoutError::Drift {
@@ -263,12 +310,25 @@ async fn reconcile_stream(
              CLI to change it for the whole cluster"
         );
     }
+    let recorded = existing.metadata.contains_key(PARTITIONS_METADATA);
+    if !recorded {
+        tracing::warn!(
+            partitions = config.partitions,
+            "the events stream does not record its partition count; recording this node's"
+        );
+    }
     if !existing.allow_atomic_publish {
         tracing::info!("turning atomic batch publish on for the events stream");
-        let updated = stream::Config {
+    }
+    if !recorded || !existing.allow_atomic_publish {
+        let mut updated = stream::Config {
             allow_atomic_publish: true,
             ..existing
         };
+        updated
+            .metadata
+            .entry(PARTITIONS_METADATA.to_owned())
+            .or_insert_with(|| config.partitions.to_string());
         context.update_stream(updated).await?;
         stream.info().await?;
     }
@@ -288,6 +348,11 @@ fn stream_config(config: &ClusterConfig) -> stream::Config {
         num_replicas: config.replicas,
         duplicate_window: config.duplicate_window,
         allow_atomic_publish: true,
+        metadata: [(
+            PARTITIONS_METADATA.to_owned(),
+            config.partitions.to_string(),
+        )]
+        .into(),
         ..Default::default()
     }
 }

@@ -36,7 +36,7 @@ pub mod wire;
 
 pub use balances::Balances;
 pub use config::{ClusterConfig, replicas_for};
-pub use layout::{Layout, LayoutError};
+pub use layout::{Layout, LayoutError, PARTITIONS_METADATA};
 pub use lease::{Lease, LeaseError, Leases};
 pub use local_cluster::{LocalCluster, LocalClusterError};
 pub use member::Member;

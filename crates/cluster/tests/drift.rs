@@ -38,3 +38,46 @@ async fn another_lease_ttl_than_the_buckets_is_refused_with_both_values() {
     let same = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT).await;
     assert!(same.is_ok(), "the cluster's own settings connect: {same:?}");
 }
+
+// Proves a node started with another partition count than the events stream was created for
+// is refused at once with both counts and the setting (a second count would route one user's
+// events to two partitions), that the stream keeps its count, and that an old stream without
+// a recorded count gets the connecting node's count written in.
+#[tokio::test]
+async fn another_partition_count_than_the_stream_is_refused() {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let config = ClusterConfig::new(8, cluster.size());
+    let first = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
+        .await
+        .expect("JetStream ready");
+
+    let drifted = ClusterConfig::new(16, cluster.size());
+    let refused = Layout::connect(&cluster.urls(), &drifted, READY_TIMEOUT).await;
+    let Err(error @ LayoutError::PartitionDrift { .. }) = refused else {
+        panic!("expected a partition-count refusal, got {refused:?}");
+    };
+    let message = error.to_string();
+    for part in ["FLOODGATE_EVENTS", "8 partitions", "--partitions 16"] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
+
+    // An older stream, created before the count was recorded: its metadata removed.
+    let mut stream = first.stream.clone();
+    let mut old = stream.info().await.expect("info").config.clone();
+    old.metadata.clear();
+    first.context.update_stream(old).await.expect("update");
+    let adopted = Layout::connect(&cluster.urls(), &drifted, READY_TIMEOUT)
+        .await
+        .expect("an unrecorded stream is adopted");
+    let mut stream = adopted.stream.clone();
+    let recorded = stream.info().await.expect("info").config.metadata.clone();
+    assert_eq!(
+        recorded.get(floodgate_cluster::PARTITIONS_METADATA),
+        Some(&"16".to_owned())
+    );
+    let refused = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT).await;
+    assert!(
+        matches!(refused, Err(LayoutError::PartitionDrift { .. })),
+        "{refused:?}"
+    );
+}

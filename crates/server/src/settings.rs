@@ -257,7 +257,8 @@ settings! {
     /// stored them; `queue-capacity-events` is the stream's bound; no data directory is used.
     nats: NatsUrls => config.cluster.nats, default_note "none (standalone)";
     /// Partitions of the cluster's events stream (one owner each); fixed once the stream
-    /// exists. Needs `nats`.
+    /// exists (it records the count; a node started with another count refuses to start).
+    /// Needs `nats`.
     partitions: u32 => config.cluster.partitions, bounds 1..=MAX_PARTITIONS;
     /// A partition whose owner stops renewing its lease for this long moves to another node.
     /// Needs `nats`.
