@@ -19,17 +19,12 @@ ROUNDS="${ROUNDS:-3}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
 BATCH="${BATCH:-1000}"
 USERS="${USERS:-10000}"
-FLOODGATE="${FLOODGATE:-target/release/floodgate}"
-WORK="$(mktemp -d)"
-trap 'kill "${SERVER:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-TICKS_PER_SECOND="$(getconf CLK_TCK)"
-
-cpu_ticks() { # pid -> utime + stime of the process, in clock ticks
-  awk '{print $14 + $15}' "/proc/$1/stat"
-}
+source bench/lib.sh
+bench_init
 
 run_one() { # mode variant round
-  local mode="$1" variant="$2" round="$3" port=$((20000 + RANDOM % 20000))
+  local mode="$1" variant="$2" round="$3" port
+  port="$(random_port)"
   local dir="$WORK/data-$mode-$variant-$round" load_flags=(-c 64)
   case "$variant" in
     single) ;;
@@ -37,17 +32,14 @@ run_one() { # mode variant round
     batch) load_flags=(-c 8 --batch "$BATCH") ;;
     batch+ids) load_flags=(-c 8 --batch "$BATCH" --ids) ;;
   esac
-  "$FLOODGATE" serve --addr "127.0.0.1:$port" --data-dir "$dir" --durability "$mode" \
-    >"$WORK/server.log" 2>&1 &
-  SERVER=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done
+  start_floodgate "$port" /healthz --data-dir "$dir" --durability "$mode"
   local load_average ticks_before ticks_after
-  load_average="$(cut -d' ' -f1 /proc/loadavg)"
+  load_average="$(load_average)"
   ticks_before="$(cpu_ticks "$SERVER")"
-  "$FLOODGATE" load --url "http://127.0.0.1:$port" "${load_flags[@]}" -d "${SECONDS_PER_RUN}s" \
-    --users "$USERS" --no-progress --json "$WORK/load.json" >/dev/null 2>&1
+  run_load "http://127.0.0.1:$port" "$WORK/load.json" "${load_flags[@]}" \
+    -d "${SECONDS_PER_RUN}s" --users "$USERS"
   ticks_after="$(cpu_ticks "$SERVER")"
-  kill -TERM "$SERVER"; wait "$SERVER" || true
+  stop_process "$SERVER"
   python3 - "$mode" "$variant" "$round" "$load_average" "$((ticks_after - ticks_before))" \
     "$TICKS_PER_SECOND" "$WORK/load.json" "$WORK/rates" <<'EOF'
 import json, sys

@@ -22,43 +22,28 @@ SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
 BATCH="${BATCH:-1000}"
 PARTITIONS="${PARTITIONS:-16}"
 USERS="${USERS:-10000}"
-FLOODGATE="${FLOODGATE:-target/release/floodgate}"
-NATS_SERVER="${FLOODGATE_NATS_SERVER:-$HOME/.local/share/floodgate/nats-2.15.1/bin/nats-server}"
-WORK="$(mktemp -d)"
-trap 'kill "${SERVER:-0}" "${NATS:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-TICKS_PER_SECOND="$(getconf CLK_TCK)"
-
-cpu_ticks() { # pid -> utime + stime of the process, in clock ticks (0 without a process)
-  if [ "$1" = 0 ]; then echo 0; else awk '{print $14 + $15}' "/proc/$1/stat"; fi
-}
-
-start_nats() { # store -> NATS (pid), NATS_PORT
-  NATS_PORT=$((20000 + RANDOM % 20000))
-  "$NATS_SERVER" -js -sd "$1" -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
-  NATS=$!
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break; sleep 0.05; done
-}
+source bench/lib.sh
+bench_init
 
 run_one() { # door variant round
-  local door="$1" variant="$2" round="$3" port=$((20000 + RANDOM % 20000))
+  local door="$1" variant="$2" round="$3" port
+  port="$(random_port)"
   local load_flags=(-c 64) door_flags=(--durability memory)
   [ "$variant" = batch ] && load_flags=(-c 8 --batch "$BATCH")
   NATS=0
   if [ "$door" = node ]; then
     start_nats "$WORK/store-$variant-$round"
-    door_flags+=(--nats "nats://127.0.0.1:$NATS_PORT" --partitions "$PARTITIONS")
+    door_flags+=(--nats "$NATS_URL" --partitions "$PARTITIONS")
   fi
-  "$FLOODGATE" serve --addr "127.0.0.1:$port" "${door_flags[@]}" >"$WORK/server.log" 2>&1 &
-  SERVER=$!
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
+  start_floodgate "$port" /readyz "${door_flags[@]}"
   local load_average server_before nats_before server_after nats_after
-  load_average="$(cut -d' ' -f1 /proc/loadavg)"
+  load_average="$(load_average)"
   server_before="$(cpu_ticks "$SERVER")"; nats_before="$(cpu_ticks "$NATS")"
-  "$FLOODGATE" load --url "http://127.0.0.1:$port" "${load_flags[@]}" -d "${SECONDS_PER_RUN}s" \
-    --users "$USERS" --no-progress --json "$WORK/load.json" >/dev/null 2>&1
+  run_load "http://127.0.0.1:$port" "$WORK/load.json" "${load_flags[@]}" \
+    -d "${SECONDS_PER_RUN}s" --users "$USERS"
   server_after="$(cpu_ticks "$SERVER")"; nats_after="$(cpu_ticks "$NATS")"
-  kill -TERM "$SERVER"; wait "$SERVER" || true
-  if [ "$NATS" != 0 ]; then kill -TERM "$NATS"; wait "$NATS" || true; fi
+  stop_process "$SERVER"
+  stop_process "$NATS"
   python3 - "$door" "$variant" "$round" "$load_average" "$((server_after - server_before))" \
     "$((nats_after - nats_before))" "$TICKS_PER_SECOND" "$WORK/load.json" "$WORK/rates" <<'PY'
 import json, sys
