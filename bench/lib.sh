@@ -6,7 +6,7 @@
 #   cpu_ticks PID          utime + stime of a process in clock ticks (0 for pid 0)
 #   random_port            a port in 20000-39999 (the scripts' servers bind it)
 #   wait_http URL          until URL answers 2xx (10 s at most)
-#   wait_tcp PORT          until 127.0.0.1:PORT accepts a connection (5 s at most)
+#   wait_tcp PORT          until 127.0.0.1:PORT accepts a connection (10 s at most)
 #   load_average           the 1-minute load average now
 #   start_nats STORE       a lone JetStream nats-server: NATS (pid), NATS_PORT, NATS_URL
 #   start_floodgate PORT READY_PATH ARGS...
@@ -49,7 +49,7 @@ wait_http() {
 }
 
 wait_tcp() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
   echo "nothing listens on port $1" >&2; return 1
 }
 
