@@ -36,7 +36,12 @@ async fn main() -> Result<()> {
     for number in 0..events {
         let event = Event::new(format!("u{}", number % users.max(1)), 1);
         let subject = subject(partition_of(&event.user, partitions));
-        pending.push(layout.context.publish(subject, encode_event(&event)).await?);
+        pending.push(
+            layout
+                .context
+                .publish(subject, encode_event(&event))
+                .await?,
+        );
         if pending.len() == WINDOW {
             for ack in pending.drain(..) {
                 ack.await?;
