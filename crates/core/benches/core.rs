@@ -134,12 +134,9 @@ fn contended_round(
 
 /// The workers' fast path: per batch of 256, one lock per run of same-shard jobs.
 fn apply_in_batches(ledger: &Ledger, jobs: Vec<(u64, String)>) {
-    let mut jobs = jobs.into_iter().map(|(hash, user)| Job {
-        user,
-        amount: 1,
-        hash,
-        on_applied: None,
-    });
+    let mut jobs = jobs
+        .into_iter()
+        .map(|(hash, user)| Job::new(user, 1, hash));
     while jobs.len() > 0 {
         black_box(ledger.apply_batch(jobs.by_ref().take(256), |_, _| {}));
     }
@@ -147,12 +144,8 @@ fn apply_in_batches(ledger: &Ledger, jobs: Vec<(u64, String)>) {
 
 /// A job of one unit for `user`.
 fn job(user: String) -> Job {
-    Job {
-        hash: user_hash(&user),
-        user,
-        amount: 1,
-        on_applied: None,
-    }
+    let hash = user_hash(&user);
+    Job::new(user, 1, hash)
 }
 
 fn queue_push_pop(criterion: &mut Criterion) {
@@ -174,12 +167,7 @@ fn queue_push_pop(criterion: &mut Criterion) {
                 || {
                     users(BATCH, 0)
                         .into_iter()
-                        .map(|user| Job {
-                            hash: user_hash(&user),
-                            user,
-                            amount: 1,
-                            on_applied: None,
-                        })
+                        .map(job)
                         .collect::<Vec<_>>()
                 },
                 |jobs| {

@@ -8,12 +8,14 @@
 //! after every event, like HTTP handlers (one event per task turn; use with
 //! `--producers 64`). `--batch N` offers the events in batches of N through
 //! `Engine::submit_batch` (one reservation per lane, the batch path of `POST /events/batch`),
-//! with a queue as large as the run so no batch is ever refused.
+//! with a queue as large as the run so no batch is ever refused. `--ids` gives every event a
+//! fresh id (checked and kept by the dedup window, which fills from empty during the run: what
+//! the cost of ids is while a window fills).
 //!
 //! ```text
 //! cargo run --release -p floodgate-core --example engine_throughput -- [--json PATH]
 //!     [--events N] [--repeat R] [--queue-kind mpmc|shared_receiver|all] [--strategy NAME]
-//!     [--users N] [--workers N] [--producers N] [--trickle] [--batch N]
+//!     [--users N] [--workers N] [--producers N] [--trickle] [--batch N] [--ids]
 //! ```
 //! Add `--features mimalloc` to measure with mimalloc as the global allocator.
 //!
@@ -95,6 +97,8 @@ struct Options {
     trickle: bool,
     /// Offer events in batches of this many (`Engine::submit_batch`).
     batch: Option<usize>,
+    /// Every event carries a fresh id.
+    ids: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -109,6 +113,7 @@ fn parse_options() -> Result<Options, String> {
         producers: None,
         trickle: false,
         batch: None,
+        ids: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -132,6 +137,7 @@ fn parse_options() -> Result<Options, String> {
                 options.users = vec![value()?.parse().map_err(|error| format!("{error}"))?];
             }
             "--trickle" => options.trickle = true,
+            "--ids" => options.ids = true,
             "--batch" => {
                 let size: usize = value()?.parse().map_err(|error| format!("{error}"))?;
                 options.batch = Some(size.max(1));
@@ -151,13 +157,21 @@ fn parse_options() -> Result<Options, String> {
 }
 
 /// Producer `producer`'s share of `events` events over `users` users, split in `producers`
-/// chunks (user i*7919 % users, so consecutive events hit different users and shards).
-fn chunk(events: usize, users: usize, producers: usize, producer: usize) -> Vec<Event> {
+/// chunks (user i*7919 % users, so consecutive events hit different users and shards); with
+/// `ids`, event i carries the id `event-{i}` (UUID-sized).
+fn chunk(events: usize, users: usize, producers: usize, producer: usize, ids: bool) -> Vec<Event> {
     let per_producer = events.div_ceil(producers);
     let start = producer * per_producer;
     let end = (start + per_producer).min(events);
     (start..end)
-        .map(|index| Event::new(format!("user{}", (index * 7919) % users), 1))
+        .map(|index| {
+            let event = Event::new(format!("user{}", (index * 7919) % users), 1);
+            if !ids {
+                return event;
+            }
+            let id = format!("0190b6b4-7c1e-7d2a-9f00-{index:012}");
+            event.with_id(floodgate_core::EventId::parse(&id).expect("a valid id"))
+        })
         .collect()
 }
 
@@ -169,6 +183,7 @@ struct Workload {
     producers: usize,
     trickle: bool,
     batch: Option<usize>,
+    ids: bool,
 }
 
 /// One measured run.
@@ -188,6 +203,7 @@ async fn run_once(config: EngineConfig, workload: Workload) -> Run {
                     workload.users,
                     workload.producers,
                     producer,
+                    workload.ids,
                 );
                 ready.wait().await;
                 if let Some(size) = workload.batch {
@@ -328,6 +344,7 @@ fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut
                 producers: options.producers.unwrap_or(cores).max(1),
                 trickle: options.trickle,
                 batch: options.batch,
+                ids: options.ids,
             };
             let mut config = cell.config();
             if options.batch.is_some() {

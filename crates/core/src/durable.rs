@@ -31,13 +31,13 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::dedup::{Claim, IdKey, Window};
+use crate::dedup::{IdKey, Window};
 use crate::engine::Rejected;
 use crate::event::EventId;
 use crate::latch::Latch;
 use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
-use crate::queue::{Admission, Job};
+use crate::queue::{Admission, Job, release_claims};
 
 /// Default snapshot interval in events: a restart then replays at most about a million events
 /// (well under a second, see the README's recovery figure).
@@ -215,13 +215,13 @@ impl DataDir {
 /// order) or the refusal with the jobs handed back.
 pub(crate) type Reply = Result<(), (Rejected, Vec<Job>)>;
 
-/// An event id on its way through the log: the claim settled when its group is durable (kept)
-/// or refused (freed), and what the log record keeps so a restart remembers it.
+/// An event id on its way through the log: what the log record keeps so a restart remembers
+/// it. (Its claim travels in the event's job: freed if the group is refused, settled by the
+/// worker once applied.)
 #[derive(Debug)]
 pub(crate) struct LoggedId {
     /// Index of the event in its ticket.
     pub(crate) index: usize,
-    pub(crate) claim: Claim,
     pub(crate) id: EventId,
     pub(crate) at_unix_ms: u64,
 }
@@ -769,11 +769,9 @@ impl Durable {
         };
         match self.log.try_submit(ticket) {
             Ok(()) => Ok(answer),
-            Err((error, ticket)) => {
+            Err((error, mut ticket)) => {
                 self.in_flight.fetch_sub(events, Ordering::AcqRel);
-                for id in ticket.ids {
-                    window.release(id.claim);
-                }
+                release_claims(window, &mut ticket.jobs);
                 let reason = match error {
                     floodgate_store::SubmitError::Full => Rejected::QueueFull,
                     floodgate_store::SubmitError::Failed => Rejected::StorageFailed,
@@ -910,31 +908,22 @@ impl Acknowledger {
         // The 202s first: the group is durable; applying follows in log order.
         for ticket in entries {
             let _ = ticket.reply.send(Ok(()));
-            let mut jobs = ticket.jobs;
-            // Each id is settled by the worker that applies its event: kept if applied, freed
-            // if it overflowed (see `OnApplied`). A snapshot's cut waits for every dispatched
+            // Each id's claim is in its job: the worker that applies the job settles it (kept
+            // if applied, freed if it overflowed). A snapshot's cut waits for every dispatched
             // event to be applied, so its window holds exactly the ids at or before its
             // position.
-            for id in ticket.ids {
-                match jobs.get_mut(id.index) {
-                    Some(job) => job
-                        .on_applied
-                        .get_or_insert_with(Box::default)
-                        .settle_id(Arc::clone(&self.window), id.claim),
-                    None => self.window.release(id.claim),
-                }
-            }
-            self.jobs.extend(jobs);
+            self.jobs.extend(ticket.jobs);
         }
         let mut gate = lock(&self.gate);
         let count = self.jobs.len();
         // One reservation per lane for the whole group, not one push per event.
-        for job in self
+        let mut dropped = self
             .admission
-            .push_all_blocking(&mut self.jobs, &mut self.lanes)
-        {
+            .push_all_blocking(&mut self.jobs, &mut self.lanes);
+        for job in &dropped {
             tracing::error!(user = %job.user, "queue closed before a logged event was dispatched; it is applied at the next start");
         }
+        release_claims(&self.window, &mut dropped);
         self.in_flight.fetch_sub(count, Ordering::AcqRel);
         gate.position = commit.first_position + commit.entries as u64 - 1;
         gate.dispatched += count as u64;
@@ -970,9 +959,8 @@ impl Acknowledger {
         for ticket in entries {
             self.in_flight
                 .fetch_sub(ticket.jobs.len(), Ordering::AcqRel);
-            for id in ticket.ids {
-                self.window.release(id.claim);
-            }
+            let mut ticket = ticket;
+            release_claims(&self.window, &mut ticket.jobs);
             let admitted = ticket.admitted;
             if let Err(Err((_, jobs))) = ticket.reply.send(Err((reason, ticket.jobs))) {
                 // Nobody waits for this answer any more: give the users' slots back here.

@@ -42,7 +42,7 @@ use crate::event::{Event, EventId};
 use crate::forward::{Forward, Forwarded};
 use crate::ledger::{Admit, Ledger, user_hash};
 use crate::metrics::Metrics;
-use crate::queue::{self, Admission, Job, OnApplied, PushError};
+use crate::queue::{self, Admission, Job, PushError, release_claims};
 pub use crate::stats::{DedupStats, LockSummary, LockTimings, Stats, Summary, WorkerStats};
 use crate::worker::{self, Supervision, WorkerContext};
 
@@ -233,8 +233,11 @@ struct PreparedBatch {
     outcomes: Vec<EventOutcome>,
     jobs: Vec<Job>,
     admitted: Vec<Admit>,
-    /// The claimed ids among `jobs`, by index in `jobs`.
+    /// With a log: the ids among `jobs` (their claims travel in the jobs), by index in
+    /// `jobs`.
     ids: Vec<LoggedId>,
+    /// Without a log: the claims of the ids among `jobs`, kept once the batch is queued.
+    claims: Vec<Claim>,
 }
 
 impl PreparedBatch {
@@ -244,17 +247,17 @@ impl PreparedBatch {
             jobs: Vec::with_capacity(events),
             admitted: Vec::with_capacity(events),
             ids: Vec::new(),
+            claims: Vec::new(),
         }
     }
 }
 
-/// An id on its way with its event, first seen now.
-fn logged_id(index: usize, claim: Claim, id: EventId) -> LoggedId {
+/// An id on its way with its event into the log, first seen at `at_unix_ms`.
+fn logged_id(index: usize, id: EventId, at_unix_ms: u64) -> LoggedId {
     LoggedId {
         index,
-        claim,
         id,
-        at_unix_ms: crate::dedup::now_unix_ms(),
+        at_unix_ms,
     }
 }
 
@@ -264,6 +267,7 @@ fn start_workers(
     ledger: &Arc<Ledger>,
     metrics: &Arc<Metrics>,
     supervision: &Arc<Supervision>,
+    window: &Arc<Window>,
 ) -> (Admission, Vec<JoinHandle<()>>) {
     let owned = config.strategy == LedgerStrategy::Owned;
     let (admission, consumers) = queue::build(
@@ -283,10 +287,12 @@ fn start_workers(
                 work: config.work_duration(),
                 hold: config.hold_duration(),
                 supervision: Arc::clone(supervision),
+                window: Arc::clone(window),
             };
             tokio::spawn(worker::supervised(
                 id,
                 Arc::clone(supervision),
+                Arc::clone(window),
                 worker::run(context, consumer),
             ))
         })
@@ -432,7 +438,7 @@ impl Engine {
             },
             (ProcessingMode::Queued, None) => {
                 let (admission, worker_handles) =
-                    start_workers(&config, &ledger, &metrics, &supervision);
+                    start_workers(&config, &ledger, &metrics, &supervision, &window);
                 handles = worker_handles;
                 match log {
                     None => Processor::Queued(admission),
@@ -687,11 +693,15 @@ impl Engine {
     }
 
     /// Checks every event's id and admits every user, in order: the events to queue, with
-    /// the outcome of those decided already.
-    async fn prepare_batch(&self, mut events: Vec<Event>) -> PreparedBatch {
+    /// the outcome of those decided already. `logged`: the ids go into the log and their
+    /// claims into the jobs (the workers settle them); otherwise the claims are set aside,
+    /// to be kept once the batch is queued.
+    async fn prepare_batch(&self, mut events: Vec<Event>, logged: bool) -> PreparedBatch {
         let inner = &*self.inner;
         let checks = batch::claim_all(&inner.window, &events).await;
         let mut prepared = PreparedBatch::with_capacity(events.len());
+        // One clock read per batch: every id of a batch is first seen at the same instant.
+        let now_unix_ms = crate::dedup::now_unix_ms();
         for (event, check) in events.iter_mut().zip(checks) {
             let claim = match check {
                 IdCheck::Decided(outcome) => {
@@ -710,10 +720,17 @@ impl Engine {
             };
             let id = event.id.take();
             match self.admit(std::mem::replace(event, Event::new("", 0))) {
-                Ok((job, admitted)) => {
+                Ok((mut job, admitted)) => {
                     prepared.outcomes.push(Ok(Ingested::Queued));
-                    if let (Some(claim), Some(id)) = (claim, id) {
-                        prepared.ids.push(logged_id(prepared.jobs.len(), claim, id));
+                    match (claim, id) {
+                        (Some(claim), Some(id)) if logged => {
+                            prepared
+                                .ids
+                                .push(logged_id(prepared.jobs.len(), id, now_unix_ms));
+                            job.claim = Some(claim);
+                        }
+                        (Some(claim), _) => prepared.claims.push(claim),
+                        (None, _) => {}
                     }
                     prepared.jobs.push(job);
                     prepared.admitted.push(admitted);
@@ -729,26 +746,27 @@ impl Engine {
         prepared
     }
 
-    /// Queued batch: one all-or-nothing push (one reservation per lane).
+    /// Queued batch: one all-or-nothing push (one reservation per lane); the ids are kept
+    /// once queued (memory mode's promise: a 202 means queued), all under one window lock.
     async fn enqueue_batch(
         &self,
         admission: &Admission,
         events: Vec<Event>,
     ) -> Result<Vec<EventOutcome>, Rejected> {
         let inner = &*self.inner;
-        let prepared = self.prepare_batch(events).await;
+        let prepared = self.prepare_batch(events, false).await;
         let count = prepared.jobs.len() as u64;
         inner.metrics.accepted.add(count);
-        match admission.try_push_batch(prepared.jobs) {
-            Ok(()) => {
-                for id in prepared.ids {
-                    inner.window.commit(id.claim);
-                }
-                Ok(self.count_duplicates(prepared.outcomes))
-            }
-            Err((error, jobs)) => {
+        let pushed = admission.try_push_batch(prepared.jobs);
+        let kept = pushed.is_ok();
+        inner
+            .window
+            .settle_all(prepared.claims.into_iter().map(|claim| (claim, kept)));
+        match pushed {
+            Ok(()) => Ok(self.count_duplicates(prepared.outcomes)),
+            Err((error, mut jobs)) => {
                 inner.metrics.accepted.sub(count);
-                self.undo_batch(&jobs, &prepared.admitted, prepared.ids);
+                self.undo_batch(&mut jobs, &prepared.admitted);
                 Err(self.count_push_refusal(error, count))
             }
         }
@@ -767,14 +785,14 @@ impl Engine {
         if durable.has_failed() {
             return Err(Rejected::StorageFailed);
         }
-        let prepared = self.prepare_batch(events).await;
+        let mut prepared = self.prepare_batch(events, true).await;
         let count = prepared.jobs.len();
         if count == 0 {
             return Ok(self.count_duplicates(prepared.outcomes));
         }
         if !durable.reserve_room(count, admission) {
             inner.metrics.rejected_queue_full.add(count as u64);
-            self.undo_batch(&prepared.jobs, &prepared.admitted, prepared.ids);
+            self.undo_batch(&mut prepared.jobs, &prepared.admitted);
             return Err(Rejected::QueueFull);
         }
         inner.metrics.accepted.add(count as u64);
@@ -789,21 +807,20 @@ impl Engine {
             Err(refused) => refused,
         };
         inner.metrics.accepted.sub(count as u64);
-        let (reason, jobs) = refused;
-        self.undo_batch(&jobs, &admitted, Vec::new());
+        let (reason, mut jobs) = refused;
+        self.undo_batch(&mut jobs, &admitted);
         Err(reason)
     }
 
-    /// Gives back what a refused batch took: new users' slots and ids' claims.
-    fn undo_batch(&self, jobs: &[Job], admitted: &[Admit], ids: Vec<LoggedId>) {
+    /// Gives back what a refused batch took: new users' slots and ids' claims (one window
+    /// lock).
+    fn undo_batch(&self, jobs: &mut [Job], admitted: &[Admit]) {
         for (job, &admitted) in jobs.iter().zip(admitted) {
             if admitted == Admit::Pending {
                 self.inner.ledger.cancel(job.hash, &job.user);
             }
         }
-        for id in ids {
-            self.inner.window.release(id.claim);
-        }
+        release_claims(&self.inner.window, jobs);
     }
 
     /// Counts the duplicates among a batch's outcomes; hands the outcomes on.
@@ -863,13 +880,7 @@ impl Engine {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(Refused::new(Rejected::LedgerFull, event));
         };
-        let job = Job {
-            user: event.user,
-            amount: event.amount,
-            hash,
-            on_applied: None,
-        };
-        Ok((job, admitted))
+        Ok((Job::new(event.user, event.amount, hash), admitted))
     }
 
     /// Queued mode: admit, then push without waiting for room.
@@ -897,9 +908,9 @@ impl Engine {
     /// queue bound) and submit to the log before answering; the answer then waits until the
     /// event's group is durable and a worker applied it (an overflow is answered 422
     /// `balance_overflow`: logged, skipped alike on replay, counted `overflowed`, never a
-    /// 202). The id's claim travels with the event: the log writer keeps
-    /// it once the group is durable and frees it if the group is refused, even if nobody
-    /// waits for the answer any more.
+    /// 202). The id's claim travels in the job: the log writer frees it if the group is
+    /// refused, the worker keeps it once applied (frees it on overflow), even if nobody waits
+    /// for the answer any more.
     fn enqueue_logged(
         &self,
         admission: &Admission,
@@ -929,7 +940,7 @@ impl Engine {
         // The answer waits for the apply too: an event that would overflow its balance is
         // answered 422, never 202 (see the README, "What a 202 waits for").
         let (reply, applied) = tokio::sync::oneshot::channel();
-        job.on_applied = Some(OnApplied::reply(reply));
+        job.reply = Some(reply);
         if !durable.reserve_room(1, admission) {
             return refuse(
                 self.refuse_admitted(Rejected::QueueFull, job, admitted),
@@ -937,7 +948,10 @@ impl Engine {
             );
         }
         let ids = match (claim, id) {
-            (Some(claim), Some(id)) => vec![logged_id(0, claim, id)],
+            (Some(claim), Some(id)) => {
+                job.claim = Some(claim);
+                vec![logged_id(0, id, crate::dedup::now_unix_ms())]
+            }
             (claim, _) => {
                 if let Some(claim) = claim {
                     window.release(claim);
@@ -992,7 +1006,8 @@ impl Engine {
 
     /// Refuse an admitted event: give a new user's slot back, count the refusal, hand the
     /// event back.
-    fn refuse_admitted(&self, reason: Rejected, job: Job, admitted: Admit) -> Refused {
+    fn refuse_admitted(&self, reason: Rejected, mut job: Job, admitted: Admit) -> Refused {
+        release_claims(&self.inner.window, [&mut job]);
         if admitted == Admit::Pending {
             self.inner.ledger.cancel(job.hash, &job.user);
         }
@@ -1056,7 +1071,7 @@ impl Engine {
         // user's first event cannot overflow, so an overflow leaves nothing pending.
         inner.metrics.accepted.increment();
         let slot = &inner.metrics.workers[0];
-        match worker::apply_simulated(&inner.ledger, slot, 0, job, work, hold).await {
+        match worker::apply_simulated(&inner.ledger, &inner.window, slot, 0, job, work, hold).await {
             Ok(balance) => Ok(Ingested::Applied { balance }),
             Err(overflow) => {
                 // Inline overflow is answered 422: a rejection, not an accepted event.

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
+use crate::dedup::Claim;
 use crate::queue::Job;
 
 /// Hash of a user name: FxHash, fast on short keys. Computed once per event.
@@ -454,6 +455,8 @@ pub enum Applied<'a> {
         user: &'a [u8],
         /// The balance after the event.
         balance: i64,
+        /// The job's id claim, to be kept (the caller settles it).
+        claim: Option<Claim>,
     },
     /// The amount was not applied: it would overflow the balance.
     Overflowed {
@@ -461,6 +464,8 @@ pub enum Applied<'a> {
         overflow: &'a Overflow,
         /// The refused amount.
         amount: i64,
+        /// The job's id claim, to be freed (the caller settles it).
+        claim: Option<Claim>,
     },
 }
 
@@ -592,27 +597,29 @@ impl Ledger {
             let mut job = Some(first);
             while let Some(current) = job.take() {
                 let amount = current.amount;
-                let on_applied = current.on_applied;
+                let (reply, claim) = (current.reply, current.claim);
                 match table.apply_entry(current.hash, current.user, amount) {
                     Ok(entry) => {
                         report.applied += 1;
-                        if let Some(on_applied) = on_applied {
-                            on_applied.finish(Ok(entry.balance));
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(entry.balance));
                         }
                         let applied = Applied::Balance {
                             user: entry.user.as_bytes(),
                             balance: entry.balance,
+                            claim,
                         };
                         observe(applied, report.lock_wait);
                     }
                     Err(overflow) => {
                         report.overflowed += 1;
-                        if let Some(on_applied) = on_applied {
-                            on_applied.finish(Err(()));
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(()));
                         }
                         let overflowed = Applied::Overflowed {
                             overflow: &overflow,
                             amount,
+                            claim,
                         };
                         observe(overflowed, report.lock_wait);
                     }
@@ -635,8 +642,8 @@ impl Ledger {
             tokio::time::sleep(hold).await;
         }
         let outcome = shard.data.lock().apply(job.hash, job.user, job.amount);
-        if let Some(on_applied) = job.on_applied {
-            on_applied.finish(outcome.as_ref().map(|&balance| balance).map_err(|_| ()));
+        if let Some(reply) = job.reply {
+            let _ = reply.send(outcome.as_ref().map(|&balance| balance).map_err(|_| ()));
         }
         drop(guard);
         let released = tokio::time::Instant::now();

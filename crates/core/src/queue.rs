@@ -31,6 +31,7 @@ use crate::ledger::shard_index;
 const BLOCKING_PUSH_PAUSE: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// One admitted event on its way to a worker: the hash is computed once, at admission.
+/// 72 bytes, no allocation besides the user's name: an id's claim travels inline.
 #[derive(Debug)]
 pub struct Job {
     /// The user (moved into the ledger when new).
@@ -39,67 +40,50 @@ pub struct Job {
     pub amount: i64,
     /// `user_hash(&user)`, used for routing and the table probe.
     pub hash: u64,
-    /// What to do once a worker applied the job or found it would overflow (with a log:
-    /// answer the caller who waits, keep or free the event's id); `None` for most jobs.
-    pub on_applied: Option<Box<OnApplied>>,
+    /// With a log, a single event's caller waits for the apply: told the outcome here.
+    pub reply: Option<AppliedReply>,
+    /// With a log, the event's id, claimed in the dedup window: the worker that applies the
+    /// job settles it (kept if applied, freed if the balance would overflow), one window lock
+    /// per batch of jobs. Whoever drops a job unapplied must release it ([`release_claims`]).
+    /// (Without a log the engine keeps an id once its event is queued: `None` here.)
+    pub claim: Option<Claim>,
 }
 
 /// A job's outcome, as its worker reports it: the new balance, or `Err(())` for an overflow.
 pub type AppliedOutcome = Result<i64, ()>;
 
-/// What a worker does with a job's outcome (with a log): tell the caller who waits for the
-/// apply, and keep the event's id in the dedup window only if the event was applied, so an
-/// event refused for overflow (422) leaves its id free and its resend is decided again,
-/// never answered `duplicate`. Dropped unused (the queue closed first), it frees the id.
-#[derive(Debug, Default)]
-pub struct OnApplied {
-    reply: Option<tokio::sync::oneshot::Sender<AppliedOutcome>>,
-    id: Option<(Arc<Window>, Claim)>,
-}
-
-impl OnApplied {
-    /// Tells `reply` the outcome.
-    pub fn reply(reply: tokio::sync::oneshot::Sender<AppliedOutcome>) -> Box<Self> {
-        Box::new(Self {
-            reply: Some(reply),
-            id: None,
-        })
-    }
-
-    /// Also settles `claim` in `window`: kept if applied, freed if not.
-    pub fn settle_id(&mut self, window: Arc<Window>, claim: Claim) {
-        self.id = Some((window, claim));
-    }
-
-    /// Reports the outcome (called by the worker, once).
-    #[allow(clippy::boxed_local)] // a job holds it boxed (one pointer keeps `Job` small)
-    pub fn finish(mut self: Box<Self>, outcome: AppliedOutcome) {
-        if let Some((window, claim)) = self.id.take() {
-            if outcome.is_ok() {
-                window.commit(claim);
-            } else {
-                window.release(claim);
-            }
-        }
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(outcome);
-        }
-    }
-}
-
-impl Drop for OnApplied {
-    fn drop(&mut self) {
-        if let Some((window, claim)) = self.id.take() {
-            window.release(claim);
-        }
-    }
-}
+/// Where a worker tells a waiting caller its event's outcome.
+pub type AppliedReply = tokio::sync::oneshot::Sender<AppliedOutcome>;
 
 impl Job {
+    /// An admitted event without reply or id.
+    pub fn new(user: String, amount: i64, hash: u64) -> Self {
+        Self {
+            user,
+            amount,
+            hash,
+            reply: None,
+            claim: None,
+        }
+    }
+
     /// The event this job carries (for a refusal that hands it back).
     pub fn into_event(self) -> Event {
         Event::new(self.user, self.amount)
     }
+
+    /// Takes the job's claim, to settle it elsewhere (a refusal frees it).
+    pub fn take_claim(&mut self) -> Option<Claim> {
+        self.claim.take()
+    }
+}
+
+/// Frees the claims of jobs that will never be applied (one window lock).
+pub fn release_claims<'a>(window: &Window, jobs: impl IntoIterator<Item = &'a mut Job>) {
+    window.settle_all(
+        jobs.into_iter()
+            .filter_map(|job| job.take_claim().map(|claim| (claim, false))),
+    );
 }
 
 /// Why a push failed (the job is handed back with it: the caller answers 503).
@@ -520,12 +504,7 @@ mod tests {
     use crate::ledger::user_hash;
 
     fn job(user: &str) -> Job {
-        Job {
-            user: user.to_owned(),
-            amount: 1,
-            hash: user_hash(user),
-            on_applied: None,
-        }
+        Job::new(user.to_owned(), 1, user_hash(user))
     }
 
     #[tokio::test]

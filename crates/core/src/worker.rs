@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 
+use crate::dedup::{Claim, Window};
 use crate::latch::Latch;
 use crate::ledger::{Applied, Ledger, Overflow};
 use crate::metrics::{Metrics, WorkerMetrics, WorkerTimings, record_duration};
@@ -63,6 +64,8 @@ pub struct WorkerContext {
     pub hold: Duration,
     /// The workers' alarm (see [`supervised`]).
     pub supervision: Arc<Supervision>,
+    /// The dedup window: the worker settles the id claims of the jobs it applies.
+    pub window: Arc<Window>,
 }
 
 impl WorkerContext {
@@ -128,14 +131,19 @@ impl Supervision {
 }
 
 /// Runs a worker's future; a panic in it is caught, logged and raised in `supervision`
-/// instead of vanishing with the task.
+/// instead of vanishing with the task. The ids in flight are then freed in `window`: the
+/// dead worker's jobs will never settle them, and the engine refuses every event from then
+/// on, so a resend waiting for one of them gets its answer (`worker_failed`) instead of
+/// waiting forever.
 pub async fn supervised(
     worker: usize,
     supervision: Arc<Supervision>,
+    window: Arc<Window>,
     work: impl Future<Output = ()>,
 ) {
     if let Err(panic) = AssertUnwindSafe(work).catch_unwind().await {
         supervision.worker_panicked(worker, &*panic);
+        window.release_pending();
     }
 }
 
@@ -149,6 +157,7 @@ pub async fn run(context: WorkerContext, mut consumer: Consumer) {
     // With simulated work, take one job at a time so idle workers get the rest (the seed).
     let batch_max = if simulated { 1 } else { BATCH_MAX };
     let mut batch = Vec::with_capacity(batch_max);
+    let mut claims = Vec::new();
     loop {
         let taken = consumer.recv_batch(&mut batch, batch_max).await;
         if taken == 0 {
@@ -165,6 +174,7 @@ pub async fn run(context: WorkerContext, mut consumer: Consumer) {
             for job in batch.drain(..) {
                 let outcome = apply_simulated(
                     &context.ledger,
+                    &context.window,
                     slot,
                     context.id,
                     job,
@@ -179,7 +189,7 @@ pub async fn run(context: WorkerContext, mut consumer: Consumer) {
             add_busy(slot, started.elapsed());
         } else {
             let started = std::time::Instant::now();
-            apply_batch(&context, &mut batch);
+            apply_batch(&context, &mut batch, &mut claims);
             add_busy(slot, started.elapsed());
             if taken < SMALL_BATCH {
                 // A small batch means producers trickle in (HTTP handlers: one event per
@@ -208,24 +218,43 @@ fn add_busy(slot: &WorkerMetrics, busy: Duration) {
 /// wait sample (total time spent waiting for shard locks in the batch, measured only when a
 /// lock is contended) and one hold sample (the rest of the batch's time, during which a shard
 /// lock is held). With the global and owned strategies a batch is one acquisition anyway.
-fn apply_batch(context: &WorkerContext, batch: &mut Vec<Job>) {
+///
+/// The batch's id claims are settled under one window lock, after the balances changed and
+/// before the batch is counted applied (a snapshot waits for that count: its window then
+/// holds every id of the events it holds). `claims` is a reused buffer.
+fn apply_batch(context: &WorkerContext, batch: &mut Vec<Job>, claims: &mut Vec<(Claim, bool)>) {
     let slot = context.slot();
     let debug = tracing::enabled!(tracing::Level::DEBUG);
     let batch_start = std::time::Instant::now();
     let report = context
         .ledger
         .apply_batch(batch.drain(..), |applied, lock_wait| match applied {
-            Applied::Balance { user, balance } => {
+            Applied::Balance {
+                user,
+                balance,
+                claim,
+            } => {
+                if let Some(claim) = claim {
+                    claims.push((claim, true));
+                }
                 if debug {
                     let held = batch_start.elapsed().saturating_sub(lock_wait);
                     let user = String::from_utf8_lossy(user);
                     log_applied(context.id, &user, balance, lock_wait, held);
                 }
             }
-            Applied::Overflowed { overflow, amount } => {
+            Applied::Overflowed {
+                overflow,
+                amount,
+                claim,
+            } => {
+                if let Some(claim) = claim {
+                    claims.push((claim, false));
+                }
                 log_overflow(context.id, overflow, amount);
             }
         });
+    context.window.settle_all(claims.drain(..));
     let held = batch_start.elapsed().saturating_sub(report.lock_wait);
     record_timings(&slot.timings, report.lock_wait, held);
     slot.applied.fetch_add(report.applied, Ordering::Release);
@@ -236,13 +265,16 @@ fn apply_batch(context: &WorkerContext, batch: &mut Vec<Job>) {
 /// The seed's path for one job: `work` (async), then [`Ledger::apply_held`] (the shard's
 /// async lock kept across the `hold` sleep). Times it and counts it as applied in `slot`; an
 /// overflow is logged and returned, and the caller counts it (a worker: `overflowed`; inline
-/// mode: a rejection, since the client is told). Used by workers with simulated work and by
-/// inline mode (stage 4).
+/// mode: a rejection, since the client is told). The job's id claim, if any, is settled in
+/// `window` before it counts. Used by workers with simulated work and by inline mode
+/// (stage 4).
+#[allow(clippy::too_many_arguments)] // the seed's knobs, each its own
 pub async fn apply_simulated(
     ledger: &Ledger,
+    window: &Window,
     slot: &WorkerMetrics,
     worker: usize,
-    job: Job,
+    mut job: Job,
     work: Duration,
     hold: Duration,
 ) -> Result<i64, Overflow> {
@@ -251,7 +283,11 @@ pub async fn apply_simulated(
     }
     let user_for_log = tracing::enabled!(tracing::Level::DEBUG).then(|| job.user.clone());
     let amount = job.amount;
+    let claim = job.take_claim();
     let report = ledger.apply_held(job, hold).await;
+    if let Some(claim) = claim {
+        window.settle_all([(claim, report.outcome.is_ok())]);
+    }
     record_timings(&slot.timings, report.lock_wait, report.lock_held);
     match &report.outcome {
         Ok(balance) => {
