@@ -134,9 +134,7 @@ fn contended_round(
 
 /// The workers' fast path: per batch of 256, one lock per run of same-shard jobs.
 fn apply_in_batches(ledger: &Ledger, jobs: Vec<(u64, String)>) {
-    let mut jobs = jobs
-        .into_iter()
-        .map(|(hash, user)| Job::new(user, 1, hash));
+    let mut jobs = jobs.into_iter().map(|(hash, user)| Job::new(user, 1, hash));
     while jobs.len() > 0 {
         black_box(ledger.apply_batch(jobs.by_ref().take(256), |_, _| {}));
     }
@@ -164,12 +162,7 @@ fn queue_push_pop(criterion: &mut Criterion) {
         let mut batch = Vec::with_capacity(256);
         group.bench_function(name, |bencher| {
             bencher.iter_batched(
-                || {
-                    users(BATCH, 0)
-                        .into_iter()
-                        .map(job)
-                        .collect::<Vec<_>>()
-                },
+                || users(BATCH, 0).into_iter().map(job).collect::<Vec<_>>(),
                 |jobs| {
                     for job in jobs {
                         assert!(admission.try_push(job).is_ok(), "capacity is BATCH");

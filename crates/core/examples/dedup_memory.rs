@@ -65,8 +65,8 @@ fn fill_in_batches(ids: usize) -> f64 {
         let end = (next + 1000).min(ids);
         let keys: Vec<_> = (next..end)
             .map(|n| {
-                let id = EventId::parse(&format!("0190b6b4-7c1e-7d2a-9f01-{n:012}"))
-                    .expect("valid");
+                let id =
+                    EventId::parse(&format!("0190b6b4-7c1e-7d2a-9f01-{n:012}")).expect("valid");
                 (window.key(&id), n)
             })
             .collect();

@@ -124,7 +124,10 @@ mod tests {
         window.commit(claim);
         let checks = batch.await.expect("no panic");
         assert!(matches!(checks[0], IdCheck::Claimed(_)));
-        assert!(matches!(checks[1], IdCheck::Decided(Ok(Ingested::Duplicate))));
+        assert!(matches!(
+            checks[1],
+            IdCheck::Decided(Ok(Ingested::Duplicate))
+        ));
         assert!(matches!(checks[2], IdCheck::SameAs(0)));
         assert!(matches!(checks[3], IdCheck::Anonymous));
         assert_eq!(window.len(), 2);

@@ -17,12 +17,16 @@
 //!   intended retry goes through); a worker settles a whole batch under one lock
 //!   ([`Window::settle_all`]).
 //! - Fresh memory is the cost of a window that fills: the kernel zeroes every page on first
-//!   touch (profiled: half the server's CPU while a window fills, on this VM about 15 ns per
-//!   byte). The age ring is reserved for `max_ids` at the first id (up to
-//!   [`PREALLOCATED_IDS_MAX`]): appended in order, it touches its pages one by one and never
-//!   copies. The hash table is NOT preallocated: its ids land at random, so a table sized for
-//!   `max_ids` would touch all its pages (~100 MB at the default) within the first
-//!   thousands of ids, stalling every request while the lock is held; it grows by doubling.
+//!   touch (profiled: half the server's CPU while a window fills, most of it in the hash
+//!   table's growth). So the ids live in a ring in claim order (48 bytes each, appended: its
+//!   pages are touched one after the other; reserved for `max_ids` at the first id, up to
+//!   [`PREALLOCATED_IDS_MAX`], so it never copies), and the hash table placed at random holds
+//!   only 8-byte sequence numbers into the ring (it grows by doubling: preallocated for
+//!   `max_ids` it would touch all its pages within the first thousands of ids, with the lock
+//!   held). Settling a claim finds its entry by sequence, without a probe.
+//! - The ring is contiguous in sequence: a released claim stays as a tombstone until it
+//!   reaches the front, so tombstones pile up only behind a claim in flight, for as long as
+//!   that claim is in flight.
 //! - Bounded: a remembered id is forgotten once it is older than the window's age or when more
 //!   than `max_ids` are kept (oldest first); claims still in flight are never forgotten, so
 //!   the table may exceed `max_ids` by at most the events in flight. Past the window a
@@ -32,7 +36,7 @@
 //!   probability ~n²/2¹²⁹ (about 10⁻²⁵ for 4 M ids) and cannot be provoked without the key.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher as _;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -167,63 +171,60 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-/// What one remembered id holds besides its key.
+/// Where an entry of the ring is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    /// Claimed, not yet settled.
+    Pending,
+    /// Claimed, not yet settled, and someone waits for it.
+    Waited,
+    /// Settled as applied: the id is remembered.
+    Kept,
+    /// Released (or forgotten): a tombstone, dropped when it reaches the front.
+    Freed,
+}
+
+/// One claimed id, in claim order. 48 bytes, appended in order: the ring's pages are touched
+/// one after the other as ids arrive.
 #[derive(Clone, Copy, Debug)]
-struct Slot {
+struct Entry {
+    key: [u64; 2],
     user_hash: u64,
     amount: i64,
-    /// Claim order: matches the ring entry that owns this slot.
-    sequence: NonZeroU64,
-    /// Claimed, not yet settled.
-    pending: bool,
-    /// Someone waits for this claim to settle.
-    waited: bool,
-}
-
-/// A remembered id in claim order, for forgetting by age and count.
-#[derive(Clone, Copy, Debug)]
-struct Aged {
-    key: IdKey,
-    sequence: NonZeroU64,
     /// When first claimed, in ms since the Unix epoch (so the age survives a restart).
     at_unix_ms: u64,
+    status: Status,
 }
 
-/// Hashes an [`IdKey`] (already a keyed hash) by folding it: no second hash per probe.
-#[derive(Default)]
-struct FoldHasher(u64);
-
-impl Hasher for FoldHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u128(&mut self, value: u128) {
-        self.0 = (value as u64) ^ ((value >> 64) as u64);
+impl Entry {
+    fn key(&self) -> IdKey {
+        u128::from(self.key[0]) | (u128::from(self.key[1]) << 64)
     }
 }
 
-type Table = hashbrown::HashMap<IdKey, Slot, BuildHasherDefault<FoldHasher>>;
+/// The probe hash of a key (already a keyed hash): its halves folded, no second hash.
+fn fold(key: IdKey) -> u64 {
+    (key as u64) ^ ((key >> 64) as u64)
+}
 
+/// The window's storage: every claimed id in claim order (`ring`, `ring[i]` has sequence
+/// `front + i`), and an index from key to sequence holding only the live ones (pending or
+/// kept). The index is 8 bytes a bucket: the part of the window placed at random (whose pages
+/// are all touched almost at once) stays small.
 #[derive(Debug)]
 struct State {
-    slots: Table,
-    ring: VecDeque<Aged>,
-    next_sequence: NonZeroU64,
+    index: hashbrown::HashTable<u64>,
+    ring: VecDeque<Entry>,
+    /// Sequence of `ring[0]`.
+    front: u64,
 }
 
 impl State {
     fn new() -> Self {
         Self {
-            slots: Table::default(),
+            index: hashbrown::HashTable::new(),
             ring: VecDeque::new(),
-            next_sequence: NonZeroU64::MIN,
+            front: 1,
         }
     }
 
@@ -235,57 +236,87 @@ impl State {
         }
     }
 
-    fn take_sequence(&mut self) -> NonZeroU64 {
-        let sequence = self.next_sequence;
-        self.next_sequence = sequence.saturating_add(1);
-        sequence
+    /// The sequence the next claim gets.
+    fn next_sequence(&self) -> u64 {
+        self.front + self.ring.len() as u64
+    }
+
+    fn entry_mut(&mut self, sequence: u64) -> Option<&mut Entry> {
+        let offset = usize::try_from(sequence.checked_sub(self.front)?).ok()?;
+        self.ring.get_mut(offset)
+    }
+
+    /// The live entry of `key`: its sequence.
+    fn find(&self, key: IdKey) -> Option<u64> {
+        let (ring, front) = (&self.ring, self.front);
+        self.index
+            .find(fold(key), |&sequence| {
+                ring[(sequence - front) as usize].key() == key
+            })
+            .copied()
+    }
+
+    /// The live entry of `key`, with its sequence.
+    fn find_mut(&mut self, key: IdKey) -> Option<(u64, &mut Entry)> {
+        let sequence = self.find(key)?;
+        Some((sequence, self.entry_mut(sequence)?))
+    }
+
+    /// Takes `sequence` out of the index (its entry stays in the ring).
+    fn unindex(&mut self, key: IdKey, sequence: u64) {
+        if let Ok(found) = self.index.find_entry(fold(key), |&live| live == sequence) {
+            found.remove();
+        }
     }
 
     /// Claims `key` for (`user_hash`, `amount`), first seen at `now_unix_ms`.
     fn claim(&mut self, key: IdKey, user_hash: u64, amount: i64, now_unix_ms: u64) -> Claim {
-        let sequence = self.take_sequence();
-        self.slots.insert(
-            key,
-            Slot {
-                user_hash,
-                amount,
-                sequence,
-                pending: true,
-                waited: false,
-            },
-        );
-        self.ring.push_back(Aged {
-            key,
-            sequence,
+        let sequence = self.next_sequence();
+        self.ring.push_back(Entry {
+            key: [key as u64, (key >> 64) as u64],
+            user_hash,
+            amount,
             at_unix_ms: now_unix_ms,
+            status: Status::Pending,
         });
-        Claim::new(key, sequence)
+        let (ring, front) = (&self.ring, self.front);
+        self.index.insert_unique(fold(key), sequence, |&live| {
+            fold(ring[(live - front) as usize].key())
+        });
+        Claim::new(key, NonZeroU64::new(sequence).unwrap_or(NonZeroU64::MIN))
     }
 
     /// Settles one claim; `true` when someone waits for it.
     fn settle(&mut self, claim: &Claim, applied: bool) -> bool {
         let key = claim.key();
-        let Some(slot) = self.slots.get_mut(&key) else {
+        let sequence = claim.sequence.get();
+        let Some(entry) = self.entry_mut(sequence) else {
             return false;
         };
-        if slot.sequence != claim.sequence {
+        if entry.key() != key || !matches!(entry.status, Status::Pending | Status::Waited) {
             return false;
         }
-        let waited = slot.waited;
+        let waited = entry.status == Status::Waited;
         if applied {
-            slot.pending = false;
+            entry.status = Status::Kept;
         } else {
-            self.slots.remove(&key);
+            entry.status = Status::Freed;
+            self.unindex(key, sequence);
         }
         waited
     }
+
+    /// Ids live (kept or pending).
+    fn len(&self) -> usize {
+        self.index.len()
+    }
 }
 
-/// A slot's answer to another copy of its id (`None`: same user and amount).
-fn conflict(slot: &Slot, user_hash: u64, amount: i64) -> Option<ConflictField> {
-    if slot.user_hash != user_hash {
+/// An entry's answer to another copy of its id (`None`: same user and amount).
+fn conflict(entry: &Entry, user_hash: u64, amount: i64) -> Option<ConflictField> {
+    if entry.user_hash != user_hash {
         Some(ConflictField::User)
-    } else if slot.amount != amount {
+    } else if entry.amount != amount {
         Some(ConflictField::Amount)
     } else {
         None
@@ -390,15 +421,15 @@ impl Window {
         let mut state = self.state.lock();
         state.preallocate(self.bounds.max_ids);
         self.forget(&mut state, now);
-        if let Some(slot) = state.slots.get_mut(&key) {
-            if let Some(field) = conflict(slot, user_hash, amount) {
+        if let Some((_, entry)) = state.find_mut(key) {
+            if let Some(field) = conflict(entry, user_hash, amount) {
                 return Verdict::Conflict(field);
             }
-            if slot.pending {
-                slot.waited = true;
-                return Verdict::InFlight;
+            if entry.status == Status::Kept {
+                return Verdict::Duplicate;
             }
-            return Verdict::Duplicate;
+            entry.status = Status::Waited;
+            return Verdict::InFlight;
         }
         Verdict::Fresh(state.claim(key, user_hash, amount, now))
     }
@@ -414,48 +445,46 @@ impl Window {
         let mut state = self.state.lock();
         state.preallocate(self.bounds.max_ids);
         self.forget(&mut state, now);
-        let first_sequence = state.next_sequence;
+        let first_sequence = state.next_sequence();
         // Request index of each claim of this pass, by sequence - first_sequence.
         let mut claimed: Vec<usize> = Vec::new();
         let mut verdicts = Vec::with_capacity(requests.len());
         for (index, request) in requests.iter().enumerate() {
-            let Some(slot) = state.slots.get_mut(&request.key) else {
+            let Some((sequence, entry)) = state.find_mut(request.key) else {
                 claimed.push(index);
                 let claim = state.claim(request.key, request.user_hash, request.amount, now);
                 verdicts.push(BatchVerdict::Fresh(claim));
                 continue;
             };
-            let verdict = if let Some(field) = conflict(slot, request.user_hash, request.amount)
-            {
+            let verdict = if let Some(field) = conflict(entry, request.user_hash, request.amount) {
                 BatchVerdict::Conflict(field)
-            } else if slot.sequence >= first_sequence {
-                let first = (slot.sequence.get() - first_sequence.get()) as usize;
-                BatchVerdict::SameAs(claimed[first])
-            } else if slot.pending {
-                slot.waited = true;
+            } else if sequence >= first_sequence {
+                BatchVerdict::SameAs(claimed[(sequence - first_sequence) as usize])
+            } else if entry.status == Status::Kept {
+                BatchVerdict::Duplicate
+            } else {
+                entry.status = Status::Waited;
                 Self::undo_claims(&mut state, requests, &claimed, first_sequence);
                 return Err(index);
-            } else {
-                BatchVerdict::Duplicate
             };
             verdicts.push(verdict);
         }
         Ok(verdicts)
     }
 
-    /// Takes back the claims of one [`Self::check_batch`] pass (still under its lock).
+    /// Takes back the claims of one [`Self::check_batch`] pass (still under its lock): they
+    /// are the ring's last entries.
     fn undo_claims(
         state: &mut State,
         requests: &[IdRequest],
         claimed: &[usize],
-        first_sequence: NonZeroU64,
+        first_sequence: u64,
     ) {
-        for &index in claimed {
-            state.slots.remove(&requests[index].key);
+        for (offset, &index) in claimed.iter().enumerate() {
+            state.unindex(requests[index].key, first_sequence + offset as u64);
         }
         let keep = state.ring.len() - claimed.len();
         state.ring.truncate(keep);
-        state.next_sequence = first_sequence;
     }
 
     /// The claimed event was applied: remember its id.
@@ -502,10 +531,18 @@ impl Window {
         let waited = {
             let mut state = self.state.lock();
             let mut waited = false;
-            state.slots.retain(|_, slot| {
-                waited |= slot.pending && slot.waited;
-                !slot.pending
-            });
+            let mut freed = Vec::new();
+            let front = state.front;
+            for (offset, entry) in state.ring.iter_mut().enumerate() {
+                if matches!(entry.status, Status::Pending | Status::Waited) {
+                    waited |= entry.status == Status::Waited;
+                    entry.status = Status::Freed;
+                    freed.push((entry.key(), front + offset as u64));
+                }
+            }
+            for (key, sequence) in freed {
+                state.unindex(key, sequence);
+            }
             waited
         };
         if waited {
@@ -535,7 +572,7 @@ impl Window {
         let now = now_unix_ms();
         let mut state = self.state.lock();
         state.preallocate(self.bounds.max_ids);
-        if state.slots.contains_key(&key) {
+        if state.find(key).is_some() {
             return;
         }
         let claim = state.claim(key, user_hash, amount, at_unix_ms);
@@ -550,21 +587,14 @@ impl Window {
         state
             .ring
             .iter()
-            .filter_map(|aged| {
-                let slot = state.slots.get(&aged.key)?;
-                (slot.sequence == aged.sequence && !slot.pending).then_some((
-                    aged.key,
-                    slot.user_hash,
-                    slot.amount,
-                    aged.at_unix_ms,
-                ))
-            })
+            .filter(|entry| entry.status == Status::Kept)
+            .map(|entry| (entry.key(), entry.user_hash, entry.amount, entry.at_unix_ms))
             .collect()
     }
 
     /// Ids kept (settled and in flight).
     pub fn len(&self) -> usize {
-        self.state.lock().slots.len()
+        self.state.lock().len()
     }
 
     /// `true` when no id is kept.
@@ -583,37 +613,26 @@ impl Window {
     }
 
     /// Forgets, oldest first, ids past the age bound or beyond the count bound; stops at a
-    /// claim in flight. Drops ring entries whose claim was released on the way.
+    /// claim in flight. Drops the tombstones of released claims on the way (the ring stays
+    /// contiguous in sequence: a tombstone waits behind a claim in flight until it is at the
+    /// front).
     fn forget(&self, state: &mut State, now_unix_ms: u64) {
         let max_age_ms = self.bounds.age.as_millis() as u64;
         while let Some(&oldest) = state.ring.front() {
-            let live = state
-                .slots
-                .get(&oldest.key)
-                .filter(|slot| slot.sequence == oldest.sequence)
-                .copied();
-            match live {
-                None => {} // released: its ring entry is stale
-                Some(slot) if slot.pending => break,
-                Some(_) => {
+            match oldest.status {
+                Status::Pending | Status::Waited => break,
+                Status::Freed => {}
+                Status::Kept => {
                     let too_old = now_unix_ms.saturating_sub(oldest.at_unix_ms) > max_age_ms;
-                    if !too_old && state.slots.len() <= self.bounds.max_ids {
+                    if !too_old && state.len() <= self.bounds.max_ids {
                         break;
                     }
-                    state.slots.remove(&oldest.key);
+                    let front = state.front;
+                    state.unindex(oldest.key(), front);
                 }
             }
             state.ring.pop_front();
-        }
-        // Released claims leave stale ring entries behind newer live ones: compact when they
-        // would double the ring, so the ring stays O(ids kept).
-        if state.ring.len() > 2 * state.slots.len() + 1024 {
-            let slots = &state.slots;
-            state.ring.retain(|aged| {
-                slots
-                    .get(&aged.key)
-                    .is_some_and(|slot| slot.sequence == aged.sequence)
-            });
+            state.front += 1;
         }
     }
 }
@@ -772,7 +791,10 @@ mod tests {
         let (first, second) = (claims.next().expect("n-1"), claims.next().expect("n-2"));
         window.settle_all([(first, true), (second, false)]);
         assert_eq!(window.check(requests[0].key, 1, 5), Verdict::Duplicate);
-        assert!(matches!(window.check(requests[5].key, 1, 5), Verdict::Fresh(_)));
+        assert!(matches!(
+            window.check(requests[5].key, 1, 5),
+            Verdict::Fresh(_)
+        ));
     }
 
     #[test]
@@ -792,7 +814,10 @@ mod tests {
         ];
         assert_eq!(window.check_batch(&requests), Err(1));
         assert_eq!(window.len(), 1, "only the other request's claim is kept");
-        assert!(matches!(window.check(requests[0].key, 1, 1), Verdict::Fresh(_)));
+        assert!(matches!(
+            window.check(requests[0].key, 1, 1),
+            Verdict::Fresh(_)
+        ));
         window.commit(claim);
         let verdicts = window.check_batch(&requests[1..]).expect("settled");
         assert_eq!(verdicts[0], BatchVerdict::Duplicate);
@@ -821,5 +846,41 @@ mod tests {
         window.release_pending();
         assert!(matches!(waiter.await.expect("no panic"), Verdict::Fresh(_)));
         assert_eq!(window.check(kept, 1, 1), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn a_released_claim_behind_one_in_flight_is_dropped_once_at_the_front() {
+        // Proves the ring's tombstones: an id released behind a claim still in flight is free
+        // at once (fresh again), later ids stay recognised, and once the claim in flight is
+        // settled the count bound forgets oldest first, tombstones included.
+        let window = window(2);
+        let keys: Vec<IdKey> = ["p", "r", "k1", "k2"]
+            .iter()
+            .map(|text| window.key(&id(text)))
+            .collect();
+        let mut claims: Vec<Claim> = keys
+            .iter()
+            .map(|&key| match window.check(key, 1, 1) {
+                Verdict::Fresh(claim) => claim,
+                other => panic!("fresh expected, got {other:?}"),
+            })
+            .collect();
+        let k2 = claims.pop().expect("k2");
+        let k1 = claims.pop().expect("k1");
+        let released = claims.pop().expect("r");
+        let in_flight = claims.pop().expect("p");
+        window.release(released);
+        window.settle_all([(k1, true), (k2, true)]);
+        assert_eq!(window.len(), 3, "p in flight, k1 and k2 kept");
+        assert_eq!(window.check(keys[2], 1, 1), Verdict::Duplicate);
+        let Verdict::Fresh(again) = window.check(keys[1], 1, 1) else {
+            panic!("a released id is free");
+        };
+        window.release(again);
+        window.commit(in_flight);
+        // 3 kept > max_ids 2: p (oldest) goes, the tombstones with it; k1, k2 stay.
+        assert_eq!(window.check(keys[3], 1, 1), Verdict::Duplicate);
+        assert_eq!(window.settled_ids().len(), 2);
+        assert!(matches!(window.check(keys[0], 1, 1), Verdict::Fresh(_)));
     }
 }

@@ -1071,7 +1071,8 @@ impl Engine {
         // user's first event cannot overflow, so an overflow leaves nothing pending.
         inner.metrics.accepted.increment();
         let slot = &inner.metrics.workers[0];
-        match worker::apply_simulated(&inner.ledger, &inner.window, slot, 0, job, work, hold).await {
+        match worker::apply_simulated(&inner.ledger, &inner.window, slot, 0, job, work, hold).await
+        {
             Ok(balance) => Ok(Ingested::Applied { balance }),
             Err(overflow) => {
                 // Inline overflow is answered 422: a rejection, not an accepted event.
