@@ -123,7 +123,12 @@ impl Layout {
             .build(client.clone());
         let started = Instant::now();
         loop {
-            match Box::pin(check_layout(&context, config)).await {
+            let checked = Box::pin(check_layout(&context, config)).await;
+            if checked.is_ok() {
+                // Answered: the server's INFO has arrived (the connect itself returns at once).
+                warn_if_fewer_urls_than_servers(&client, urls, config);
+            }
+            match checked {
                 Ok(Some(drift)) => return Err(drift),
                 Ok(None) => {}
                 Err(error) if started.elapsed() < ready_timeout => {
@@ -202,6 +207,27 @@ impl Layout {
             members,
             members_stream,
         })
+    }
+}
+
+/// The replica count comes from the number of `--nats` URLs; a node given one seed URL of a
+/// larger cluster would create unreplicated objects (or be refused by the cluster's replicated
+/// ones). The server's INFO lists the cluster's client URLs it knows of (gossip may still be
+/// incomplete at start, so this only warns).
+fn warn_if_fewer_urls_than_servers(
+    client: &async_nats::Client,
+    urls: &[String],
+    config: &ClusterConfig,
+) {
+    let known = client.server_info().connect_urls.len();
+    if known > urls.len() && config.replicas < 3 {
+        tracing::warn!(
+            given = urls.len(),
+            servers_known = known,
+            replicas = config.replicas,
+            "the NATS cluster has more servers than --nats names: replicas = min(3, URLs \
+             given); give every server's URL so the stream and buckets are replicated"
+        );
     }
 }
 
