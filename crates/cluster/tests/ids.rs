@@ -17,6 +17,21 @@ const LEASE_TTL: Duration = Duration::from_secs(1);
 const DUPLICATE_WINDOW: Duration = Duration::from_millis(500);
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// One nats-server, one partition, a 0.5 s duplicate window and a snapshot after every event:
+/// the set-up of the tests of ids resent past JetStream's window.
+async fn one_partition_past_a_short_window() -> (LocalCluster, ClusterConfig, Layout, Publisher) {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let mut config = ClusterConfig::new(1, cluster.size());
+    config.lease_ttl = LEASE_TTL;
+    config.duplicate_window = DUPLICATE_WINDOW;
+    config.snapshot_every_events = 1;
+    let layout = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
+        .await
+        .expect("JetStream ready");
+    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+    (cluster, config, layout, publisher)
+}
+
 fn event(user: &str, amount: i64, id: &str) -> Event {
     Event::new(user, amount).with_id(EventId::parse(id).expect("id"))
 }
@@ -63,15 +78,7 @@ async fn settle(
 // later resend too, while new ids are applied.
 #[tokio::test]
 async fn a_resend_past_the_duplicate_window_is_applied_once_across_a_takeover() {
-    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
-    let mut config = ClusterConfig::new(1, cluster.size());
-    config.lease_ttl = LEASE_TTL;
-    config.duplicate_window = DUPLICATE_WINDOW;
-    config.snapshot_every_events = 1;
-    let layout = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
-        .await
-        .expect("JetStream ready");
-    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+    let (_cluster, config, layout, publisher) = one_partition_past_a_short_window().await;
     let paid = event("alice", 5, "order-1");
 
     let mut first = Member::new(layout.clone(), config.clone(), "first");
@@ -221,15 +228,7 @@ async fn a_reused_id_sent_to_another_node_is_an_id_conflict() {
 // and counts it in `id_conflicts`; a resend of the original is a counted duplicate.
 #[tokio::test]
 async fn past_the_window_a_reused_id_is_skipped_and_counted_by_the_owner() {
-    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
-    let mut config = ClusterConfig::new(1, cluster.size());
-    config.lease_ttl = LEASE_TTL;
-    config.duplicate_window = DUPLICATE_WINDOW;
-    config.snapshot_every_events = 1;
-    let layout = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
-        .await
-        .expect("JetStream ready");
-    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+    let (_cluster, config, layout, publisher) = one_partition_past_a_short_window().await;
     let mut member = Member::new(layout.clone(), config.clone(), "owner");
     member.tick().await;
     let paid = event("alice", 5, "order-1");

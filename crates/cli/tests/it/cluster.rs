@@ -596,14 +596,7 @@ pub(crate) async fn post(
     user: &str,
     amount: i64,
 ) -> (StatusCode, String, bool) {
-    let body = serde_json::json!({"user": user, "amount": amount, "id": id}).to_string();
-    let response = client()
-        .post(format!("http://{addr}/events"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("the node answers");
+    let response = send_event(addr, id, user, amount).await;
     let status = response.status();
     let retry_after = response.headers().contains_key("retry-after");
     let body: serde_json::Value = response.json().await.expect("json");
@@ -738,16 +731,21 @@ async fn post_for_body(
     user: &str,
     amount: i64,
 ) -> (StatusCode, serde_json::Value) {
+    let response = send_event(addr, id, user, amount).await;
+    let status = response.status();
+    (status, response.json().await.expect("json"))
+}
+
+/// `POST /events` of one event with an id, answered.
+async fn send_event(addr: &str, id: &str, user: &str, amount: i64) -> reqwest::Response {
     let body = serde_json::json!({"user": user, "amount": amount, "id": id}).to_string();
-    let response = client()
+    client()
         .post(format!("http://{addr}/events"))
         .header("content-type", "application/json")
         .body(body)
         .send()
         .await
-        .expect("the node answers");
-    let status = response.status();
-    (status, response.json().await.expect("json"))
+        .expect("the node answers")
 }
 
 /// Asserts `addr` answers a resend of (`user`, 5) under `id` 202 duplicate, and the same id
