@@ -216,6 +216,14 @@ async fn kill_9_with_ids_and_resends_counts_every_event_exactly_once() {
         drop(collect_log(launched.log));
         let before = tally.acknowledged_events.load(Ordering::Relaxed);
         publish.send_replace(Some(launched.addr));
+        // Mid-load: the kill comes a random delay after this server's first acknowledgement
+        // (on a loaded machine the clients may need a while to reach it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tally.acknowledged_events.load(Ordering::Relaxed) == before
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::time::sleep(random_delay()).await;
         publish.send_replace(None);
         signal(&child, "KILL");
