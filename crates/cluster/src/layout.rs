@@ -22,6 +22,9 @@
 //!   ([`LayoutError::PartitionDrift`]). A user's events go to `hash(user) mod partitions`: two
 //!   counts would put one user's events on two subjects, with two owners and two balances. A
 //!   stream created before the count was recorded gets this node's count written in.
+//! - One lookup of the events stream per try: the bucket checks come first (they change
+//!   nothing), then `get_or_create_stream`'s answer feeds the partition-count check and the
+//!   reconciliation, so a node's start-up does not ask JetStream the same question thrice.
 
 use std::time::{Duration, Instant};
 
@@ -123,29 +126,15 @@ impl Layout {
             .build(client.clone());
         let started = Instant::now();
         loop {
-            let checked = Box::pin(check_layout(&context, config)).await;
-            if checked.is_ok() {
+            // Boxed: the JetStream round trips and their answers make a large future.
+            let attempt = Box::pin(Self::attempt(&client, &context, config)).await;
+            if attempt.is_ok() {
                 // Answered: the server's INFO has arrived (the connect itself returns at once).
                 warn_if_fewer_urls_than_servers(&client, urls, config);
             }
-            match checked {
-                Ok(Some(drift)) => return Err(drift),
-                Ok(None) => {}
-                Err(error) if started.elapsed() < ready_timeout => {
-                    tracing::debug!(%error, "JetStream not ready yet");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Err(error) => {
-                    return Err(LayoutError::NotReady {
-                        waited_ms: started.elapsed().as_millis() as u64,
-                        last_error: error.to_string(),
-                    });
-                }
-            }
-            // Boxed: four JetStream round trips and their answers make a large future.
-            match Box::pin(Self::create_objects(&client, &context, config)).await {
-                Ok(layout) => return Ok(layout),
+            match attempt {
+                Ok(Attempt::Ready(layout)) => return Ok(*layout),
+                Ok(Attempt::Refused(drift)) => return Err(drift),
                 Err(error) if started.elapsed() < ready_timeout => {
                     tracing::debug!(%error, "JetStream not ready yet");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -160,13 +149,23 @@ impl Layout {
         }
     }
 
-    async fn create_objects(
+    /// One try at finding (or creating) every object, refusing before it changes anything a
+    /// running cluster relies on. The events stream is looked up once: the answer of
+    /// `get_or_create_stream` (the existing stream's info, or the one just created) is what
+    /// the partition-count check and the reconciliation read.
+    async fn attempt(
         client: &async_nats::Client,
         context: &jetstream::Context,
         config: &ClusterConfig,
-    ) -> Result<Self, async_nats::Error> {
+    ) -> Result<Attempt, async_nats::Error> {
+        if let Some(drift) = check_buckets(context, config).await? {
+            return Ok(Attempt::Refused(drift));
+        }
         let mut stream = context.get_or_create_stream(stream_config(config)).await?;
-        Box::pin(reconcile_stream(context, &mut stream, config)).await?;
+        if let Some(drift) = partition_drift(&stream.cached_info().config, config) {
+            return Ok(Attempt::Refused(drift));
+        }
+        reconcile_stream(context, &mut stream, config).await?;
         let leases = context
             .create_key_value(kv::Config {
                 bucket: LEASE_BUCKET.to_owned(),
@@ -198,7 +197,7 @@ impl Layout {
             .await?;
         // The bucket's cached status never refreshes; its stream answers afresh.
         let members_stream = context.get_stream(format!("KV_{MEMBER_BUCKET}")).await?;
-        Ok(Self {
+        Ok(Attempt::Ready(Box::new(Self {
             client: client.clone(),
             context: context.clone(),
             stream,
@@ -206,8 +205,18 @@ impl Layout {
             snapshots,
             members,
             members_stream,
-        })
+        })))
     }
+}
+
+/// What JetStream's answers decided (transient failures are the `Err` of
+/// [`Layout::attempt`], retried until the ready timeout).
+enum Attempt {
+    /// Every object exists and matches this node's settings (boxed: the streams' cached
+    /// infos make a layout several kilobytes).
+    Ready(Box<Layout>),
+    /// An existing object differs from this node's settings: final, nothing was changed.
+    Refused(LayoutError),
 }
 
 /// The replica count comes from the number of `--nats` URLs; a node given one seed URL of a
@@ -231,35 +240,16 @@ fn warn_if_fewer_urls_than_servers(
     }
 }
 
-/// The first difference between the existing stream and buckets and the ones this node would
-/// create (`None`: none exists yet, or each matches).
-async fn check_layout(
-    context: &jetstream::Context,
-    config: &ClusterConfig,
-) -> Result<Option<LayoutError>, async_nats::Error> {
-    if let Some(drift) = check_partitions(context, config).await? {
-        return Ok(Some(drift));
-    }
-    check_buckets(context, config).await
-}
-
-/// The events stream's recorded partition count, if it exists, records one and differs.
-async fn check_partitions(
-    context: &jetstream::Context,
-    config: &ClusterConfig,
-) -> Result<Option<LayoutError>, async_nats::Error> {
-    let existing = match context.get_stream(STREAM_NAME).await {
-        Ok(stream) => stream.cached_info().config.metadata.clone(),
-        Err(error) if is_not_found(&error) => return Ok(None),
-        Err(error) => return Err(error.into()),
-    };
-    Ok(existing
+/// The partition count the events stream records, if it records one other than this node's.
+fn partition_drift(existing: &stream::Config, config: &ClusterConfig) -> Option<LayoutError> {
+    existing
+        .metadata
         .get(PARTITIONS_METADATA)
         .filter(|recorded| **recorded != config.partitions.to_string())
         .map(|recorded| LayoutError::PartitionDrift {
             existing: recorded.clone(),
             ours: config.partitions,
-        }))
+        })
 }
 
 /// Whether a stream lookup failed because the stream does not exist.
@@ -319,7 +309,8 @@ async fn check_buckets(
 }
 
 /// An events stream created before atomic batches gets them turned on (an update JetStream
-/// allows in place); a capacity other than this node's is kept (the cluster has one stream
+/// allows in place), and one created before the partition count was recorded gets this
+/// node's count; both read from `stream`'s cached info (the connect's one lookup); a capacity other than this node's is kept (the cluster has one stream
 /// and one bound) and logged, since nodes started with different bounds would otherwise undo
 /// each other.
 async fn reconcile_stream(
@@ -327,7 +318,7 @@ async fn reconcile_stream(
     stream: &mut stream::Stream,
     config: &ClusterConfig,
 ) -> Result<(), async_nats::Error> {
-    let existing = stream.info().await?.config.clone();
+    let existing = stream.cached_info().config.clone();
     if existing.max_messages != config.capacity_events {
         tracing::warn!(
             stream_capacity_events = existing.max_messages,

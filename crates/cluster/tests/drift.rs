@@ -1,12 +1,15 @@
 //! Configuration drift: a node whose buckets would differ from the ones the cluster created
 //! refuses to start at once and says why, instead of retrying until its ready timeout or
-//! changing what the running nodes rely on.
+//! changing what the running nodes rely on; and the check costs one lookup of the events
+//! stream, shared with the start-up that follows.
 
 mod support;
 
 use std::time::Duration;
 
+use floodgate_cluster::layout::STREAM_NAME;
 use floodgate_cluster::{ClusterConfig, Layout, LayoutError, LocalCluster};
+use futures_util::StreamExt;
 use support::READY_TIMEOUT;
 
 // Proves a node started with another lease TTL than the buckets were created with gets
@@ -80,4 +83,34 @@ async fn another_partition_count_than_the_stream_is_refused() {
         matches!(refused, Err(LayoutError::PartitionDrift { .. })),
         "{refused:?}"
     );
+}
+
+// Proves a node joining an existing cluster asks JetStream about the events stream once (the
+// partition-count check, the find-or-create and the reconciliation share that answer): a
+// second client counts the `STREAM.INFO` requests for the stream while the node connects.
+#[tokio::test]
+async fn connecting_looks_the_events_stream_up_once() {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let config = ClusterConfig::new(4, cluster.size());
+    let first = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
+        .await
+        .expect("JetStream ready");
+
+    let mut lookups = first
+        .client
+        .subscribe(format!("$JS.API.STREAM.INFO.{STREAM_NAME}"))
+        .await
+        .expect("subscribe");
+    first.client.flush().await.expect("flush");
+    let second = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT).await;
+    assert!(second.is_ok(), "the same settings connect: {second:?}");
+    first.client.flush().await.expect("flush");
+    let mut counted = 0;
+    while tokio::time::timeout(Duration::from_millis(300), lookups.next())
+        .await
+        .is_ok_and(|lookup| lookup.is_some())
+    {
+        counted += 1;
+    }
+    assert_eq!(counted, 1, "STREAM.INFO requests for {STREAM_NAME}");
 }
