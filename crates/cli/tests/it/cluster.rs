@@ -12,7 +12,7 @@ use floodgate_cluster::{ClusterConfig, Layout, Leases, LocalCluster, partition_o
 use reqwest::StatusCode;
 use tokio::process::Child;
 
-use crate::support::{client, signal, start, wait_exit};
+use crate::support::{client, signal, start, stats, wait_exit};
 
 pub(crate) const PARTITIONS: u32 = 8;
 pub(crate) const LEASE_TTL_MS: u64 = 1_500;
@@ -41,16 +41,6 @@ pub(crate) fn node_args(urls: &str, partitions: u32, capacity: usize) -> Vec<Str
 pub(crate) async fn start_node(args: &[String]) -> (Child, String) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     start(&args, &[]).await
-}
-
-/// `GET /stats` of a node (`None` if it does not answer).
-pub(crate) async fn stats(addr: &str) -> Option<serde_json::Value> {
-    let response = client()
-        .get(format!("http://{addr}/stats"))
-        .send()
-        .await
-        .ok()?;
-    response.json().await.ok()
 }
 
 /// The partitions a node owns now (empty if it does not answer).

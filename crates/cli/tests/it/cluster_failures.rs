@@ -23,9 +23,9 @@ use tokio::process::Child;
 
 use crate::cluster::{
     LEASE_TTL_MS, Load, MOVE_DEADLINE, PARTITIONS, node_args, owned, post, read_balance,
-    start_node, stats, stop_gracefully, unsettled, user, wait_all_owned,
+    start_node, stop_gracefully, unsettled, user, wait_all_owned,
 };
-use crate::support::{Log, launch, signal};
+use crate::support::{Log, launch, signal, stats};
 
 /// The stream's bound in these tests: small enough that owners snapshot (and purge) every
 /// `CAPACITY / PARTITIONS / 4` = 125 events of a partition under load, not only when idle.

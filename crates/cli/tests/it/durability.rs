@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::support::{
-    ANSWER_WAIT, balance, client, collect_log, event_json, launch, signal, wait_exit,
+    ANSWER_WAIT, balance, client, collect_log, event_json, launch, random_delay, signal, wait_exit,
 };
 
 /// Users the kill test spreads its events over.
@@ -77,14 +77,6 @@ async fn client_loop(addr: String, client_index: usize) -> Books {
     books
 }
 
-/// A pseudo-random delay in 150..650 ms, different on every call.
-fn random_delay() -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    Duration::from_millis(150 + u64::from(nanos % 500))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_acknowledged_event() {
     // Proves, on the real binary killed with SIGKILL mid-load four times, that after each
@@ -101,7 +93,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_event() {
         let clients: Vec<_> = (0..CLIENTS)
             .map(|index| tokio::spawn(client_loop(addr.clone(), index)))
             .collect();
-        let delay = random_delay();
+        let delay = random_delay(Duration::from_millis(150));
         tokio::time::sleep(delay).await;
         signal(&child, "KILL");
         wait_exit(&mut child).await;

@@ -1,7 +1,7 @@
 //! Starting the real binary, signalling it, and reading what it printed.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
@@ -217,4 +217,23 @@ pub async fn settled_balance(addr: &str, user: &str, expected: i64) -> Option<i6
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `GET /stats` of a server (`None` if it does not answer).
+pub async fn stats(addr: &str) -> Option<serde_json::Value> {
+    let response = client()
+        .get(format!("http://{addr}/stats"))
+        .send()
+        .await
+        .ok()?;
+    response.json().await.ok()
+}
+
+/// A pseudo-random delay in `shortest`..`shortest` + 500 ms, different on every call: when a
+/// kill test strikes.
+pub fn random_delay(shortest: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    shortest + Duration::from_millis(u64::from(nanos % 500))
 }
