@@ -124,15 +124,24 @@ impl Layout {
             .timeout(config.request_timeout)
             .ack_timeout(config.request_timeout)
             .build(client.clone());
+        let outcome = Self::until_ready(&client, &context, config, ready_timeout).await;
+        // Once per connect, after the retries: by now the server has answered (its INFO, with
+        // the cluster's client URLs, has arrived; the connect itself returns at once).
+        warn_if_fewer_urls_than_servers(&client, urls, config);
+        outcome
+    }
+
+    /// Tries until every object is found or created, one differs (final), or `ready_timeout`.
+    async fn until_ready(
+        client: &async_nats::Client,
+        context: &jetstream::Context,
+        config: &ClusterConfig,
+        ready_timeout: Duration,
+    ) -> Result<Self, LayoutError> {
         let started = Instant::now();
         loop {
             // Boxed: the JetStream round trips and their answers make a large future.
-            let attempt = Box::pin(Self::attempt(&client, &context, config)).await;
-            if attempt.is_ok() {
-                // Answered: the server's INFO has arrived (the connect itself returns at once).
-                warn_if_fewer_urls_than_servers(&client, urls, config);
-            }
-            match attempt {
+            match Box::pin(Self::attempt(client, context, config)).await {
                 Ok(Attempt::Ready(layout)) => return Ok(*layout),
                 Ok(Attempt::Refused(drift)) => return Err(drift),
                 Err(error) if started.elapsed() < ready_timeout => {
@@ -222,7 +231,7 @@ enum Attempt {
 /// The replica count comes from the number of `--nats` URLs; a node given one seed URL of a
 /// larger cluster would create unreplicated objects (or be refused by the cluster's replicated
 /// ones). The server's INFO lists the cluster's client URLs it knows of (gossip may still be
-/// incomplete at start, so this only warns).
+/// incomplete at start, so this only warns). Called once per connect, not per retry.
 fn warn_if_fewer_urls_than_servers(
     client: &async_nats::Client,
     urls: &[String],
