@@ -279,14 +279,13 @@ fn batch_outcomes(answer: &serde_json::Value, count: usize) -> Vec<Outcome> {
     outcomes
 }
 
-/// Starts `floodgate serve` on `directory` (durable: fsync) with small log segments.
-async fn serve(directory: &Path) -> Launched {
+/// Starts `floodgate serve` on `directory` (durable: fsync) with small log segments and
+/// `extra` arguments.
+async fn serve(directory: &Path, extra: &[&str]) -> Launched {
     let directory = directory.display().to_string();
-    launch(
-        &["--data-dir", &directory, "--log-segment-bytes", "65536"],
-        &[],
-    )
-    .await
+    let mut args = vec!["--data-dir", &directory, "--log-segment-bytes", "65536"];
+    args.extend_from_slice(extra);
+    launch(&args, &[]).await
 }
 
 /// Hands the server to the clients and SIGKILLs it mid-load: a random delay after its first
@@ -378,10 +377,10 @@ async fn kill_9_with_ids_and_resends_counts_every_event_exactly_once() {
         })
         .collect();
     for round in 0..KILLS {
-        let launched = serve(directory.path()).await;
+        let launched = serve(directory.path(), &[]).await;
         load_until_killed(launched, &publish, &tally.acknowledged_events, round).await;
     }
-    let launched = serve(directory.path()).await;
+    let launched = serve(directory.path(), &[]).await;
     let addr = launched.addr.clone();
     let mut child = launched.child;
     drop(collect_log(launched.log));
@@ -646,13 +645,16 @@ async fn kill_9_with_batches_resent_before_and_after_their_answer_applies_each_i
     // batch stays answered: four clients post batches (NDJSON and JSON arrays, 1-40 events)
     // and one posts single events, all with ids; each resends what went unanswered AND,
     // like a client whose answer was lost, some requests that were answered (at once, and
-    // later, often to a server restarted since). The server is SIGKILLed four times
-    // mid-load. Each restart recovers every acknowledged event and nothing more; every
+    // later, often to a server restarted since). The server snapshots every 1,000 events and
+    // is SIGKILLed four times mid-load. Each restart recovers every acknowledged event and nothing more; every
     // resend of an answered request is `duplicate` event by event; at the end each balance
     // is the sum of the distinct acknowledged ids, and a last resend of everything moves only
     // the duplicate counter.
     const BATCH_CLIENTS: usize = 4;
     const CLIENTS: usize = BATCH_CLIENTS + 1;
+    // Snapshots mid-load too: a restart then rebuilds the window from a snapshot's ids and
+    // the log after it, and the segments the snapshot covers are gone.
+    const SNAPSHOT_OFTEN: &[&str] = &["--snapshot-every-events", "1000"];
     let directory = tempfile::tempdir().expect("temp dir");
     let (publish, address) = watch::channel(None);
     let stop = Arc::new(AtomicBool::new(false));
@@ -673,13 +675,18 @@ async fn kill_9_with_batches_resent_before_and_after_their_answer_applies_each_i
         })
         .collect();
     for round in 0..KILLS {
-        let launched = serve(directory.path()).await;
+        let launched = serve(directory.path(), SNAPSHOT_OFTEN).await;
         assert_recovered(&launched.addr, &books, round).await;
         load_until_killed(launched, &publish, &tally.acknowledged_events, round).await;
     }
-    let launched = serve(directory.path()).await;
+    let launched = serve(directory.path(), SNAPSHOT_OFTEN).await;
     let addr = launched.addr.clone();
     assert_recovered(&addr, &books, KILLS).await;
+    let recovered = stats(&addr).await.expect("/stats");
+    assert!(
+        counter(&recovered, "/durability/snapshot_position") > 0,
+        "no snapshot before the last kill: {recovered}"
+    );
     let mut child = launched.child;
     drop(collect_log(launched.log));
     let before = tally.acknowledged_events.load(Ordering::Relaxed);
