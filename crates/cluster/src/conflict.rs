@@ -15,6 +15,8 @@
 //!    user's. An owner that does not know it and has not applied that far proves the same:
 //!    a purged event was applied by its own partition's owner, and snapshots (which a new
 //!    owner starts from) cover every purge.
+//!    A resent batch message (up to 1,000 ids, all of one partition) asks its owner once with
+//!    every id (`reads`: the `ids` request), not once per id.
 //! 3. The owner forgot ids up to the original (`forgotten_through`), or the original was
 //!    written before digests were kept: nothing tells; answered a duplicate, as before.
 //!
@@ -22,11 +24,13 @@
 //! stream that does not answer, is `Rejected::Unreachable` (503; the resend is safe), never
 //! `duplicate` nor `id_conflict` by default.
 
+use std::collections::BTreeMap;
+
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use floodgate_core::dedup::ConflictField;
 use floodgate_core::{Event, Rejected};
 
-use crate::partition::partition_of;
+use crate::partition::{Partition, partition_of};
 use crate::reads::ReadError;
 use crate::state::{EventDigest, IdLookup};
 use crate::view::MemberView;
@@ -80,9 +84,9 @@ pub async fn judge_duplicate(
 /// Decides a duplicate batch message (`message_id`, carrying `events`; JetStream's original
 /// at `sequence`) event by event: from the stored message while it is in the stream (the same
 /// message id means the same client ids in the same order; user and amount are compared),
-/// else id by id from the owner of each event's partition, as [`judge_duplicate`] does. An
-/// event without a client id is only ever in a repeated message through the node's own retry:
-/// a resend.
+/// else from the owner of each event's partition, as [`judge_duplicate`] does, asked once for
+/// all of its ids ([`verdicts_from_owners`]). An event without a client id is only ever in a
+/// repeated message through the node's own retry: a resend.
 pub async fn judge_batch_duplicate(
     view: &MemberView,
     events: &[&Event],
@@ -111,19 +115,41 @@ pub async fn judge_batch_duplicate(
             return Err(Rejected::Unreachable);
         }
     }
-    let mut verdicts = Vec::with_capacity(events.len());
-    for event in events {
-        let Some(id) = &event.id else {
-            verdicts.push(Verdict::Resend);
-            continue;
-        };
-        let partition = partition_of(&event.user, view.config.partitions);
-        match view.lookup_id(partition, id.as_str()).await {
-            Ok(lookup) => verdicts.push(judge_lookup(event, sequence, lookup)),
-            Err(error @ (ReadError::Moving(_) | ReadError::Unreachable { .. })) => {
-                tracing::debug!(%error, message_id, "duplicate not checked: owner not answering");
-                return Err(Rejected::Unreachable);
-            }
+    verdicts_from_owners(view, events, sequence)
+        .await
+        .map_err(|error| {
+            tracing::debug!(%error, message_id, "duplicate not checked: owner not answering");
+            Rejected::Unreachable
+        })
+}
+
+/// Each event's verdict from what its partition's owner knows of its id: one lookup per
+/// partition with all of that partition's ids (a batch message is one partition's, so one
+/// request), the partitions asked at once. An event without a client id is a resend.
+async fn verdicts_from_owners(
+    view: &MemberView,
+    events: &[&Event],
+    sequence: u64,
+) -> Result<Vec<Verdict>, ReadError> {
+    let mut by_partition: BTreeMap<Partition, Vec<(usize, &str)>> = BTreeMap::new();
+    for (index, event) in events.iter().enumerate() {
+        if let Some(id) = &event.id {
+            let partition = partition_of(&event.user, view.config.partitions);
+            by_partition
+                .entry(partition)
+                .or_default()
+                .push((index, id.as_str()));
+        }
+    }
+    let lookups = by_partition.iter().map(|(&partition, asked)| async move {
+        let ids: Vec<&str> = asked.iter().map(|&(_, id)| id).collect();
+        view.lookup_ids(partition, &ids).await
+    });
+    let answers = futures_util::future::join_all(lookups).await;
+    let mut verdicts = vec![Verdict::Resend; events.len()];
+    for (asked, answer) in by_partition.values().zip(answers) {
+        for (&(index, _), lookup) in asked.iter().zip(answer?) {
+            verdicts[index] = judge_lookup(events[index], sequence, lookup);
         }
     }
     Ok(verdicts)

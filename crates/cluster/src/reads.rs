@@ -7,6 +7,21 @@
 //!   balance after the moment a new owner could exist.
 //! - No responder means the partition is moving (its owner died or gave it up and no one has
 //!   taken it yet): [`ReadError::Moving`], for a 503 with that reason, never a guessed value.
+//!
+//! Wire shape (one subject per partition; the header `Floodgate-Read` names the request):
+//!
+//! | header | request payload | answer |
+//! |---|---|---|
+//! | none | the user | `{"balance": n}` or `{"balance": null}` |
+//! | `page` | `{"after": bytes or null, "limit": n}` | `{"balances": [[user, n], ...]}` |
+//! | `id` | one client id | one [`IdLookup`] |
+//! | `ids` | a JSON array of client ids | a JSON array of [`IdLookup`], one per id, in order |
+//!
+//! `ids` came after the others, so that a batch's resend costs one request per partition
+//! instead of one per id. An owner that predates it reads it as a page request it cannot parse
+//! and answers an empty payload (as it answers any bad page request); the asker then falls
+//! back to one `id` request per id, so nodes of both versions answer each other during a
+//! rolling upgrade.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,21 +84,41 @@ async fn ask_owner<Reply: serde::de::DeserializeOwned>(
     request: impl std::future::Future<Output = Result<async_nats::Message, async_nats::RequestError>>,
     timeout: Duration,
 ) -> Result<Reply, ReadError> {
+    let payload = ask_owner_raw(partition, request, timeout).await?;
+    decode_answer(partition, &payload)
+}
+
+/// [`ask_owner`] without the decoding: the answer's payload.
+async fn ask_owner_raw(
+    partition: Partition,
+    request: impl std::future::Future<Output = Result<async_nats::Message, async_nats::RequestError>>,
+    timeout: Duration,
+) -> Result<bytes::Bytes, ReadError> {
     let unreachable = |reason: String| ReadError::Unreachable { partition, reason };
-    let reply = match tokio::time::timeout(timeout, request).await {
-        Err(_elapsed) => return Err(unreachable(format!("no answer in {timeout:?}"))),
+    match tokio::time::timeout(timeout, request).await {
+        Err(_elapsed) => Err(unreachable(format!("no answer in {timeout:?}"))),
         Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders => {
-            return Err(ReadError::Moving(partition));
+            Err(ReadError::Moving(partition))
         }
-        Ok(Err(error)) => return Err(unreachable(error.to_string())),
-        Ok(Ok(reply)) => reply,
-    };
-    serde_json::from_slice::<Reply>(&reply.payload)
-        .map_err(|error| unreachable(format!("bad answer: {error}")))
+        Ok(Err(error)) => Err(unreachable(error.to_string())),
+        Ok(Ok(reply)) => Ok(reply.payload),
+    }
+}
+
+/// An owner's answer decoded; one that does not decode makes the owner unreachable.
+fn decode_answer<Reply: serde::de::DeserializeOwned>(
+    partition: Partition,
+    payload: &[u8],
+) -> Result<Reply, ReadError> {
+    serde_json::from_slice::<Reply>(payload).map_err(|error| ReadError::Unreachable {
+        partition,
+        reason: format!("bad answer: {error}"),
+    })
 }
 
 /// The header that makes a read request a page request (value `page`, payload a
-/// [`PageRequest`]) or an id lookup (value `id`, payload the client id).
+/// [`PageRequest`]) or an id lookup (value `id`, payload the client id; value `ids`, payload
+/// a JSON array of client ids).
 const PAGE_HEADER: &str = "Floodgate-Read";
 
 /// A page of a partition's balances: users after `after` (compared as bytes), at most `limit`.
@@ -137,6 +172,55 @@ pub async fn request_id_lookup(
     ask_owner::<IdLookup>(partition, request, timeout).await
 }
 
+/// Asks the owner of `partition` what it knows of each of `ids`, in one request (header
+/// `ids`); the answers in the order of `ids`. An owner from before that request answers it
+/// with an empty payload: it is then asked one id at a time.
+pub async fn request_id_lookups(
+    client: &async_nats::Client,
+    partition: Partition,
+    ids: &[&str],
+    timeout: Duration,
+) -> Result<Vec<IdLookup>, ReadError> {
+    let unreachable = |reason: String| ReadError::Unreachable { partition, reason };
+    let payload = serde_json::to_vec(ids).map_err(|error| unreachable(error.to_string()))?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(PAGE_HEADER, "ids");
+    let request = client.request_with_headers(read_subject(partition), headers, payload.into());
+    let answer = ask_owner_raw(partition, request, timeout).await?;
+    if answer.is_empty() {
+        return request_each_id(client, partition, ids, timeout).await;
+    }
+    let lookups: Vec<IdLookup> = decode_answer(partition, &answer)?;
+    if lookups.len() != ids.len() {
+        let counts = format!(
+            "bad answer: {} lookups for {} ids",
+            lookups.len(),
+            ids.len()
+        );
+        return Err(unreachable(counts));
+    }
+    Ok(lookups)
+}
+
+/// [`request_id_lookups`] the way an owner that predates `ids` understands: one request per id.
+async fn request_each_id(
+    client: &async_nats::Client,
+    partition: Partition,
+    ids: &[&str],
+    timeout: Duration,
+) -> Result<Vec<IdLookup>, ReadError> {
+    tracing::debug!(
+        partition,
+        ids = ids.len(),
+        "owner predates id batches: one id at a time"
+    );
+    let mut lookups = Vec::with_capacity(ids.len());
+    for id in ids {
+        lookups.push(request_id_lookup(client, partition, id, timeout).await?);
+    }
+    Ok(lookups)
+}
+
 /// The answer to one read request (a user's balance, a page, an id lookup), from `state`.
 async fn answer(request: &async_nats::Message, state: &RwLock<PartitionState>) -> Vec<u8> {
     let kind = request
@@ -148,6 +232,14 @@ async fn answer(request: &async_nats::Message, state: &RwLock<PartitionState>) -
         let id = String::from_utf8_lossy(&request.payload);
         let lookup = state.read().await.lookup_id(&id);
         return serde_json::to_vec(&lookup).unwrap_or_default();
+    }
+    if kind.as_deref() == Some("ids") {
+        let Ok(ids) = serde_json::from_slice::<Vec<String>>(&request.payload) else {
+            return Vec::new(); // not a list of ids: the asker reads it as an older owner's
+        };
+        let state = state.read().await;
+        let lookups: Vec<IdLookup> = ids.iter().map(|id| state.lookup_id(id)).collect();
+        return serde_json::to_vec(&lookups).unwrap_or_default();
     }
     if kind.is_some() {
         let Ok(page) = serde_json::from_slice::<PageRequest>(&request.payload) else {

@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use crate::config::ClusterConfig;
 use crate::layout::Layout;
 use crate::partition::{Partition, partition_of};
-use crate::reads::{ReadError, request_balance, request_id_lookup, request_page};
+use crate::reads::{
+    ReadError, request_balance, request_id_lookup, request_id_lookups, request_page,
+};
 use crate::state::{IdLookup, PartitionState};
 
 /// Counters a member keeps (for /stats and /metrics).
@@ -187,6 +189,26 @@ impl MemberView {
             &self.layout.client,
             partition,
             id,
+            self.config.request_timeout,
+        )
+        .await
+    }
+
+    /// What `partition`'s owner knows of each of `ids` (in their order): from the state here
+    /// when the member owns it, else in one request over NATS.
+    pub async fn lookup_ids(
+        &self,
+        partition: Partition,
+        ids: &[&str],
+    ) -> Result<Vec<IdLookup>, ReadError> {
+        if let Some(state) = self.state_handle(partition) {
+            let state = state.read().await;
+            return Ok(ids.iter().map(|id| state.lookup_id(id)).collect());
+        }
+        request_id_lookups(
+            &self.layout.client,
+            partition,
+            ids,
             self.config.request_timeout,
         )
         .await

@@ -2,7 +2,8 @@
 //! batch spans, stored all together or not at all, unpacked by the owners whole and once.
 //! An identical resend is a JetStream duplicate; an event resent in a message of another
 //! composition is stored again and skipped by its owner (its client id was applied); a batch
-//! that does not fit the stream is refused whole.
+//! that does not fit the stream is refused whole. A resend whose original was purged is judged
+//! from its owner's id digests, all of a message's ids in one request.
 
 mod support;
 
@@ -10,12 +11,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use floodgate_cluster::reads::{read_subject, request_id_lookups};
 use floodgate_cluster::{
-    ClusterConfig, Layout, Leases, LocalCluster, Node, Partition, partition_of,
+    ClusterConfig, IdLookup, Layout, Leases, LocalCluster, Node, Partition, partition_of,
 };
 use floodgate_core::dedup::ConflictField;
 use floodgate_core::forward::{Forward, Forwarded};
 use floodgate_core::{Event, EventId, Rejected};
+use futures_util::StreamExt;
 use support::{READY_TIMEOUT, RemoteMember};
 
 const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
@@ -361,4 +364,124 @@ async fn a_full_stream_refuses_the_whole_batch() {
     for lease in &held {
         leases.release(lease).await.expect("released");
     }
+}
+
+/// The `Floodgate-Read` header of each request `requests` receives until none comes for
+/// 300 ms.
+async fn read_kinds(requests: &mut async_nats::Subscriber) -> Vec<String> {
+    let mut kinds = Vec::new();
+    while let Ok(Some(request)) =
+        tokio::time::timeout(Duration::from_millis(300), requests.next()).await
+    {
+        kinds.push(request_kind(&request));
+    }
+    kinds
+}
+
+/// A read request's `Floodgate-Read` header (empty for a balance read).
+fn request_kind(request: &async_nats::Message) -> String {
+    request
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("Floodgate-Read"))
+        .map(|value| value.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+// Proves a batch resent after its owner applied and purged it is judged id by id from the
+// owner's digests, in one request: through a node that owns no partition, the same ids in the
+// same order (so the same message, a JetStream duplicate) with one event as before, one with
+// another amount, one with another user and one as before answer `Duplicate`,
+// `IdConflict(amount)`, `IdConflict(user)`, `Duplicate`, and the owner's read subject sees one
+// `ids` request, not one request per id.
+#[tokio::test]
+async fn a_purged_batch_resent_to_another_node_is_judged_per_id_in_one_request() {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let mut config = ClusterConfig::new(1, cluster.size());
+    config.lease_ttl = Duration::from_secs(3);
+    let layout = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
+        .await
+        .expect("JetStream ready");
+    let owner = start_node(&cluster, &config, "owner").await;
+    wait_holds_some(&layout, &config, "owner").await;
+    let door = start_node(&cluster, &config, "door").await;
+    let original = [
+        with_id("alice", 5, "k1"),
+        with_id("alice", 7, "k2"),
+        with_id("carol", 3, "k3"),
+        with_id("dave", 2, "k4"),
+    ];
+    let answers = forward_until_answered(&door, &original).await;
+    assert_eq!(answers, vec![Forwarded::Stored; 4]);
+    wait_stream_empty(&layout).await;
+
+    let mut requests = layout
+        .client
+        .subscribe(read_subject(0))
+        .await
+        .expect("subscribe");
+    layout.client.flush().await.expect("flush");
+    let resent = [
+        with_id("alice", 5, "k1"),
+        with_id("alice", 8, "k2"),
+        with_id("erin", 3, "k3"),
+        with_id("dave", 2, "k4"),
+    ];
+    let answers = door.forward_batch(&resent).await;
+    assert_eq!(
+        answers,
+        vec![
+            Ok(Forwarded::Duplicate),
+            Err(Rejected::IdConflict(ConflictField::Amount)),
+            Err(Rejected::IdConflict(ConflictField::User)),
+            Ok(Forwarded::Duplicate),
+        ]
+    );
+    assert!(door.view().owned().is_empty(), "the door asked the owner");
+    assert_eq!(read_kinds(&mut requests).await, ["ids"]);
+    assert_eq!(owner.view().balance("alice").await, Ok(12), "applied once");
+    door.stop().await;
+    owner.stop().await;
+}
+
+// Proves the `ids` request stays compatible with an owner of the version before it (which
+// reads it as a page request it cannot parse and answers an empty payload): the asker then
+// asks one id at a time and gets each id's answer, in order.
+#[tokio::test]
+async fn an_owner_that_predates_the_ids_request_is_asked_id_by_id() {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let client = async_nats::connect(&cluster.urls()[0])
+        .await
+        .expect("connect");
+    let mut requests = client.subscribe(read_subject(0)).await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let kept = IdLookup::Known(None);
+    let unknown = IdLookup::Unknown {
+        applied_sequence: 9,
+        forgotten_through: 0,
+    };
+    let older_owner = client.clone();
+    let owner = tokio::spawn(async move {
+        let mut kinds = Vec::new();
+        while kinds.len() < 3 {
+            let request = requests.next().await.expect("a request");
+            let kind = request_kind(&request);
+            let answer = match (kind.as_str(), &request.payload[..]) {
+                ("id", b"kept") => serde_json::to_vec(&kept).expect("json"),
+                ("id", _) => serde_json::to_vec(&unknown).expect("json"),
+                _ => Vec::new(),
+            };
+            let reply = request.reply.expect("a request has a reply subject");
+            older_owner
+                .publish(reply, answer.into())
+                .await
+                .expect("answered");
+            kinds.push(kind);
+        }
+        kinds
+    });
+
+    let lookups = request_id_lookups(&client, 0, &["kept", "other"], READY_TIMEOUT).await;
+    assert_eq!(lookups, Ok(vec![kept, unknown]));
+    assert_eq!(owner.await.expect("owner task"), ["ids", "id", "id"]);
 }
