@@ -7,15 +7,18 @@
 //! is events applied / (first offer .. shutdown returned). `--trickle` makes producers yield
 //! after every event, like HTTP handlers (one event per task turn; use with
 //! `--producers 64`). `--batch N` offers the events in batches of N through
-//! `Engine::submit_batch` (one reservation per lane, the batch path of `POST /events/batch`),
-//! with a queue as large as the run so no batch is ever refused. `--ids` gives every event a
-//! fresh id (checked and kept by the dedup window, which fills from empty during the run: what
-//! the cost of ids is while a window fills).
+//! `Engine::submit_batch` (one reservation per lane, the batch path of `POST /events/batch`);
+//! `--batch single,N` measures both paths as cells of the same run (round-robin), so their
+//! ratio comes from one invocation. Both use the production queue bound; a batch producer
+//! waits (a yield, counted as a retry) until the queue surely has room for its batch, so no
+//! batch is refused and neither path gets a larger queue than the other. `--ids` gives every
+//! event a fresh id (checked and kept by the dedup window, which fills from empty during the
+//! run: what the cost of ids is while a window fills).
 //!
 //! ```text
 //! cargo run --release -p floodgate-core --example engine_throughput -- [--json PATH]
 //!     [--events N] [--repeat R] [--queue-kind mpmc|shared_receiver|all] [--strategy NAME]
-//!     [--users N] [--workers N] [--producers N] [--trickle] [--batch N] [--ids]
+//!     [--users N] [--workers N] [--producers N] [--trickle] [--batch single|N,...] [--ids]
 //! ```
 //! Add `--features mimalloc` to measure with mimalloc as the global allocator.
 //!
@@ -48,6 +51,8 @@ struct Row {
     queue_kind: QueueKind,
     users: usize,
     workers: usize,
+    /// Events per `submit_batch` call; `None`: one `submit` per event.
+    batch: Option<usize>,
     events: usize,
     seconds: f64,
     /// Best run.
@@ -95,8 +100,9 @@ struct Options {
     producers: Option<usize>,
     /// Producers yield after every event, like HTTP handlers (one event per task turn).
     trickle: bool,
-    /// Offer events in batches of this many (`Engine::submit_batch`).
-    batch: Option<usize>,
+    /// How events are offered, one cell each: `None` one by one (`Engine::submit`),
+    /// `Some(n)` in batches of n (`Engine::submit_batch`).
+    batches: Vec<Option<usize>>,
     /// Every event carries a fresh id.
     ids: bool,
 }
@@ -112,7 +118,7 @@ fn parse_options() -> Result<Options, String> {
         workers: None,
         producers: None,
         trickle: false,
-        batch: None,
+        batches: vec![None],
         ids: false,
     };
     let mut args = std::env::args().skip(1);
@@ -138,10 +144,7 @@ fn parse_options() -> Result<Options, String> {
             }
             "--trickle" => options.trickle = true,
             "--ids" => options.ids = true,
-            "--batch" => {
-                let size: usize = value()?.parse().map_err(|error| format!("{error}"))?;
-                options.batch = Some(size.max(1));
-            }
+            "--batch" => options.batches = parse_batches(&value()?)?,
             "--producers" => {
                 options.producers = Some(value()?.parse().map_err(|error| format!("{error}"))?);
             }
@@ -154,6 +157,19 @@ fn parse_options() -> Result<Options, String> {
     }
     options.repeat = options.repeat.max(1);
     Ok(options)
+}
+
+/// `single,1000` -> [None, Some(1000)]: `single` is one `submit` per event.
+fn parse_batches(text: &str) -> Result<Vec<Option<usize>>, String> {
+    text.split(',')
+        .map(|part| match part.trim() {
+            "single" => Ok(None),
+            size => size
+                .parse::<usize>()
+                .map(|size| Some(size.max(1)))
+                .map_err(|error| format!("--batch {part}: {error}")),
+        })
+        .collect()
 }
 
 /// Producer `producer`'s share of `events` events over `users` users, split in `producers`
@@ -184,6 +200,8 @@ struct Workload {
     trickle: bool,
     batch: Option<usize>,
     ids: bool,
+    /// Queue lanes (owned: one per worker), to know when a batch surely fits.
+    lanes: usize,
 }
 
 /// One measured run.
@@ -207,8 +225,7 @@ async fn run_once(config: EngineConfig, workload: Workload) -> Run {
                 );
                 ready.wait().await;
                 if let Some(size) = workload.batch {
-                    offer_batches(&engine, chunk, size).await;
-                    return 0;
+                    return offer_batches(&engine, chunk, size, workload).await;
                 }
                 let mut retries = 0_u64;
                 for event in chunk {
@@ -254,18 +271,37 @@ async fn run_once(config: EngineConfig, workload: Workload) -> Run {
     }
 }
 
-/// Offers `events` in batches of `size` (the queue holds the whole run: never refused).
-async fn offer_batches(engine: &Engine, events: Vec<Event>, size: usize) {
+/// Offers `events` in batches of `size`, each once the queue surely has room for it (see
+/// [`surely_fits`]): never refused. Returns how many times it waited.
+async fn offer_batches(
+    engine: &Engine,
+    events: Vec<Event>,
+    size: usize,
+    workload: Workload,
+) -> u64 {
     let mut events = events.into_iter();
+    let mut waits = 0;
     loop {
         let batch: Vec<Event> = events.by_ref().take(size).collect();
         if batch.is_empty() {
-            return;
+            return waits;
+        }
+        while !surely_fits(engine, size, workload) {
+            waits += 1;
+            tokio::task::yield_now().await;
         }
         if let Err(reason) = engine.submit_batch(batch).await {
             panic!("a batch refused: {reason:?}");
         }
     }
+}
+
+/// Whether a batch of `size` fits the queue even if every other producer pushes one too
+/// before it: all waiting events plus one batch per producer within one lane's bound (only
+/// producers add to the queue, so the check cannot be invalidated by anyone else).
+fn surely_fits(engine: &Engine, size: usize, workload: Workload) -> bool {
+    let lane_capacity = engine.queue_capacity_events() / workload.lanes;
+    engine.queue_depth() + size * workload.producers <= lane_capacity
 }
 
 /// One measured run.
@@ -286,6 +322,7 @@ struct Cell {
     queue_kind: QueueKind,
     users: usize,
     workers: usize,
+    batch: Option<usize>,
     runs: Vec<Run>,
 }
 
@@ -319,6 +356,7 @@ impl Cell {
             queue_kind: self.queue_kind,
             users: self.users,
             workers: self.workers,
+            batch: self.batch,
             events: options.events,
             seconds: best.elapsed.as_secs_f64(),
             events_per_second: rates[rates.len() - 1],
@@ -343,21 +381,22 @@ fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut
                 users: cell.users,
                 producers: options.producers.unwrap_or(cores).max(1),
                 trickle: options.trickle,
-                batch: options.batch,
+                batch: cell.batch,
                 ids: options.ids,
+                lanes: if cell.strategy == LedgerStrategy::Owned {
+                    cell.workers
+                } else {
+                    1
+                },
             };
-            let mut config = cell.config();
-            if options.batch.is_some() {
-                // Twice the run: each lane alone can hold every event routed to it.
-                config.queue_capacity_events = config.queue_capacity_events.max(options.events * 2);
-            }
-            let run = runtime.block_on(run_once(config, workload));
+            let run = runtime.block_on(run_once(cell.config(), workload));
             assert_eq!(run.applied, options.events as u64, "every event applied");
             eprintln!(
-                "round {round}: {:>8} users={:>6} workers={:>2}: {:.2} M events/s",
+                "round {round}: {:>8} users={:>6} workers={:>2} {}: {:.2} M events/s",
                 cell.strategy,
                 cell.users,
                 cell.workers,
+                batch_label(cell.batch),
                 options.events as f64 / run.elapsed.as_secs_f64() / 1e6
             );
             cell.runs.push(run);
@@ -365,19 +404,25 @@ fn measure_all(runtime: &tokio::runtime::Runtime, options: &Options, cells: &mut
     }
 }
 
+/// `single` or `batch of N`.
+fn batch_label(batch: Option<usize>) -> String {
+    batch.map_or_else(|| "single".to_owned(), |size| format!("batch of {size}"))
+}
+
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| strategy | queue | users | workers | best events/s | median events/s | CPU ns/event (median) | CPU-bound events/s | QueueFull retries (best run) |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| strategy | queue | users | workers | offered | best events/s | median events/s | CPU ns/event (median) | CPU-bound events/s | QueueFull retries / waits (best run) |\n\
+         |---|---|---:|---:|---|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.2} M | {:.2} M | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.2} M | {:.2} M | {} | {} | {} |",
             row.strategy,
             row.queue_kind,
             row.users,
             row.workers,
+            batch_label(row.batch),
             row.events_per_second / 1e6,
             row.median_events_per_second / 1e6,
             row.cpu_ns_per_event
@@ -386,6 +431,40 @@ fn table(rows: &[Row]) -> String {
                 .map_or_else(|| "-".to_owned(), |rate| format!("{:.2} M", rate / 1e6)),
             row.full_retries
         );
+    }
+    out
+}
+
+/// For each configuration measured both ways: batch CPU per event / single CPU per event
+/// (below 1: a batch is cheaper per event), from the same invocation.
+fn batch_ratios(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for single in rows.iter().filter(|row| row.batch.is_none()) {
+        let same_cell = |row: &&Row| {
+            row.strategy == single.strategy
+                && row.queue_kind == single.queue_kind
+                && row.users == single.users
+                && row.workers == single.workers
+        };
+        for batched in rows.iter().filter(same_cell) {
+            let (Some(size), Some(batch_ns), Some(single_ns)) = (
+                batched.batch,
+                batched.cpu_ns_per_event,
+                single.cpu_ns_per_event,
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "{} {} users={} workers={}: batch of {size} / single CPU per event = \
+                 {batch_ns:.0} / {single_ns:.0} ns = {:.2}",
+                single.strategy,
+                single.queue_kind,
+                single.users,
+                single.workers,
+                batch_ns / single_ns
+            );
+        }
     }
     out
 }
@@ -414,14 +493,17 @@ fn main() {
         for &strategy in &options.strategies {
             for &users in &options.users {
                 for &workers in &worker_counts {
-                    let runs = Vec::with_capacity(options.repeat);
-                    cells.push(Cell {
-                        strategy,
-                        queue_kind,
-                        users,
-                        workers,
-                        runs,
-                    });
+                    for &batch in &options.batches {
+                        let runs = Vec::with_capacity(options.repeat);
+                        cells.push(Cell {
+                            strategy,
+                            queue_kind,
+                            users,
+                            workers,
+                            batch,
+                            runs,
+                        });
+                    }
                 }
             }
         }
@@ -442,6 +524,7 @@ fn main() {
         load_average()
     );
     println!("{}", table(&rows));
+    print!("{}", batch_ratios(&rows));
     if let Some(path) = options.json {
         let json = serde_json::to_string_pretty(&rows).expect("rows serialize");
         if let Err(error) = std::fs::write(&path, json) {

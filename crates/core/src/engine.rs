@@ -40,7 +40,7 @@ use crate::durable::LoggedId;
 use crate::durable::{self, DurabilityMode, Durable, DurableError, DurableOptions};
 use crate::event::{Event, EventId};
 use crate::forward::{Forward, Forwarded};
-use crate::ledger::{Admit, Ledger, user_hash};
+use crate::ledger::{Admit, Ledger, LedgerFull, user_hash};
 use crate::metrics::Metrics;
 use crate::queue::{self, Admission, Job, PushError, release_claims};
 pub use crate::stats::{DedupStats, LockSummary, LockTimings, Stats, Summary, WorkerStats};
@@ -695,14 +695,16 @@ impl Engine {
     /// Checks every event's id and admits every user, in order: the events to queue, with
     /// the outcome of those decided already. `logged`: the ids go into the log and their
     /// claims into the jobs (the workers settle them); otherwise the claims are set aside,
-    /// to be kept once the batch is queued.
-    async fn prepare_batch(&self, mut events: Vec<Event>, logged: bool) -> PreparedBatch {
+    /// to be kept once the batch is queued. The users are admitted together (one ledger lock
+    /// per shard, see [`Ledger::admit_all`]), not one lock per event.
+    async fn prepare_batch(&self, events: Vec<Event>, logged: bool) -> PreparedBatch {
         let inner = &*self.inner;
         let checks = batch::claim_all(&inner.window, &events).await;
+        let mut admissions = self.admit_checked(&events, &checks).into_iter();
         let mut prepared = PreparedBatch::with_capacity(events.len());
         // One clock read per batch: every id of a batch is first seen at the same instant.
         let now_unix_ms = crate::dedup::now_unix_ms();
-        for (event, check) in events.iter_mut().zip(checks) {
+        for (mut event, check) in events.into_iter().zip(checks) {
             let claim = match check {
                 IdCheck::Decided(outcome) => {
                     prepared.outcomes.push(outcome);
@@ -718,32 +720,54 @@ impl Engine {
                 IdCheck::Claimed(claim) => Some(claim),
                 IdCheck::Anonymous => None,
             };
+            let (hash, admitted) = admissions
+                .next()
+                .expect("one admission per event the window let through");
+            let Ok(admitted) = admitted else {
+                inner
+                    .metrics
+                    .rejected_ledger_full
+                    .fetch_add(1, Ordering::Relaxed);
+                prepared.outcomes.push(Err(Rejected::LedgerFull));
+                if let Some(claim) = claim {
+                    inner.window.release(claim);
+                }
+                continue;
+            };
             let id = event.id.take();
-            match self.admit(std::mem::replace(event, Event::new("", 0))) {
-                Ok((mut job, admitted)) => {
-                    prepared.outcomes.push(Ok(Ingested::Queued));
-                    match (claim, id) {
-                        (Some(claim), Some(id)) if logged => {
-                            prepared
-                                .ids
-                                .push(logged_id(prepared.jobs.len(), id, now_unix_ms));
-                            job.claim = Some(claim);
-                        }
-                        (Some(claim), _) => prepared.claims.push(claim),
-                        (None, _) => {}
-                    }
-                    prepared.jobs.push(job);
-                    prepared.admitted.push(admitted);
+            let mut job = Job::new(event.user, event.amount, hash);
+            prepared.outcomes.push(Ok(Ingested::Queued));
+            match (claim, id) {
+                (Some(claim), Some(id)) if logged => {
+                    prepared
+                        .ids
+                        .push(logged_id(prepared.jobs.len(), id, now_unix_ms));
+                    job.claim = Some(claim);
                 }
-                Err(refused) => {
-                    prepared.outcomes.push(Err(refused.reason));
-                    if let Some(claim) = claim {
-                        inner.window.release(claim);
-                    }
-                }
+                (Some(claim), _) => prepared.claims.push(claim),
+                (None, _) => {}
             }
+            prepared.jobs.push(job);
+            prepared.admitted.push(admitted);
         }
         prepared
+    }
+
+    /// Admits the users of the events the window let through (`checks`: claimed or
+    /// anonymous), in order, all at once: each such event's user hash and admission.
+    fn admit_checked(
+        &self,
+        events: &[Event],
+        checks: &[IdCheck],
+    ) -> Vec<(u64, Result<Admit, LedgerFull>)> {
+        let users: Vec<(u64, &str)> = events
+            .iter()
+            .zip(checks)
+            .filter(|(_, check)| matches!(check, IdCheck::Claimed(_) | IdCheck::Anonymous))
+            .map(|(event, _)| (user_hash(&event.user), event.user.as_str()))
+            .collect();
+        let admitted = self.inner.ledger.admit_all(&users);
+        users.iter().map(|&(hash, _)| hash).zip(admitted).collect()
     }
 
     /// Queued batch: one all-or-nothing push (one reservation per lane); the ids are kept
