@@ -495,6 +495,48 @@ async fn replay(http: &reqwest::Client, address: &mut Address, request: &Request
         .fetch_add(request.events.len() as u64, Ordering::Relaxed);
 }
 
+/// Sends two copies of `request` at once, each until answered (a client that resent on a
+/// second connection before the first answered): no event may be accepted by both, and if
+/// both copies were answered at their first send, each event is accepted by exactly one.
+/// The answer merged: an event accepted by either copy counts as accepted.
+async fn send_twice_at_once(
+    http: &reqwest::Client,
+    address: &Address,
+    request: &Request,
+    tally: &Tally,
+) -> Answered {
+    let (mut one, mut other) = (address.clone(), address.clone());
+    let (first, second) = tokio::join!(
+        send_until_answered(http, &mut one, request, tally),
+        send_until_answered(http, &mut other, request, tally)
+    );
+    let both_at_first_send = first.sends == 1 && second.sends == 1;
+    let outcomes = first
+        .outcomes
+        .iter()
+        .zip(&second.outcomes)
+        .map(|pair| match pair {
+            (Outcome::Accepted, Outcome::Accepted) => panic!(
+                "{}: two copies at once both accepted {:?} / {:?}",
+                request.name(),
+                first.outcomes,
+                second.outcomes
+            ),
+            (Outcome::Duplicate, Outcome::Duplicate) if both_at_first_send => panic!(
+                "{}: two first copies both duplicates {:?}",
+                request.name(),
+                first.outcomes
+            ),
+            (Outcome::Duplicate, Outcome::Duplicate) => Outcome::Duplicate,
+            _ => Outcome::Accepted,
+        })
+        .collect();
+    Answered {
+        outcomes,
+        sends: first.sends.max(second.sends),
+    }
+}
+
 /// Request `number`'s shape for client `client`: the first `batch_clients` clients post
 /// batches, NDJSON and JSON arrays in turn; the others single events.
 fn shape_of(client: usize, number: usize, batch_clients: usize) -> Shape {
@@ -522,7 +564,11 @@ async fn replaying_client(
         let number = answered.len();
         let request = build_request(client, number, shape_of(client, number, batch_clients));
         lock(&books).record_sent(&request);
-        let answer = send_until_answered(&http, &mut address, &request, &tally).await;
+        let answer = if number % 5 == 2 {
+            send_twice_at_once(&http, &address, &request, &tally).await
+        } else {
+            send_until_answered(&http, &mut address, &request, &tally).await
+        };
         assert_first_answer(&answer, &request);
         lock(&books).record_acknowledged(&request);
         tally
@@ -645,7 +691,8 @@ async fn kill_9_with_batches_resent_before_and_after_their_answer_applies_each_i
     // batch stays answered: four clients post batches (NDJSON and JSON arrays, 1-40 events)
     // and one posts single events, all with ids; each resends what went unanswered AND,
     // like a client whose answer was lost, some requests that were answered (at once, and
-    // later, often to a server restarted since). The server snapshots every 1,000 events and
+    // later, often to a server restarted since); every fifth request goes out as two copies
+    // at once (no event may be accepted by both). The server snapshots every 1,000 events and
     // is SIGKILLed four times mid-load. Each restart recovers every acknowledged event and nothing more; every
     // resend of an answered request is `duplicate` event by event; at the end each balance
     // is the sum of the distinct acknowledged ids, and a last resend of everything moves only
