@@ -20,6 +20,13 @@
 //! 3. The owner forgot ids up to the original (`forgotten_through`), or the original was
 //!    written before digests were kept: nothing tells; answered a duplicate, as before.
 //!
+//! And when JetStream stores a batch message *new* (another composition than any before), its
+//! events may still repeat client ids an earlier message carried; the owner skips those. The
+//! front door asks the owner once per message, after the owner applied it, what it keeps of
+//! the message's ids ([`judge_stored_message`]): an id kept from an earlier message was a
+//! repeat (`duplicate`, or a conflict by its digest), so a mixed resend is answered per event
+//! as standalone answers it, and the answer is the owner's own decision in stream order.
+//!
 //! Invariant: a refusal here is never a guess. A partition without an owner, or an owner or
 //! stream that does not answer, is `Rejected::Unreachable` (503; the resend is safe), never
 //! `duplicate` nor `id_conflict` by default.
@@ -30,11 +37,16 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use floodgate_core::dedup::ConflictField;
 use floodgate_core::{Event, Rejected};
 
+use std::time::{Duration, Instant};
+
 use crate::partition::{Partition, partition_of};
 use crate::reads::ReadError;
-use crate::state::{EventDigest, IdLookup};
+use crate::state::{EventDigest, IdLookup, KeptId};
 use crate::view::MemberView;
 use crate::wire::{Payload, decode_event, decode_payload};
+
+/// Pause before asking again for the owner of a partition that has none right now.
+const OWNER_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a duplicate PubAck turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,6 +194,72 @@ pub fn judge_lookup(event: &Event, sequence: u64, lookup: IdLookup) -> Verdict {
     }
 }
 
+/// Whether `event`, carried by a message JetStream stored *new* at `sequence` (another batch
+/// composition than any before), was applied from it (`None`) or skipped by its owner as a
+/// repeat of an earlier message (a verdict), from what the owner keeps of its id once it has
+/// applied that sequence. An id kept with this sequence, or a later one (applied here, then
+/// forgotten and applied again), was applied here; one kept with an earlier sequence was
+/// skipped: a resend, or a conflict when its digest differs. An id not kept was applied here
+/// or forgotten since (nothing tells: answered applied, as before this check).
+pub fn judge_stored(event: &Event, sequence: u64, kept: Option<KeptId>) -> Option<Verdict> {
+    let kept = kept.filter(|kept| kept.sequence < sequence)?;
+    Some(match kept.digest {
+        Some(digest) => digest_verdict(digest, event),
+        None => Verdict::Resend,
+    })
+}
+
+/// [`judge_stored`] for each event of a batch message stored new at `sequence` on
+/// `partition`: one question to the partition's owner for all of its client ids, once it
+/// has applied that sequence. An event without a client id was applied (`None`). A partition
+/// without an owner is asked again until `deadline`; no answer by then is
+/// `Rejected::Unreachable` (the message is stored; a resend with the same ids is safe).
+pub async fn judge_stored_message(
+    view: &MemberView,
+    events: &[&Event],
+    partition: Partition,
+    sequence: u64,
+    deadline: Instant,
+) -> Result<Vec<Option<Verdict>>, Rejected> {
+    let ids: Vec<String> = events
+        .iter()
+        .filter_map(|event| event.id.as_ref().map(|id| id.as_str().to_owned()))
+        .collect();
+    if ids.is_empty() {
+        return Ok(vec![None; events.len()]);
+    }
+    let kept = loop {
+        match view.kept_ids(partition, sequence, ids.clone()).await {
+            Ok(kept) if kept.len() == ids.len() => break kept,
+            Ok(kept) => {
+                tracing::warn!(
+                    partition,
+                    sequence,
+                    asked = ids.len(),
+                    answered = kept.len(),
+                    "stored message not judged: the owner answered another count"
+                );
+                return Err(Rejected::Unreachable);
+            }
+            Err(ReadError::Moving(_)) if Instant::now() + OWNER_RETRY_PAUSE < deadline => {
+                tokio::time::sleep(OWNER_RETRY_PAUSE).await;
+            }
+            Err(error) => {
+                tracing::debug!(%error, partition, sequence, "stored message not judged: owner not answering");
+                return Err(Rejected::Unreachable);
+            }
+        }
+    };
+    let mut kept = kept.into_iter();
+    Ok(events
+        .iter()
+        .map(|event| {
+            event.id.as_ref()?;
+            judge_stored(event, sequence, kept.next().flatten())
+        })
+        .collect())
+}
+
 fn digest_verdict(digest: EventDigest, event: &Event) -> Verdict {
     digest
         .conflict_with(event)
@@ -230,5 +308,39 @@ mod tests {
             compare_events(&Event::new("a", 5), &Event::new("a", 6)),
             Verdict::Conflict(ConflictField::Amount)
         );
+    }
+
+    // Proves the judgment of an event stored new at sequence 7: an id kept from an earlier
+    // message was skipped (a resend, or a conflict by its digest), one kept from this message
+    // or a later one, or not kept, was applied here.
+    #[test]
+    fn a_stored_event_was_applied_unless_its_id_came_earlier() {
+        let event = Event::new("a", 5);
+        let kept = |sequence, user: &str, amount| {
+            Some(KeptId {
+                sequence,
+                digest: Some(EventDigest::of(&Event::new(user, amount))),
+            })
+        };
+        assert_eq!(
+            judge_stored(&event, 7, kept(3, "a", 5)),
+            Some(Verdict::Resend)
+        );
+        assert_eq!(
+            judge_stored(&event, 7, kept(3, "a", 6)),
+            Some(Verdict::Conflict(ConflictField::Amount))
+        );
+        assert_eq!(
+            judge_stored(&event, 7, kept(3, "b", 5)),
+            Some(Verdict::Conflict(ConflictField::User))
+        );
+        let bare = Some(KeptId {
+            sequence: 0,
+            digest: None,
+        });
+        assert_eq!(judge_stored(&event, 7, bare), Some(Verdict::Resend));
+        assert_eq!(judge_stored(&event, 7, kept(7, "a", 5)), None);
+        assert_eq!(judge_stored(&event, 7, kept(9, "a", 5)), None);
+        assert_eq!(judge_stored(&event, 7, None), None);
     }
 }

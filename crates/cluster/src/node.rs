@@ -14,6 +14,10 @@
 //! - A duplicate PubAck for a client id is checked against the stored original (see
 //!   `conflict`): another user or amount is `Rejected::IdConflict`, as standalone answers;
 //!   for a batch message, event by event.
+//! - A batch message stored new that carries client ids is answered once its owner has
+//!   applied it, per event from what the owner skipped (`conflict::judge_stored_message`): a
+//!   mixed resend is `duplicate` for its repeats, as standalone; no owner in time is
+//!   `Rejected::Unreachable`, never a guessed `Stored`.
 //! - [`Node::stop`] stops the member after the front door finished: each owner writes a last
 //!   snapshot and releases its lease, so another node takes the partitions at once instead of
 //!   after the lease TTL.
@@ -151,9 +155,13 @@ impl Node {
         loop {
             let batch_id = format!("batch-{}", self.publisher.make_id());
             match self.publisher.publish_atomic(&batch_id, &messages).await {
-                Ok(()) => {
+                Ok(sequences) => {
                     self.publish_latency.record(started.elapsed());
-                    return all(Ok(Forwarded::Stored));
+                    let judged = messages
+                        .iter()
+                        .zip(sequences)
+                        .map(|(message, sequence)| self.judge_stored(events, message, sequence));
+                    return scatter(events.len(), &messages, join_all(judged).await);
                 }
                 Err(PublishError::QueueFull) => return all(Err(Rejected::QueueFull)),
                 Err(PublishError::Unreachable(error))
@@ -184,13 +192,37 @@ impl Node {
         let answers = messages
             .iter()
             .map(|message| self.store_message(events, message));
-        let mut results = vec![Err(Rejected::Unreachable); events.len()];
-        for (message, answers) in messages.iter().zip(join_all(answers).await) {
-            for (&index, answer) in message.events.iter().zip(answers) {
-                results[index] = answer;
-            }
+        scatter(events.len(), messages, join_all(answers).await)
+    }
+
+    /// The answers for the events of `message`, stored new at `sequence`: a message of
+    /// another composition than any before may still repeat client ids an earlier message
+    /// carried, and its owner skipped those; it says which once it has applied the message
+    /// (see `conflict::judge_stored_message`), so each is answered `duplicate` (or
+    /// `id_conflict`) as standalone answers it, the others `accepted`.
+    async fn judge_stored(
+        &self,
+        events: &[Event],
+        message: &BatchMessage,
+        sequence: u64,
+    ) -> Vec<Result<Forwarded, Rejected>> {
+        let carried: Vec<&Event> = message.events.iter().map(|&index| &events[index]).collect();
+        let deadline = Instant::now() + self.config.request_timeout;
+        let verdicts = conflict::judge_stored_message(
+            &self.view,
+            &carried,
+            message.partition,
+            sequence,
+            deadline,
+        )
+        .await;
+        match verdicts {
+            Ok(verdicts) => verdicts
+                .into_iter()
+                .map(|verdict| verdict.map_or(Ok(Forwarded::Stored), forwarded))
+                .collect(),
+            Err(refused) => vec![Err(refused); carried.len()],
         }
-        results
     }
 
     /// Publishes one batch message of `events`, retrying an unanswered publish with the same
@@ -224,7 +256,7 @@ impl Node {
                     Err(refused) => vec![Err(refused); carried.len()],
                 }
             }
-            Ok(_) => vec![Ok(Forwarded::Stored); carried.len()],
+            Ok(published) => self.judge_stored(events, message, published.sequence).await,
             Err(refused) => vec![Err(refused); carried.len()],
         }
     }
@@ -294,6 +326,21 @@ impl Node {
         }
         forwarded(conflict::judge_duplicate(&self.view, event, id, sequence).await?)
     }
+}
+
+/// The answers per message (each in its events' order) put back in the batch's order.
+fn scatter(
+    count: usize,
+    messages: &[BatchMessage],
+    answers: Vec<Vec<Result<Forwarded, Rejected>>>,
+) -> Vec<Result<Forwarded, Rejected>> {
+    let mut results = vec![Err(Rejected::Unreachable); count];
+    for (message, answers) in messages.iter().zip(answers) {
+        for (&index, answer) in message.events.iter().zip(answers) {
+            results[index] = answer;
+        }
+    }
+    results
 }
 
 /// The answer a verdict on a duplicate means.

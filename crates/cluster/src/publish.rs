@@ -93,6 +93,10 @@ struct BatchAnswer {
     error: Option<BatchError>,
     #[serde(default)]
     count: Option<u64>,
+    /// The stream sequence of the batch's last message (its messages are stored at
+    /// consecutive sequences, in batch order).
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 /// JetStream's error body.
@@ -173,7 +177,9 @@ impl Publisher {
     }
 
     /// Publishes `messages` as one JetStream atomic batch and waits for the commit's
-    /// acknowledgement: every message stored, or none. At most [`ATOMIC_BATCH_MAX`] messages.
+    /// acknowledgement: every message stored, or none; the answer is the stream sequence of
+    /// each message, in order (a batch is stored at consecutive sequences). At most
+    /// [`ATOMIC_BATCH_MAX`] messages.
     /// A message id the stream already stored is [`PublishError::StoredIdInBatch`] (nothing
     /// stored: publish the messages one by one to learn which are duplicates); a stream
     /// without room for all of them is [`PublishError::QueueFull`].
@@ -181,7 +187,7 @@ impl Publisher {
         &self,
         batch_id: &str,
         messages: &[BatchMessage],
-    ) -> Result<(), PublishError> {
+    ) -> Result<Vec<u64>, PublishError> {
         let client = self.context.client();
         let last = messages.len().checked_sub(1).ok_or_else(|| {
             PublishError::Refused("an atomic batch needs at least one message".to_owned())
@@ -215,7 +221,9 @@ impl Publisher {
                 .map_err(|error| unreachable(&error))?;
             return batch_answer(&reply.payload, messages.len());
         }
-        Ok(())
+        Err(PublishError::Refused(
+            "an atomic batch needs at least one message".to_owned(),
+        ))
     }
 
     /// Publishes `event` with `message_id` and waits for JetStream's acknowledgement.
@@ -245,12 +253,23 @@ impl Publisher {
     }
 }
 
-/// What the commit's answer of an atomic batch of `count` messages means.
-fn batch_answer(payload: &[u8], count: usize) -> Result<(), PublishError> {
+/// What the commit's answer of an atomic batch of `count` messages means: the sequences its
+/// messages were stored at.
+fn batch_answer(payload: &[u8], count: usize) -> Result<Vec<u64>, PublishError> {
     let answer: BatchAnswer = serde_json::from_slice(payload)
         .map_err(|error| PublishError::Unreachable(format!("bad batch answer: {error}")))?;
+    let first = answer
+        .seq
+        .and_then(|last| last.checked_sub(count as u64 - 1))
+        .filter(|&first| first > 0);
     match answer.error {
-        None if answer.count == Some(count as u64) => Ok(()),
+        None if answer.count == Some(count as u64) => match first {
+            Some(first) => Ok((first..first + count as u64).collect()),
+            None => Err(PublishError::Refused(format!(
+                "the batch answer has no valid last sequence ({:?})",
+                answer.seq
+            ))),
+        },
         None => Err(PublishError::Refused(format!(
             "the batch answer counts {:?} messages, not {count}",
             answer.count

@@ -16,12 +16,15 @@
 //! | `page` | `{"after": bytes or null, "limit": n}` | `{"balances": [[user, n], ...]}` |
 //! | `id` | one client id | one [`IdLookup`] |
 //! | `ids` | a JSON array of client ids | a JSON array of [`IdLookup`], one per id, in order |
+//! | `kept` | `{"sequence": s, "ids": [...], "wait_ms": w}` | `{"kept": [`[`KeptId`]` or null, ...]}` once the owner applied `s` (it waits up to `w` ms, apart from the other reads), `{"kept": null}` if it did not in time |
 //!
 //! `ids` came after the others, so that a batch's resend costs one request per partition
 //! instead of one per id. An owner that predates it reads it as a page request it cannot parse
 //! and answers an empty payload (as it answers any bad page request); the asker then falls
 //! back to one `id` request per id, so nodes of both versions answer each other during a
-//! rolling upgrade.
+//! rolling upgrade. `kept` (a stored batch message's ids, see `conflict::judge_stored_message`)
+//! came after `ids`; an older owner's empty answer to it reads as "nothing kept": the
+//! message's events are answered accepted, as that owner's version answered them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 
 use crate::partition::{Partition, partition_of};
-use crate::state::{IdLookup, PartitionState};
+use crate::state::{IdLookup, KeptId, PartitionState};
 
 /// Prefix of the per-partition read subjects.
 pub const READ_SUBJECT_PREFIX: &str = "floodgate.read";
@@ -117,8 +120,9 @@ fn decode_answer<Reply: serde::de::DeserializeOwned>(
 }
 
 /// The header that makes a read request a page request (value `page`, payload a
-/// [`PageRequest`]) or an id lookup (value `id`, payload the client id; value `ids`, payload
-/// a JSON array of client ids).
+/// [`PageRequest`]), an id lookup (value `id`, payload the client id; value `ids`, payload
+/// a JSON array of client ids) or a question about a stored message's ids (value `kept`,
+/// payload a [`KeptRequest`]).
 const PAGE_HEADER: &str = "Floodgate-Read";
 
 /// A page of a partition's balances: users after `after` (compared as bytes), at most `limit`.
@@ -221,6 +225,98 @@ async fn request_each_id(
     Ok(lookups)
 }
 
+/// Which of a stored message's client ids the owner applied from it: asked once the message
+/// at `sequence` is applied (the owner waits up to `wait_ms` for that).
+#[derive(Debug, Serialize, Deserialize)]
+struct KeptRequest {
+    sequence: u64,
+    ids: Vec<String>,
+    wait_ms: u64,
+}
+
+/// The owner's answer: what it keeps of each id, once applied through the sequence asked
+/// (`None`: it had not got that far within the wait).
+#[derive(Debug, Serialize, Deserialize)]
+struct KeptReply {
+    kept: Option<Vec<Option<KeptId>>>,
+}
+
+/// How often a waiting owner looks at its `applied_sequence` again.
+const APPLIED_POLL: Duration = Duration::from_millis(2);
+
+/// What `state` keeps of `ids` (see [`PartitionState::kept_ids`]) once it has applied the
+/// message at `sequence`; `None` if it has not within `wait`. A partition's owner applies in
+/// stream order, so from then on the answer is the one its fold of that message gave.
+pub async fn kept_ids_once_applied(
+    state: &RwLock<PartitionState>,
+    sequence: u64,
+    ids: &[String],
+    wait: Duration,
+) -> Option<Vec<Option<KeptId>>> {
+    let started = Instant::now();
+    loop {
+        {
+            let state = state.read().await;
+            if state.applied_sequence >= sequence {
+                return Some(state.kept_ids(ids));
+            }
+        }
+        if started.elapsed() >= wait {
+            return None;
+        }
+        tokio::time::sleep(APPLIED_POLL).await;
+    }
+}
+
+/// Asks the owner of `partition` what it keeps of `ids`, once it has applied the message at
+/// `sequence` (waiting at most `timeout`); one request for all of them. An owner that has not
+/// got that far in time is [`ReadError::Unreachable`]. An owner from before this request
+/// answers it with an empty payload: it keeps nothing to tell, and every id reads as not
+/// kept (the message's events answered accepted, as that version answered them).
+pub async fn request_kept_ids(
+    client: &async_nats::Client,
+    partition: Partition,
+    sequence: u64,
+    ids: Vec<String>,
+    timeout: Duration,
+) -> Result<Vec<Option<KeptId>>, ReadError> {
+    let unreachable = |reason: String| ReadError::Unreachable { partition, reason };
+    // The owner stops waiting before the asker does, so its "not yet" arrives.
+    let wait = timeout.saturating_sub(timeout / 5);
+    let body = KeptRequest {
+        sequence,
+        ids,
+        wait_ms: wait.as_millis() as u64,
+    };
+    let payload = serde_json::to_vec(&body).map_err(|error| unreachable(error.to_string()))?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(PAGE_HEADER, "kept");
+    let request = client.request_with_headers(read_subject(partition), headers, payload.into());
+    let count = body.ids.len();
+    let answer = ask_owner_raw(partition, request, timeout).await?;
+    if answer.is_empty() {
+        tracing::debug!(
+            partition,
+            "owner predates kept ids: the message's events accepted"
+        );
+        return Ok(vec![None; count]);
+    }
+    decode_answer::<KeptReply>(partition, &answer)?
+        .kept
+        .ok_or_else(|| unreachable(format!("sequence {sequence} not applied in {wait:?}")))
+}
+
+/// Answers a [`KeptRequest`] (it may wait for the owner to apply: run apart from the other
+/// reads).
+async fn answer_kept(request: &async_nats::Message, state: &RwLock<PartitionState>) -> Vec<u8> {
+    let Ok(asked) = serde_json::from_slice::<KeptRequest>(&request.payload) else {
+        return Vec::new(); // not JSON: the asker reads it as a bad answer
+    };
+    let wait = Duration::from_millis(asked.wait_ms);
+    let kept = kept_ids_once_applied(state, asked.sequence, &asked.ids, wait).await;
+    serde_json::to_vec(&KeptReply { kept }).unwrap_or_default()
+}
+
 /// The answer to one read request (a user's balance, a page, an id lookup), from `state`.
 async fn answer(request: &async_nats::Message, state: &RwLock<PartitionState>) -> Vec<u8> {
     let kind = request
@@ -269,10 +365,35 @@ pub async fn serve_balances(
         if *valid_until.borrow() <= Instant::now() {
             continue; // not ours to answer any more: silence reads as "moving"
         }
-        let answer = answer(&request, &state).await;
-        if let Err(error) = client.publish(reply_to, answer.into()).await {
-            tracing::debug!(partition, %error, "balance reply not sent");
+        if is_kept_request(&request) {
+            let (client, state) = (client.clone(), Arc::clone(&state));
+            tokio::spawn(async move {
+                let answer = answer_kept(&request, &state).await;
+                reply(&client, partition, reply_to, answer).await;
+            });
+            continue;
         }
+        let answer = answer(&request, &state).await;
+        reply(&client, partition, reply_to, answer).await;
     }
     Ok(())
+}
+
+fn is_kept_request(request: &async_nats::Message) -> bool {
+    request
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(PAGE_HEADER))
+        .is_some_and(|value| value.as_str() == "kept")
+}
+
+async fn reply(
+    client: &async_nats::Client,
+    partition: Partition,
+    reply_to: async_nats::Subject,
+    answer: Vec<u8>,
+) {
+    if let Err(error) = client.publish(reply_to, answer.into()).await {
+        tracing::debug!(partition, %error, "balance reply not sent");
+    }
 }

@@ -119,6 +119,17 @@ pub struct IdRecord {
     pub digest: Option<EventDigest>,
 }
 
+/// What a partition keeps of an applied client id, as a front door reads it: the sequence of
+/// the message that applied it and its event's digest (see [`PartitionState::kept_ids`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptId {
+    /// The stream sequence of the message whose event with this id was applied (0: kept by
+    /// a snapshot written before sequences were).
+    pub sequence: u64,
+    /// Its event's digest (`None`: kept before digests were).
+    pub digest: Option<EventDigest>,
+}
+
 /// The client ids a partition applied, oldest first. Serialized as a list of
 /// `[id, stored_at_ms, sequence, user_hash, amount]` (older snapshots: `[id, stored_at_ms]`);
 /// the lookup map is rebuilt on load.
@@ -425,6 +436,20 @@ impl PartitionState {
                 forgotten_through: self.ids_forgotten_through.unwrap_or(0),
             },
         }
+    }
+
+    /// What this partition keeps of each of `ids` (`None`: not applied, or forgotten): with
+    /// `applied_sequence` at or past a message's sequence, enough to tell, for each client-id
+    /// event of that message, whether it was applied from it or skipped as a repeat.
+    pub fn kept_ids(&self, ids: &[String]) -> Vec<Option<KeptId>> {
+        ids.iter()
+            .map(|id| {
+                self.ids.get(id).map(|record| KeptId {
+                    sequence: record.sequence,
+                    digest: record.digest,
+                })
+            })
+            .collect()
     }
 
     /// Moves past a stream sequence whose message is not an event of ours (undecodable):

@@ -24,9 +24,10 @@ use crate::config::ClusterConfig;
 use crate::layout::Layout;
 use crate::partition::{Partition, partition_of};
 use crate::reads::{
-    ReadError, request_balance, request_id_lookup, request_id_lookups, request_page,
+    ReadError, kept_ids_once_applied, request_balance, request_id_lookup, request_id_lookups,
+    request_kept_ids, request_page,
 };
-use crate::state::{IdLookup, PartitionState};
+use crate::state::{IdLookup, KeptId, PartitionState};
 
 /// Counters a member keeps (for /stats and /metrics).
 #[derive(Debug, Default)]
@@ -212,6 +213,28 @@ impl MemberView {
             self.config.request_timeout,
         )
         .await
+    }
+
+    /// What `partition`'s owner keeps of `ids` once it has applied the message stored at
+    /// `sequence` (see [`PartitionState::kept_ids`]): from the state here when the member owns
+    /// the partition, else from the owner (one NATS request for all the ids). An owner that
+    /// has not applied that far within `request_timeout` is [`ReadError::Unreachable`].
+    pub async fn kept_ids(
+        &self,
+        partition: Partition,
+        sequence: u64,
+        ids: Vec<String>,
+    ) -> Result<Vec<Option<KeptId>>, ReadError> {
+        let timeout = self.config.request_timeout;
+        if let Some(state) = self.state_handle(partition) {
+            return kept_ids_once_applied(&state, sequence, &ids, timeout)
+                .await
+                .ok_or_else(|| ReadError::Unreachable {
+                    partition,
+                    reason: format!("sequence {sequence} not applied in {timeout:?}"),
+                });
+        }
+        request_kept_ids(&self.layout.client, partition, sequence, ids, timeout).await
     }
 
     /// The client-id figures of the partitions the member owns now, by partition (as of

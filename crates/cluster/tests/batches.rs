@@ -33,22 +33,21 @@ async fn start_node(cluster: &LocalCluster, config: &ClusterConfig, name: &str) 
         .expect("node started")
 }
 
-/// Forwards `events` through `node` until answered (an `Unreachable` batch, refused whole,
-/// is resent unchanged: the same ids, so the same message ids); the answer per event.
-async fn forward_until_answered(node: &Node, events: &[Event]) -> Vec<Forwarded> {
-    for _ in 0..200 {
+/// Forwards `events` through `node` until answered (a batch with any event `Unreachable` is
+/// resent unchanged, as a client resends its body: the same ids, so the same message ids);
+/// the answer per event, and whether the first try answered.
+async fn forward_until_answered(node: &Node, events: &[Event]) -> (Vec<Forwarded>, bool) {
+    for tries in 0..200 {
         let answers = node.forward_batch(events).await;
-        if answers
-            .iter()
-            .all(|answer| *answer == Err(Rejected::Unreachable))
-        {
+        if answers.contains(&Err(Rejected::Unreachable)) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        return answers
+        let answers = answers
             .into_iter()
             .map(|answer| answer.unwrap_or_else(|error| panic!("batch refused: {error:?}")))
             .collect();
+        return (answers, tries == 0);
     }
     panic!("batch never answered");
 }
@@ -112,18 +111,28 @@ fn numbered_batch(number: usize) -> Vec<Event> {
         .collect()
 }
 
-/// Adds the events of `events` answered `Stored` whose id is new to `applied`; returns how
-/// many answered `Stored` had an id applied before (their owner must skip them).
+/// Adds the events of an acknowledged batch whose id is new to `applied`; returns how many
+/// had an id applied before and were stored again, so their owner must skip them: those of a
+/// partition whose message differs from the one `earlier` (the batch they were first sent
+/// in) made there. An identical message is a JetStream duplicate, stored once.
 fn record(
     events: &[Event],
-    answers: &[Forwarded],
+    earlier: &[Event],
     applied: &mut HashMap<String, (String, i64)>,
 ) -> u64 {
+    let ids_on = |batch: &[Event], partition| -> Vec<String> {
+        batch
+            .iter()
+            .filter(|event| partition_of(&event.user, PARTITIONS) == partition)
+            .map(|event| event.id.as_ref().expect("an id").as_str().to_owned())
+            .collect()
+    };
     let mut resent = 0;
-    for (event, answer) in events.iter().zip(answers) {
+    for event in events {
         let id = event.id.as_ref().expect("an id").as_str().to_owned();
-        let known = applied.contains_key(&id);
-        if *answer == Forwarded::Stored && known {
+        let partition = partition_of(&event.user, PARTITIONS);
+        let stored_again = ids_on(events, partition) != ids_on(earlier, partition);
+        if applied.contains_key(&id) && stored_again {
             resent += 1;
         }
         applied
@@ -183,10 +192,12 @@ async fn wait_holds_some(layout: &Layout, config: &ClusterConfig, node: &str) {
 // three nats-servers a member ("first") and a node share 8 partitions; batches of 16 events
 // spanning them go through the node; every 4th batch is resent identically (answered
 // duplicate event by event, nothing stored), every 5th is followed by a batch holding half of
-// it again with new events (stored as new messages: the owner skips the resent half); a third
-// of the way in, "first" is killed (no last snapshot, no release) and the node takes its
-// partitions over from their snapshots and replays. Every balance equals the sum of the
-// unique events, and the owners skipped exactly the resent events answered `Stored`. Once
+// it again with new events (stored as new messages: the owner skips the resent half, and the
+// node answers it `Duplicate`, the new half `Stored`); a third of the way in, "first" is
+// killed (no last snapshot, no release) and the node takes its partitions over from their
+// snapshots and replays. Every balance equals the sum of the unique events, and the owners
+// skipped exactly the resent events stored again (those whose partition's message differs
+// from the original batch's). Once
 // everything is purged, the first batch resent with one amount changed is a duplicate but
 // for that event, an `IdConflict` (judged from the owners' id digests).
 #[tokio::test]
@@ -204,10 +215,16 @@ async fn batches_across_partitions_are_applied_once_across_a_takeover_mid_load()
             first.kill();
         }
         let batch = numbered_batch(number);
-        let answers = forward_until_answered(&node, &batch).await;
-        skipped += record(&batch, &answers, &mut applied);
+        let (answers, first_try) = forward_until_answered(&node, &batch).await;
+        if first_try {
+            assert!(
+                answers.iter().all(|answer| *answer == Forwarded::Stored),
+                "new ids are accepted: {answers:?}"
+            );
+        }
+        skipped += record(&batch, &[], &mut applied);
         if number % 4 == 0 {
-            let again = forward_until_answered(&node, &batch).await;
+            let (again, _) = forward_until_answered(&node, &batch).await;
             assert!(
                 again.iter().all(|answer| *answer == Forwarded::Duplicate),
                 "an identical resend is a duplicate: {again:?}"
@@ -222,8 +239,20 @@ async fn batches_across_partitions_are_applied_once_across_a_takeover_mid_load()
                     &format!("m{number}-{k}"),
                 )
             }));
-            let answers = forward_until_answered(&node, &mixed).await;
-            skipped += record(&mixed, &answers, &mut applied);
+            let (answers, first_try) = forward_until_answered(&node, &mixed).await;
+            let (resent, new) = answers.split_at(EVENTS_PER_BATCH / 2);
+            assert!(
+                resent.iter().all(|answer| *answer == Forwarded::Duplicate),
+                "the resent half is answered duplicate: {answers:?}"
+            );
+            // A retried batch (its first try answered 503) is an identical resend: stored
+            // by the first try (then all duplicate) or not at all (then all stored now).
+            let all = |expected| new.iter().all(|answer| *answer == expected);
+            assert!(
+                all(Forwarded::Stored) || (!first_try && all(Forwarded::Duplicate)),
+                "the new half is accepted: {answers:?}"
+            );
+            skipped += record(&mixed, &batch, &mut applied);
         }
     }
     assert!(skipped > 0, "some resent events were stored again");
@@ -255,9 +284,10 @@ async fn batches_across_partitions_are_applied_once_across_a_takeover_mid_load()
 }
 
 // Proves client ids are kept inside batch messages beyond JetStream's duplicate window and
-// across a takeover: a batch resent after the window is stored again (new message, answered
-// `Stored`) but its owner applies nothing of it; after the node stops (last snapshot, lease
-// released) a new node loads the ids from the snapshots and skips the next resend too.
+// across a takeover: a batch resent after the window is stored again (a new message) but its
+// owner applies nothing of it, and the node, asking the owners, answers it `Duplicate`; after
+// the node stops (last snapshot, lease released) a new node loads the ids from the snapshots,
+// skips the next resend too and answers it `Duplicate` as well.
 #[tokio::test]
 async fn a_batch_resent_past_the_duplicate_window_is_skipped_by_its_owners() {
     let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
@@ -267,22 +297,26 @@ async fn a_batch_resent_past_the_duplicate_window_is_skipped_by_its_owners() {
     let batch = numbered_batch(1);
     let mut applied = HashMap::new();
     let node = start_node(&cluster, &config, "one").await;
-    let answers = forward_until_answered(&node, &batch).await;
-    record(&batch, &answers, &mut applied);
+    forward_until_answered(&node, &batch).await;
+    record(&batch, &[], &mut applied);
     settle(&node, 4, &sums(&applied), 0).await;
 
     tokio::time::sleep(config.duplicate_window * 3).await;
-    let answers = forward_until_answered(&node, &batch).await;
+    let (answers, _) = forward_until_answered(&node, &batch).await;
     assert!(
-        answers.iter().all(|answer| *answer == Forwarded::Stored),
-        "past the window JetStream stores it again: {answers:?}"
+        answers.iter().all(|answer| *answer == Forwarded::Duplicate),
+        "past the window JetStream stores it again, its owners skip it and say so: {answers:?}"
     );
     settle(&node, 4, &sums(&applied), batch.len() as u64).await;
     node.stop().await;
 
     let next = start_node(&cluster, &config, "two").await;
     tokio::time::sleep(config.duplicate_window * 3).await;
-    forward_until_answered(&next, &batch).await;
+    let (answers, _) = forward_until_answered(&next, &batch).await;
+    assert!(
+        answers.iter().all(|answer| *answer == Forwarded::Duplicate),
+        "the ids came with the snapshots: {answers:?}"
+    );
     settle(&next, 4, &sums(&applied), 2 * batch.len() as u64).await;
     next.stop().await;
 }
@@ -292,13 +326,17 @@ async fn a_batch_resent_past_the_duplicate_window_is_skipped_by_its_owners() {
 // messages) is refused `QueueFull` for every event and stores nothing, though one of its
 // messages would fit; an identical resend of a stored batch is still a duplicate (and the same
 // ids with another amount an `IdConflict` for that event, judged against the stored message);
-// a batch on one partition (one message) fits.
+// a batch on one partition (one message) fits. With no owner to say which of a stored batch's
+// client ids repeat earlier ones, its events are `Unreachable` (503: stored, resend with the
+// same ids), never a guessed `Stored`.
 #[tokio::test]
 async fn a_full_stream_refuses_the_whole_batch() {
     let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
     let mut config = ClusterConfig::new(2, cluster.size());
     config.capacity_events = 4;
     config.lease_ttl = Duration::from_secs(30);
+    // How long a node waits for an owner to judge a stored batch (and for JetStream).
+    config.request_timeout = Duration::from_secs(2);
     let layout = Layout::connect(&cluster.urls(), &config, READY_TIMEOUT)
         .await
         .expect("JetStream ready");
@@ -328,11 +366,19 @@ async fn a_full_stream_refuses_the_whole_batch() {
 
     let spanning = [with_id(&left, 1, "s1"), with_id(&right, 2, "s2")];
     let answers = node.forward_batch(&spanning).await;
-    assert_eq!(answers, vec![Ok(Forwarded::Stored); 2]);
+    assert_eq!(
+        answers,
+        vec![Err(Rejected::Unreachable); 2],
+        "stored, no owner"
+    );
     let answers = node
         .forward_batch(&[with_id(&left, 1, "t1"), with_id(&left, 1, "t2")])
         .await;
-    assert_eq!(answers, vec![Ok(Forwarded::Stored); 2]);
+    assert_eq!(
+        answers,
+        vec![Err(Rejected::Unreachable); 2],
+        "stored, no owner"
+    );
     assert_eq!(messages().await, 3, "two batches, three messages");
 
     let refused = node
@@ -358,7 +404,11 @@ async fn a_full_stream_refuses_the_whole_batch() {
     let fits = node
         .forward_batch(&[with_id(&left, 5, "f1"), with_id(&left, 5, "f3")])
         .await;
-    assert_eq!(fits, vec![Ok(Forwarded::Stored); 2]);
+    assert_eq!(
+        fits,
+        vec![Err(Rejected::Unreachable); 2],
+        "stored, no owner"
+    );
     assert_eq!(messages().await, 4, "one message fitted");
     node.stop().await;
     for lease in &held {
@@ -411,7 +461,7 @@ async fn a_purged_batch_resent_to_another_node_is_judged_per_id_in_one_request()
         with_id("carol", 3, "k3"),
         with_id("dave", 2, "k4"),
     ];
-    let answers = forward_until_answered(&door, &original).await;
+    let (answers, _) = forward_until_answered(&door, &original).await;
     assert_eq!(answers, vec![Forwarded::Stored; 4]);
     wait_stream_empty(&layout).await;
 
@@ -484,4 +534,103 @@ async fn an_owner_that_predates_the_ids_request_is_asked_id_by_id() {
     let lookups = request_id_lookups(&client, 0, &["kept", "other"], READY_TIMEOUT).await;
     assert_eq!(lookups, Ok(vec![kept, unknown]));
     assert_eq!(owner.await.expect("owner task"), ["ids", "id", "id"]);
+}
+
+/// The `nth` user name (`user-<k>`) whose partition is `partition`.
+fn user_on(partition: Partition, partitions: u32, nth: usize) -> String {
+    (0..10_000)
+        .map(|number| format!("user-{number}"))
+        .filter(|user| partition_of(user, partitions) == partition)
+        .nth(nth)
+        .expect("a user")
+}
+
+// Proves a mixed resend is answered per event, as standalone answers it: through node "one"
+// a batch [a, b, x] over two partitions (b and x share one) is acknowledged; right after,
+// through node "two", [b, c] (messages of another composition, which JetStream stores as new)
+// answers b `Duplicate` and c `Stored`; then [c with another amount, d, b's id for another
+// user of b's partition, y] answers `IdConflict(Amount)`, `Stored`, `IdConflict(User)`,
+// `Stored`; a one-partition mixed resend (one plain publish) answers the same way. The answers
+// come once the owners have applied the messages, so the balances read right after count
+// every event once and no conflicting one.
+#[tokio::test]
+async fn a_mixed_resend_is_answered_per_event() {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let partitions = 4;
+    let mut config = ClusterConfig::new(partitions, cluster.size());
+    config.lease_ttl = Duration::from_secs(2);
+    let one = start_node(&cluster, &config, "one").await;
+    let two = start_node(&cluster, &config, "two").await;
+    let user = |partition, nth| user_on(partition, partitions, nth);
+    let (a, a_neighbour) = (user(0, 0), user(0, 1));
+    let (b, b_neighbour, x) = (user(1, 0), user(1, 1), user(1, 2));
+    let c = user(2, 0);
+    // Every partition owned by one of the two nodes before the first batch.
+    let started = Instant::now();
+    while one.view().owned().len() + two.view().owned().len() < partitions as usize {
+        assert!(
+            started.elapsed() < SETTLE_DEADLINE,
+            "partitions never owned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let first = [
+        with_id(&a, 1, "a"),
+        with_id(&b, 2, "b"),
+        with_id(&x, 7, "x"),
+    ];
+    let (answers, _) = forward_until_answered(&one, &first).await;
+    assert_eq!(answers, [Forwarded::Stored; 3]);
+    let resend = [with_id(&b, 2, "b"), with_id(&c, 3, "c")];
+    let (mixed, first_try) = forward_until_answered(&two, &resend).await;
+    assert!(first_try, "answered at once");
+    assert_eq!(
+        mixed,
+        [Forwarded::Duplicate, Forwarded::Stored],
+        "b resent, c new"
+    );
+    let (identical, _) = forward_until_answered(&two, &resend).await;
+    assert_eq!(identical, [Forwarded::Duplicate, Forwarded::Duplicate]);
+
+    let reused = [
+        with_id(&c, 4, "c"),
+        with_id(&c, 5, "d"),
+        with_id(&b_neighbour, 2, "b"),
+        with_id(&x, 8, "y"),
+    ];
+    let answers = one.forward_batch(&reused).await;
+    assert_eq!(
+        answers,
+        [
+            Err(Rejected::IdConflict(ConflictField::Amount)),
+            Ok(Forwarded::Stored),
+            Err(Rejected::IdConflict(ConflictField::User)),
+            Ok(Forwarded::Stored),
+        ]
+    );
+    let one_partition = [with_id(&a, 1, "a"), with_id(&a_neighbour, 6, "e")];
+    let (answers, _) = forward_until_answered(&two, &one_partition).await;
+    assert_eq!(answers, [Forwarded::Duplicate, Forwarded::Stored]);
+
+    let expected = [
+        (&a, 1),
+        (&a_neighbour, 6),
+        (&b, 2),
+        (&b_neighbour, 0),
+        (&x, 7 + 8),
+        (&c, 3 + 5),
+    ];
+    for (user, balance) in expected {
+        for node in [&one, &two] {
+            assert_eq!(
+                node.view().balance(user).await,
+                Ok(balance),
+                "{user} read through {}",
+                node.name()
+            );
+        }
+    }
+    one.stop().await;
+    two.stop().await;
 }

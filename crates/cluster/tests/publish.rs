@@ -139,11 +139,12 @@ async fn a_batch_is_one_message_per_partition_stored_whole_or_not_at_all() {
         decode_payload(&left_message.payload).expect("decodes"),
         Payload::Batch(vec![batch[0].clone(), batch[2].clone()])
     );
-    publisher
+    let sequences = publisher
         .publish_atomic("batch-1", &split)
         .await
         .expect("stored whole");
     assert_eq!(messages(&layout.stream).await, 2);
+    assert_stored_at(&layout.stream, &split, &sequences).await;
 
     let resend = publisher.batch_messages(&batch);
     let ids = |split: &[floodgate_cluster::BatchMessage]| {
@@ -181,11 +182,30 @@ async fn a_batch_is_one_message_per_partition_stored_whole_or_not_at_all() {
     );
     let one_more = publisher.batch_messages(&[with_id(&left, 1, "a3"), with_id(&left, 1, "a4")]);
     assert_eq!(one_more.len(), 1);
-    publisher
+    let sequences = publisher
         .publish_atomic("batch-4", &one_more)
         .await
         .expect("what fits is stored");
     assert_eq!(messages(&layout.stream).await, 3);
+    assert_eq!(sequences, [3], "the third message stored");
+}
+
+/// The commit names each message's sequence (consecutive, in batch order): a front door asks
+/// the owners about exactly the message it stored.
+async fn assert_stored_at(
+    stream: &async_nats::jetstream::stream::Stream,
+    messages: &[floodgate_cluster::BatchMessage],
+    sequences: &[u64],
+) {
+    assert_eq!(sequences.len(), messages.len());
+    for (message, sequence) in messages.iter().zip(sequences) {
+        let stored = stream
+            .get_raw_message(*sequence)
+            .await
+            .expect("stored at the sequence named");
+        let stored_id = stored.headers.get("Nats-Msg-Id").map(ToString::to_string);
+        assert_eq!(stored_id.as_deref(), Some(message.message_id.as_str()));
+    }
 }
 
 // Proves an events stream created before atomic batches (no `allow_atomic`) gets them turned
