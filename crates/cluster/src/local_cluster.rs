@@ -6,8 +6,12 @@
 //!   when it is missing, [`LocalCluster::start`] fails with a message saying how to install it,
 //!   so a cluster test fails rather than skips.
 //! - Ports: cluster routes cannot be given port 0, so each port is found free by binding port 0
-//!   on 127.0.0.1 first and released just before the server binds it (a small race with other
-//!   processes, accepted for tests).
+//!   on 127.0.0.1 first (all of a start's ports held together, so they differ) and released
+//!   just before the servers bind them. Another process may take one in between: a server
+//!   that finds its port taken exits, and the start tries again with fresh ports (up to
+//!   [`START_ATTEMPTS`] times); a restart, which must keep its ports, tries the same ones
+//!   again for a while. A server counts as started when its own log says it listens, never
+//!   because something answers on its port.
 //! - Nothing leaks: dropping the cluster kills and reaps every process it started; the store
 //!   directories live in a temporary directory removed with it.
 //! - Partitions without root: [`LocalCluster::start_partitionable`] routes every server-to-server
@@ -49,7 +53,26 @@ pub enum LocalClusterError {
         port: u16,
         waited_ms: u64,
     },
+    /// A server exited because another process holds one of its ports (what a start retries
+    /// with other ports).
+    #[error("nats-server {index} could not bind its port: {line}")]
+    PortTaken { index: usize, line: String },
+    /// A server exited for another reason (the last line of its log).
+    #[error("nats-server {index} exited ({status}): {line}")]
+    Exited {
+        index: usize,
+        status: std::process::ExitStatus,
+        line: String,
+    },
 }
+
+/// How many sets of fresh ports a start tries when a server finds one taken.
+pub const START_ATTEMPTS: usize = 5;
+/// How long a restart (same ports) keeps trying while one is taken: a port probe by another
+/// test holds it for microseconds; a port another server bound stays taken.
+const RESTART_PORT_PATIENCE: Duration = Duration::from_secs(2);
+/// How long a server may take to listen.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The nats-server binary the tests start: `FLOODGATE_NATS_SERVER`, else the install script's
 /// place.
@@ -84,6 +107,9 @@ struct Server {
     client_port: u16,
     route_port: u16,
     config_path: PathBuf,
+    log_path: PathBuf,
+    /// Where this run's lines start in the log (earlier runs' lines stay above).
+    log_start: u64,
     process: Option<Child>,
 }
 
@@ -98,7 +124,7 @@ pub struct LocalCluster {
     /// advertises, so gossip never leads a server around the proxies (held for its port).
     _refuser: Option<LinkProxy>,
     // Dropped last (fields drop in order): the processes are reaped before their stores go.
-    directory: tempfile::TempDir,
+    _directory: tempfile::TempDir,
 }
 
 impl LocalCluster {
@@ -116,24 +142,52 @@ impl LocalCluster {
     }
 
     fn start_with(size: usize, partitionable: bool) -> Result<Self, LocalClusterError> {
+        Self::start_picking(size, partitionable, free_ports)
+    }
+
+    /// Starts on ports from `pick` (called with how many are needed), with fresh ones while
+    /// a server finds one taken, up to [`START_ATTEMPTS`] sets.
+    fn start_picking(
+        size: usize,
+        partitionable: bool,
+        mut pick: impl FnMut(usize) -> Result<Vec<u16>, LocalClusterError>,
+    ) -> Result<Self, LocalClusterError> {
+        let mut attempt = 1;
+        loop {
+            let ports = pick(2 * size)?;
+            let ports: Vec<(u16, u16)> = ports
+                .chunks_exact(2)
+                .map(|pair| (pair[0], pair[1]))
+                .collect();
+            match Self::start_on(&ports, partitionable) {
+                Err(LocalClusterError::PortTaken { index, line }) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "local cluster: nats-server {index} found a port taken ({line}); new ports"
+                    );
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    /// Starts one server per `(client, route)` port pair and waits until each listens; a
+    /// server that exits stops the start (the others are killed with the half-built cluster).
+    fn start_on(ports: &[(u16, u16)], partitionable: bool) -> Result<Self, LocalClusterError> {
         let binary = server_binary()?;
         let directory = tempfile::Builder::new()
             .prefix("floodgate-nats-")
             .tempdir()?;
-        let mut ports = Vec::with_capacity(size);
-        for _ in 0..size {
-            ports.push((free_port()?, free_port()?));
-        }
-        let (links, refuser) = if partitionable && size > 1 {
-            let (links, refuser) = route_links(&ports)?;
+        let (links, refuser) = if partitionable && ports.len() > 1 {
+            let (links, refuser) = route_links(ports)?;
             (links, Some(refuser))
         } else {
             (Vec::new(), None)
         };
-        let mut servers = Vec::with_capacity(size);
+        let mut servers = Vec::with_capacity(ports.len());
         for (index, &(client_port, route_port)) in ports.iter().enumerate() {
             let config_path = directory.path().join(format!("n{index}.conf"));
-            let routes = route_targets(index, &ports, &links);
+            let routes = route_targets(index, ports, &links);
             let advertise = refuser.as_ref().map(LinkProxy::port);
             let config = server_config(
                 index,
@@ -147,6 +201,8 @@ impl LocalCluster {
                 client_port,
                 route_port,
                 config_path,
+                log_path: directory.path().join(format!("n{index}.log")),
+                log_start: 0,
                 process: None,
             });
         }
@@ -155,12 +211,12 @@ impl LocalCluster {
             servers,
             links,
             _refuser: refuser,
-            directory,
+            _directory: directory,
         };
-        for index in 0..size {
+        for index in 0..ports.len() {
             cluster.spawn(index)?;
         }
-        for index in 0..size {
+        for index in 0..ports.len() {
             cluster.wait_listening(index)?;
         }
         Ok(cluster)
@@ -188,20 +244,31 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Starts server `index` again on the same ports and store, and waits until it listens.
+    /// Starts server `index` again on the same ports and store, and waits until it listens
+    /// (trying again for a while if one of its ports is taken meanwhile).
     pub fn restart(&mut self, index: usize) -> Result<(), LocalClusterError> {
         self.kill(index)?;
-        self.spawn(index)?;
-        self.wait_listening(index)
+        let started = Instant::now();
+        loop {
+            self.spawn(index)?;
+            match self.wait_listening(index) {
+                Err(LocalClusterError::PortTaken { .. })
+                    if started.elapsed() < RESTART_PORT_PATIENCE =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                listening => return listening,
+            }
+        }
     }
 
     fn spawn(&mut self, index: usize) -> Result<(), LocalClusterError> {
-        let log_path = self.directory.path().join(format!("n{index}.log"));
+        let server = &mut self.servers[index];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log_path)?;
-        let server = &mut self.servers[index];
+            .open(&server.log_path)?;
+        server.log_start = log.metadata()?.len();
         let process = Command::new(&self.binary)
             .arg("-c")
             .arg(&server.config_path)
@@ -213,21 +280,41 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn wait_listening(&self, index: usize) -> Result<(), LocalClusterError> {
-        let port = self.servers[index].client_port;
-        let deadline = Duration::from_secs(10);
+    /// Waits until server `index` says in its log that it listens for clients (and for
+    /// routes, in a cluster), while its process runs: an answer on the port alone could come
+    /// from another process holding it.
+    fn wait_listening(&mut self, index: usize) -> Result<(), LocalClusterError> {
+        let routed = self.servers.len() > 1;
         let started = Instant::now();
-        while started.elapsed() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        while started.elapsed() < LISTEN_DEADLINE {
+            let log = self.run_log(index);
+            let server = &mut self.servers[index];
+            if let Some(status) = server
+                .process
+                .as_mut()
+                .and_then(|process| process.try_wait().ok().flatten())
+            {
+                server.process = None;
+                return Err(exit_error(index, status, &log));
+            }
+            if is_listening(&log, routed) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Err(LocalClusterError::NotListening {
             index,
-            port,
-            waited_ms: deadline.as_millis() as u64,
+            port: self.servers[index].client_port,
+            waited_ms: LISTEN_DEADLINE.as_millis() as u64,
         })
+    }
+
+    /// What server `index` logged since its last start (empty if unreadable).
+    fn run_log(&self, index: usize) -> String {
+        let server = &self.servers[index];
+        let log = std::fs::read(&server.log_path).unwrap_or_default();
+        let start = usize::try_from(server.log_start).unwrap_or(usize::MAX);
+        String::from_utf8_lossy(log.get(start..).unwrap_or_default()).into_owned()
     }
 
     /// The route port of server `index` (for tests that cut routes).
@@ -312,10 +399,43 @@ impl Drop for LocalCluster {
     }
 }
 
-/// A port free on 127.0.0.1 right now (bound to port 0, then released).
-fn free_port() -> Result<u16, LocalClusterError> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
+/// `count` distinct ports free on 127.0.0.1 right now (each bound to port 0, all held until
+/// the last is found, then released).
+fn free_ports(count: usize) -> Result<Vec<u16>, LocalClusterError> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind(("127.0.0.1", 0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ports = listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|address| address.port()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ports)
+}
+
+/// Whether a server's log of this run says it listens: for clients ("Server is ready"), and
+/// for routes too when `routed` (nats-server binds its route port after saying it is ready).
+fn is_listening(log: &str, routed: bool) -> bool {
+    log.contains("Server is ready") && (!routed || log.contains("Listening for route connections"))
+}
+
+/// Why a server exited while starting: a port taken (nats-server's fatal bind error), or
+/// anything else, with the last line it logged.
+fn exit_error(index: usize, status: std::process::ExitStatus, log: &str) -> LocalClusterError {
+    if let Some(line) = log
+        .lines()
+        .find(|line| line.contains("address already in use"))
+    {
+        return LocalClusterError::PortTaken {
+            index,
+            line: line.to_owned(),
+        };
+    }
+    let line = log.lines().last().unwrap_or("(no log)").to_owned();
+    LocalClusterError::Exited {
+        index,
+        status,
+        line,
+    }
 }
 
 /// The configuration of server `index`: client port, JetStream store, and routes to the
@@ -367,6 +487,68 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("/nonexistent/nats-server"), "{message}");
         assert!(message.contains(".ci/install-nats.sh"), "{message}");
+    }
+
+    // Proves a start tries fresh ports when a server finds one taken: the first set of ports
+    // names one this test holds, the server exits (bind error), and the cluster starts on the
+    // second set, whose URL does not name the held port; a picker that always names it gives
+    // up after START_ATTEMPTS sets with the bind error.
+    #[test]
+    fn a_taken_port_is_replaced_by_a_fresh_one() {
+        let held = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let held_port = held.local_addr().expect("address").port();
+        let mut sets = 0;
+        let cluster = LocalCluster::start_picking(1, false, |count| {
+            sets += 1;
+            let mut ports = free_ports(count)?;
+            if sets == 1 {
+                ports[0] = held_port;
+            }
+            Ok(ports)
+        })
+        .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(sets, 2, "one retry");
+        let url = cluster.urls().remove(0);
+        assert!(!url.ends_with(&format!(":{held_port}")), "{url}");
+        drop(cluster);
+
+        let mut sets = 0;
+        let refused = LocalCluster::start_picking(1, false, |count| {
+            sets += 1;
+            let mut ports = free_ports(count)?;
+            ports[0] = held_port;
+            Ok(ports)
+        });
+        assert!(
+            matches!(refused, Err(LocalClusterError::PortTaken { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(sets, START_ATTEMPTS);
+        drop(held);
+    }
+
+    // Proves the readiness and exit reading of a server's log: a lone server is ready when it
+    // says so, a routed one once it also listens for routes; a bind failure is a taken port,
+    // anything else an exit with the last line.
+    #[test]
+    fn a_server_log_tells_listening_from_a_taken_port() {
+        let ready =
+            "[INF] Listening for client connections on 127.0.0.1:4\n[INF] Server is ready\n";
+        assert!(is_listening(ready, false));
+        assert!(!is_listening(ready, true), "routes not bound yet");
+        let routed = format!("{ready}[INF] Listening for route connections on 127.0.0.1:5\n");
+        assert!(is_listening(&routed, true));
+        let status = std::process::Command::new("false")
+            .status()
+            .expect("false runs");
+        let taken = "[FTL] Error listening on router port: 5 - listen tcp 127.0.0.1:5: bind: \
+                     address already in use\n";
+        assert!(matches!(
+            exit_error(0, status, taken),
+            LocalClusterError::PortTaken { .. }
+        ));
+        let other = exit_error(1, status, "[INF] Starting\n[FTL] bad config\n");
+        assert!(other.to_string().contains("bad config"), "{other}");
     }
 
     // Proves the lookup order: the variable naming the binary, then FLOODGATE_NATS_HOME, then
