@@ -318,22 +318,34 @@ async fn check_buckets(
 }
 
 /// An events stream created before atomic batches gets them turned on (an update JetStream
-/// allows in place), and one created before the partition count was recorded gets this
-/// node's count; both read from `stream`'s cached info (the connect's one lookup); a capacity other than this node's is kept (the cluster has one stream
-/// and one bound) and logged, since nodes started with different bounds would otherwise undo
-/// each other.
+/// allows in place), one created before the partition count was recorded gets this node's
+/// count, and one created before the byte bound gets [`stream_max_bytes`] of *its own*
+/// capacity; all read from `stream`'s cached info (the connect's one lookup). A capacity (or
+/// byte bound) other than this node's is kept (the cluster has one stream and one bound) and
+/// logged, since nodes started with different bounds would otherwise undo each other.
 async fn reconcile_stream(
     context: &jetstream::Context,
     stream: &mut stream::Stream,
     config: &ClusterConfig,
 ) -> Result<(), async_nats::Error> {
     let existing = stream.cached_info().config.clone();
-    if existing.max_messages != config.capacity_events {
+    let bounded_by_bytes = existing.max_bytes > 0;
+    if existing.max_messages != config.capacity_events
+        || (bounded_by_bytes && existing.max_bytes != stream_max_bytes(config.capacity_events))
+    {
         tracing::warn!(
             stream_capacity_events = existing.max_messages,
+            stream_max_bytes = existing.max_bytes,
             this_node = config.capacity_events,
-            "the events stream keeps the capacity it was created with; update it with the nats \
-             CLI to change it for the whole cluster"
+            this_node_max_bytes = stream_max_bytes(config.capacity_events),
+            "the events stream keeps the bounds it was created with; update them with the nats \
+             CLI to change them for the whole cluster"
+        );
+    }
+    if !bounded_by_bytes {
+        tracing::info!(
+            max_bytes = stream_max_bytes(existing.max_messages),
+            "bounding the events stream's bytes (its capacity x {STREAM_BYTES_PER_EVENT})"
         );
     }
     let recorded = existing.metadata.contains_key(PARTITIONS_METADATA);
@@ -346,9 +358,15 @@ async fn reconcile_stream(
     if !existing.allow_atomic_publish {
         tracing::info!("turning atomic batch publish on for the events stream");
     }
-    if !recorded || !existing.allow_atomic_publish {
+    if !recorded || !existing.allow_atomic_publish || !bounded_by_bytes {
+        let max_bytes = if bounded_by_bytes {
+            existing.max_bytes
+        } else {
+            stream_max_bytes(existing.max_messages)
+        };
         let mut updated = stream::Config {
             allow_atomic_publish: true,
+            max_bytes,
             ..existing
         };
         updated
@@ -361,8 +379,24 @@ async fn reconcile_stream(
     Ok(())
 }
 
-/// The events stream: one subject per partition, count-limited, refusing when full, taking
-/// atomic batches (nats-server 2.12+).
+/// Stored bytes the events stream allows per event of its capacity (`max_bytes` = capacity x
+/// this). Why: `max_msgs` counts messages, and a batch message carries up to 1,000 events, so
+/// alone it let the stream hold 1,000 x its capacity in events (and their bytes). A single
+/// event of the largest kind (a 128-byte user whose JSON escapes double it, a 64-byte client
+/// id, its headers, subject and the store's per-message overhead) takes under this (tested),
+/// so single events stay bounded by `max_msgs` exactly; batch events take 4-210 bytes each
+/// (`wire`), so the stream holds between 2.4x and ~128x its capacity in batch events (12.8x for
+/// a 10-byte user and a 24-byte id) instead of up to 1,000x, and its bytes never pass
+/// capacity x 512.
+pub const STREAM_BYTES_PER_EVENT: i64 = 512;
+
+/// The events stream's `max_bytes` for `capacity_events`.
+pub fn stream_max_bytes(capacity_events: i64) -> i64 {
+    capacity_events.saturating_mul(STREAM_BYTES_PER_EVENT)
+}
+
+/// The events stream: one subject per partition, bounded in messages and bytes, refusing when
+/// full, taking atomic batches (nats-server 2.12+).
 fn stream_config(config: &ClusterConfig) -> stream::Config {
     stream::Config {
         name: STREAM_NAME.to_owned(),
@@ -370,6 +404,7 @@ fn stream_config(config: &ClusterConfig) -> stream::Config {
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::New,
         max_messages: config.capacity_events,
+        max_bytes: stream_max_bytes(config.capacity_events),
         storage: stream::StorageType::File,
         num_replicas: config.replicas,
         duplicate_window: config.duplicate_window,

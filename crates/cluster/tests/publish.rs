@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use floodgate_cluster::layout::STREAM_BYTES_PER_EVENT;
 use floodgate_cluster::wire::{Payload, decode_payload};
 use floodgate_cluster::{
     ClusterConfig, Layout, LocalCluster, PublishError, Publisher, partition_of,
@@ -71,6 +72,72 @@ async fn full_stream_refuses_new_events_as_queue_full() {
     assert!(retry.duplicate);
     let mut stream = layout.stream.clone();
     assert_eq!(stream.info().await.expect("info").state.messages, 3);
+}
+
+// Proves the events stream bounds bytes as well as messages, so batch messages (up to 1,000
+// events each) cannot fill it with 1,000 x its capacity in events: with a capacity of 40
+// (`max_bytes` 40 x 512), a single event of the largest kind (a 128-byte user of quotes,
+// whose JSON doubles it, and a 64-byte client id) stores under 512 bytes, so single events
+// stay bounded by the message count; one-partition batch messages of 100 events are refused
+// `QueueFull` when the next one would pass `max_bytes`, long before 40 messages, nothing of
+// the refused one stored.
+#[tokio::test]
+async fn batch_messages_are_bounded_by_bytes() {
+    let cluster = LocalCluster::start(1).unwrap_or_else(|error| panic!("{error}"));
+    let mut config = ClusterConfig::new(1, cluster.size());
+    config.capacity_events = 40;
+    let layout = connect(&cluster, &config).await;
+    let mut stream = layout.stream.clone();
+    let max_bytes = stream.info().await.expect("info").config.max_bytes;
+    assert_eq!(max_bytes, 40 * STREAM_BYTES_PER_EVENT);
+    let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
+
+    let largest = Event::new("\"".repeat(128), i64::MIN);
+    publisher
+        .publish(&largest, &"i".repeat(64))
+        .await
+        .expect("stored");
+    let single_bytes = stream.info().await.expect("info").state.bytes;
+    assert!(
+        single_bytes <= STREAM_BYTES_PER_EVENT as u64,
+        "the largest single event takes {single_bytes} bytes"
+    );
+
+    let mut stored_events = 0;
+    for number in 0.. {
+        let batch: Vec<Event> = (0..100)
+            .map(|k| with_id("user-1", 1, &format!("{number:012}-{k:011}")))
+            .collect();
+        let message = publisher.batch_messages(&batch).remove(0);
+        let before = stream.info().await.expect("info").state.clone();
+        match publisher.publish_message(&message).await {
+            Ok(_) => stored_events += batch.len(),
+            Err(PublishError::QueueFull) => {
+                let after = stream.info().await.expect("info").state.clone();
+                assert_eq!(after.messages, before.messages, "nothing of it stored");
+                assert!(after.bytes <= max_bytes as u64);
+                let message_bytes = after.bytes.saturating_sub(single_bytes) / (number as u64);
+                assert!(
+                    after.bytes + message_bytes > max_bytes as u64,
+                    "refused by the byte bound: {} + {message_bytes} > {max_bytes}",
+                    after.bytes
+                );
+                assert!(
+                    after.messages < 40,
+                    "long before the message bound: {}",
+                    after.messages
+                );
+                println!(
+                    "{stored_events} batch events in {} messages, {} bytes ({message_bytes} a \
+                     message) against max_bytes {max_bytes}",
+                    after.messages, after.bytes
+                );
+                break;
+            }
+            Err(error) => panic!("unexpected: {error}"),
+        }
+        assert!(number < 40, "never refused");
+    }
 }
 
 // Proves a publish with every server gone is Unreachable (its own reason), not QueueFull.
@@ -208,8 +275,9 @@ async fn assert_stored_at(
     }
 }
 
-// Proves an events stream created before atomic batches (no `allow_atomic`) gets them turned
-// on when a node connects, keeping its own capacity, so batches are atomic after an upgrade.
+// Proves an events stream created before atomic batches (no `allow_atomic`) and before the
+// byte bound gets both when a node connects (the bound from the stream's own capacity, which it
+// keeps), so batches are atomic and bounded after an upgrade.
 #[tokio::test]
 async fn an_older_stream_gets_atomic_batches_on_connect() {
     use async_nats::jetstream::{self, stream};
@@ -247,6 +315,11 @@ async fn an_older_stream_gets_atomic_batches_on_connect() {
     assert_eq!(
         info.config.max_messages, 7,
         "the stream's own capacity kept"
+    );
+    assert_eq!(
+        info.config.max_bytes,
+        7 * STREAM_BYTES_PER_EVENT,
+        "a byte bound written in, from the stream's own capacity"
     );
     let publisher = Publisher::new(layout.context.clone(), config.partitions, "test");
     let (left, right) = users_on_two_partitions(config.partitions);
