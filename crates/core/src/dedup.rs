@@ -583,13 +583,28 @@ impl Window {
     /// Every settled id as (key, user hash, amount, first claimed at), oldest first: what a
     /// snapshot keeps.
     pub fn settled_ids(&self) -> Vec<(IdKey, u64, i64, u64)> {
+        let mut ids = Vec::new();
+        self.visit_settled_ids(|key, user_hash, amount, at_unix_ms| {
+            ids.push((key, user_hash, amount, at_unix_ms));
+        });
+        ids
+    }
+
+    /// Hands every settled id to `visit` as (key, user hash, amount, first claimed at),
+    /// oldest first, under one lock; returns how many. A snapshot encodes them straight into
+    /// its payload this way: a window of a million ids would otherwise be copied whole first.
+    pub fn visit_settled_ids(&self, mut visit: impl FnMut(IdKey, u64, i64, u64)) -> usize {
         let state = self.state.lock();
-        state
+        let mut settled = 0;
+        for entry in state
             .ring
             .iter()
             .filter(|entry| entry.status == Status::Kept)
-            .map(|entry| (entry.key(), entry.user_hash, entry.amount, entry.at_unix_ms))
-            .collect()
+        {
+            visit(entry.key(), entry.user_hash, entry.amount, entry.at_unix_ms);
+            settled += 1;
+        }
+        settled
     }
 
     /// Ids kept (settled and in flight).
