@@ -7,7 +7,13 @@
 //!   does nothing unless `FLOODGATE_FAULT_PAUSE_DIR` is set and holds a file named after the
 //!   point, so a test build behaves as a release build until a test asks.
 //! - A trigger file is used once: the first owner to reach the point removes it and stops the
-//!   process; the test resumes it with SIGCONT.
+//!   process; the test resumes it by writing the release file ([`PausePoint::release_name`])
+//!   and sending SIGCONT.
+//! - Nothing of the owner runs past the point before the test resumes it. The SIGSTOP is sent
+//!   by a child process, so it reaches the process's threads a moment later (a thread the
+//!   kernel picks starts the stop; on a loaded machine that took long enough for the owner to
+//!   write its snapshot before it stopped, 2 runs of 25): the owner therefore also waits for
+//!   the release file, which the test writes only once it has seen the process stopped.
 
 /// Environment variable naming the directory of trigger files (fault-injection builds).
 pub const PAUSE_DIRECTORY_VARIABLE: &str = "FLOODGATE_FAULT_PAUSE_DIR";
@@ -29,7 +35,18 @@ impl PausePoint {
             Self::BeforePurge => "before_purge",
         }
     }
+
+    /// The release file's name: the paused owner goes on once it exists (and the process was
+    /// continued).
+    pub fn release_name(self) -> String {
+        format!("{}.release", self.name())
+    }
 }
+
+/// How long a paused owner waits for its release file before it goes on anyway (a test that
+/// never releases it has failed long before).
+#[cfg(feature = "fault-injection")]
+const RELEASE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Stops this process at `point` if a test asked for it (fault-injection builds only).
 #[cfg(feature = "fault-injection")]
@@ -52,6 +69,22 @@ pub(crate) fn pause_point(point: PausePoint, partition: crate::partition::Partit
         .status()
     {
         tracing::error!(%error, "fault injection: SIGSTOP not sent");
+        return;
+    }
+    wait_for_release(&std::path::Path::new(&directory).join(point.release_name()));
+}
+
+/// Blocks this thread (the paused owner's; the process is stopping or stopped) until the
+/// test writes `release`, then removes it.
+#[cfg(feature = "fault-injection")]
+fn wait_for_release(release: &std::path::Path) {
+    let started = std::time::Instant::now();
+    while std::fs::remove_file(release).is_err() {
+        if started.elapsed() > RELEASE_PATIENCE {
+            tracing::error!(release = %release.display(), "fault injection: never released");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
