@@ -243,120 +243,131 @@ async fn run_on(
         addrs.push(node.addr());
         nodes.push(Some(node));
     }
-    let result = drive(binary, params, brokers, &args, &addrs, &mut nodes).await;
-    for node in nodes.into_iter().flatten() {
+    let mut run = Run {
+        binary,
+        params,
+        brokers,
+        args,
+        addrs,
+        nodes,
+    };
+    let result = run.drive().await;
+    for node in run.nodes.into_iter().flatten() {
         node.stop().await?;
     }
     result
 }
 
-async fn drive(
-    binary: &Path,
-    params: &Params,
-    brokers: &mut LocalCluster,
-    args: &[String],
-    addrs: &[SocketAddr],
-    nodes: &mut [Option<FloodgateProcess>],
-) -> Result<Measured, LabError> {
-    wait_all_owned(addrs, params.partitions).await?;
-    let leader = stream_leader(&brokers.urls(), params).await;
-    let clock = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let targets = Arc::new(addrs.to_vec());
-    let clients: Vec<_> = (0..params.clients)
-        .map(|number| {
-            tokio::spawn(run_client(
-                number,
-                Arc::clone(&targets),
-                params.users,
-                clock,
-                Arc::clone(&stop),
-            ))
-        })
-        .collect();
-    let sampling = Arc::new(AtomicBool::new(false));
-    let stats_task = tokio::spawn(sample_stats(
-        Arc::clone(&targets),
-        Duration::from_millis(params.sample_every_ms),
-        clock,
-        Arc::clone(&sampling),
-    ));
-    let schedule = kill_and_restart(binary, params, brokers, args, addrs, nodes, leader, clock);
-    let mut moments = schedule.await;
-    stop.store(true, Ordering::Relaxed);
-    moments.load_ended = elapsed_ms(clock);
-    let mut tallies = Vec::with_capacity(clients.len());
-    for client in clients {
-        tallies.push(
-            client
-                .await
-                .map_err(|error| LabError::Load(format!("client task: {error}")))?,
-        );
-    }
-    let sums = acknowledged_sums(&tallies);
-    let mut mismatches = Vec::new();
-    for (index, addr) in addrs.iter().enumerate() {
-        if nodes[index].is_some() {
-            mismatches.push((*addr, unsettled(*addr, &sums).await));
-        }
-    }
-    sampling.store(true, Ordering::Relaxed);
-    let samples = stats_task
-        .await
-        .map_err(|error| LabError::Load(format!("sampler task: {error}")))?;
-    Ok(Measured {
-        moments,
-        clients: tallies,
-        samples,
-        mismatches,
-    })
+/// One run's parts: the brokers and nodes the schedule kills and restarts.
+struct Run<'a> {
+    binary: &'a Path,
+    params: &'a Params,
+    brokers: &'a mut LocalCluster,
+    /// Every node's arguments (a restarted node gets the same).
+    args: Vec<String>,
+    /// Every node's address (a restarted node keeps its own).
+    addrs: Vec<SocketAddr>,
+    /// The node processes by index (`None`: killed and not restarted).
+    nodes: Vec<Option<FloodgateProcess>>,
 }
 
-/// The kill schedule under load: the stream leader's broker, then node 0; waits for the
-/// takeover, restarts node 0 on its address, waits for its rejoin, then lets the load run on.
-/// A step that does not happen in time leaves its moment unset (the verdict says so).
-#[allow(clippy::too_many_arguments)] // one schedule over the run's parts, called once
-async fn kill_and_restart(
-    binary: &Path,
-    params: &Params,
-    brokers: &mut LocalCluster,
-    args: &[String],
-    addrs: &[SocketAddr],
-    nodes: &mut [Option<FloodgateProcess>],
-    leader: usize,
-    clock: Instant,
-) -> Moments {
-    let mut moments = Moments::default();
-    sleep_until(clock, params.broker_kill_at_ms).await;
-    if brokers.kill(leader).is_ok() {
-        moments.broker_killed = Some((leader, elapsed_ms(clock)));
+impl Run<'_> {
+    /// Loads the nodes while [`Self::kill_and_restart`] runs its schedule, then reads what
+    /// the clients were told and every live node's balances.
+    async fn drive(&mut self) -> Result<Measured, LabError> {
+        let params = self.params;
+        wait_all_owned(&self.addrs, params.partitions).await?;
+        let leader = stream_leader(&self.brokers.urls(), params).await;
+        let clock = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let targets = Arc::new(self.addrs.clone());
+        let clients: Vec<_> = (0..params.clients)
+            .map(|number| {
+                tokio::spawn(run_client(
+                    number,
+                    Arc::clone(&targets),
+                    params.users,
+                    clock,
+                    Arc::clone(&stop),
+                ))
+            })
+            .collect();
+        let sampling = Arc::new(AtomicBool::new(false));
+        let stats_task = tokio::spawn(sample_stats(
+            Arc::clone(&targets),
+            Duration::from_millis(params.sample_every_ms),
+            clock,
+            Arc::clone(&sampling),
+        ));
+        let mut moments = self.kill_and_restart(leader, clock).await;
+        stop.store(true, Ordering::Relaxed);
+        moments.load_ended = elapsed_ms(clock);
+        let mut tallies = Vec::with_capacity(clients.len());
+        for client in clients {
+            tallies.push(
+                client
+                    .await
+                    .map_err(|error| LabError::Load(format!("client task: {error}")))?,
+            );
+        }
+        let sums = acknowledged_sums(&tallies);
+        let mut mismatches = Vec::new();
+        for (addr, node) in self.addrs.iter().zip(&self.nodes) {
+            if node.is_some() {
+                mismatches.push((*addr, unsettled(*addr, &sums).await));
+            }
+        }
+        sampling.store(true, Ordering::Relaxed);
+        let samples = stats_task
+            .await
+            .map_err(|error| LabError::Load(format!("sampler task: {error}")))?;
+        Ok(Measured {
+            moments,
+            clients: tallies,
+            samples,
+            mismatches,
+        })
     }
-    sleep_until(clock, params.node_kill_at_ms).await;
-    let Some(victim) = nodes[0].take() else {
-        return moments;
-    };
-    if victim.kill().await.is_err() {
-        return moments;
+
+    /// The kill schedule under load: the stream leader's broker (`leader`), then node 0;
+    /// waits for the takeover, restarts node 0 on its address, waits for its rejoin, then lets
+    /// the load run on. A step that does not happen in time leaves its moment unset (the
+    /// verdict says so).
+    async fn kill_and_restart(&mut self, leader: usize, clock: Instant) -> Moments {
+        let params = self.params;
+        let mut moments = Moments::default();
+        sleep_until(clock, params.broker_kill_at_ms).await;
+        if self.brokers.kill(leader).is_ok() {
+            moments.broker_killed = Some((leader, elapsed_ms(clock)));
+        }
+        sleep_until(clock, params.node_kill_at_ms).await;
+        let Some(victim) = self.nodes[0].take() else {
+            return moments;
+        };
+        if victim.kill().await.is_err() {
+            return moments;
+        }
+        moments.node_killed = Some(elapsed_ms(clock));
+        if wait_all_owned(&self.addrs[1..], params.partitions)
+            .await
+            .is_err()
+        {
+            return moments;
+        }
+        moments.taken_over = Some(elapsed_ms(clock));
+        tokio::time::sleep(Duration::from_millis(params.restart_after_takeover_ms)).await;
+        let listen = self.addrs[0].to_string();
+        let Ok(restarted) = FloodgateProcess::start(self.binary, &listen, &self.args).await else {
+            return moments;
+        };
+        self.nodes[0] = Some(restarted);
+        moments.restarted = Some(elapsed_ms(clock));
+        if wait_rejoined(&self.addrs, params.partitions).await.is_ok() {
+            moments.rejoined = Some(elapsed_ms(clock));
+        }
+        tokio::time::sleep(Duration::from_millis(params.tail_ms)).await;
+        moments
     }
-    moments.node_killed = Some(elapsed_ms(clock));
-    if wait_all_owned(&addrs[1..], params.partitions)
-        .await
-        .is_err()
-    {
-        return moments;
-    }
-    moments.taken_over = Some(elapsed_ms(clock));
-    tokio::time::sleep(Duration::from_millis(params.restart_after_takeover_ms)).await;
-    let Ok(restarted) = FloodgateProcess::start(binary, &addrs[0].to_string(), args).await else {
-        return moments;
-    };
-    nodes[0] = Some(restarted);
-    moments.restarted = Some(elapsed_ms(clock));
-    if wait_rejoined(addrs, params.partitions).await.is_ok() {
-        moments.rejoined = Some(elapsed_ms(clock));
-    }
-    tokio::time::sleep(Duration::from_millis(params.tail_ms)).await;
-    moments
 }
 
 fn elapsed_ms(clock: Instant) -> Millis {
