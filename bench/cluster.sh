@@ -7,6 +7,9 @@
 #   batch    JSON batches of $BATCH events per POST /events/batch, 8 connections (on a node:
 #            one message per partition the batch spans, several in one JetStream atomic
 #            batch; $BATCH <= 1000; PARTITIONS=1 makes every batch one plain publish)
+#   batch+ids  the same batches, every event with a client id (a node then asks each stored
+#            message's owner which ids it skipped as repeats before answering; not in the
+#            default VARIANTS)
 # Per run: events accepted per second (from the load report), the CPU time per event of the
 # floodgate process and of nats-server (utime + stime over the run, from /proc) and the
 # 1-minute load average when the run started. At the end: medians and node / standalone.
@@ -14,7 +17,7 @@
 # 2-core machine cannot show: a node's cost apart from the broker's (they share the cores),
 # nor scale-out (three nodes and three brokers on two cores measure contention).
 #
-#   ROUNDS=3 SECONDS_PER_RUN=5 BATCH=1000 PARTITIONS=16 bench/cluster.sh
+#   ROUNDS=3 SECONDS_PER_RUN=5 BATCH=1000 PARTITIONS=16 VARIANTS="single batch" bench/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-3}"
@@ -22,6 +25,7 @@ SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
 BATCH="${BATCH:-1000}"
 PARTITIONS="${PARTITIONS:-16}"
 USERS="${USERS:-10000}"
+VARIANTS="${VARIANTS:-single batch}"
 source bench/lib.sh
 bench_init
 
@@ -30,6 +34,7 @@ run_one() { # door variant round
   port="$(random_port)"
   local load_flags=(-c 64) door_flags=(--durability memory)
   [ "$variant" = batch ] && load_flags=(-c 8 --batch "$BATCH")
+  [ "$variant" = batch+ids ] && load_flags=(-c 8 --batch "$BATCH" --ids)
   NATS=0
   if [ "$door" = node ]; then
     start_nats "$WORK/store-$variant-$round"
@@ -62,14 +67,14 @@ PY
 }
 
 for round in $(seq "$ROUNDS"); do
-  for variant in single batch; do
+  for variant in $VARIANTS; do
     for door in standalone node; do
       run_one "$door" "$variant" "$round"
     done
   done
 done
 
-python3 - "$WORK/rates" "$BATCH" <<'PY'
+python3 - "$WORK/rates" "$BATCH" $VARIANTS <<'PY'
 import collections, statistics, sys
 runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
@@ -79,14 +84,15 @@ def median(door, variant, index):
     return statistics.median(run[index] for run in runs[(door, variant)])
 print("\n| door | variant | median events/s | floodgate CPU ns/event | nats-server CPU ns/event | load average (min-max) |")
 print("|---|---|---|---|---|---|")
-for variant in ("single", "batch"):
+variants = sys.argv[3:]
+for variant in variants:
     for door in ("standalone", "node"):
         loads = [run[3] for run in runs[(door, variant)]]
-        label = "single" if variant == "single" else f"batch of {sys.argv[2]}"
+        label = "single" if variant == "single" else variant.replace("batch", f"batch of {sys.argv[2]}")
         print(f"| {door} | {label} | {median(door, variant, 0):,.0f} | {median(door, variant, 1):,.0f} | "
               f"{median(door, variant, 2):,.0f} | {min(loads):.1f}-{max(loads):.1f} |")
 print("\n| variant | node / standalone (events/s) |")
 print("|---|---|")
-for variant in ("single", "batch"):
+for variant in variants:
     print(f"| {variant} | {median('node', variant, 0) / median('standalone', variant, 0):.2f} |")
 PY
