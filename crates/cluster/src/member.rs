@@ -257,18 +257,21 @@ impl Member {
         let (valid_until, valid_receiver) = watch::channel(lease.valid_until);
         let (stop, stop_receiver) = watch::channel(false);
         let state = owner.state();
+        let applied_sequence = owner.applied_sequence();
         let lag_events = owner.lag_events();
         let ids = owner.id_gauges();
         let responder = tokio::spawn(serve_balances(
             self.layout.client.clone(),
             partition,
             Arc::clone(&state),
+            applied_sequence.clone(),
             valid_receiver.clone(),
         ));
         let task = tokio::spawn(owner.run(valid_receiver.clone(), stop_receiver));
         self.set_owned(|owned| {
             let visible = OwnedPartition {
                 state: Arc::clone(&state),
+                applied_sequence,
                 lag_events,
                 ids,
                 valid_until: valid_receiver,

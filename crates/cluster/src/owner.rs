@@ -78,6 +78,9 @@ pub struct Owner {
     id_gauges: Arc<IdGauges>,
     /// Events folded into the balances by this owner (shared with the member's counters).
     applied_events: Arc<AtomicU64>,
+    /// `applied_sequence`, published after each message: a read waiting for a sequence to be
+    /// applied (a stored batch's `kept` ids) wakes when it is, not on a timer.
+    applied_sequence: watch::Sender<u64>,
 }
 
 impl Owner {
@@ -97,6 +100,7 @@ impl Owner {
             .map_err(|source| TakeOverError { partition, source })?;
         let id_gauges = Arc::new(IdGauges::default());
         id_gauges.publish(&state);
+        let applied_sequence = watch::Sender::new(state.applied_sequence);
         Ok(Self {
             layout,
             partition,
@@ -108,6 +112,7 @@ impl Owner {
             lag_events: Arc::new(AtomicU64::new(0)),
             id_gauges,
             applied_events: Arc::new(AtomicU64::new(0)),
+            applied_sequence,
         })
     }
 
@@ -128,6 +133,12 @@ impl Owner {
     /// The partition's state, shared for reads while the owner runs.
     pub fn state(&self) -> Arc<RwLock<PartitionState>> {
         Arc::clone(&self.state)
+    }
+
+    /// The last stream sequence applied, published after each message (see
+    /// `reads::kept_ids_once_applied`); closed when the owner stops.
+    pub fn applied_sequence(&self) -> watch::Receiver<u64> {
+        self.applied_sequence.subscribe()
     }
 
     /// The apply lag in events, shared for /stats while the owner runs.
@@ -331,6 +342,7 @@ impl Owner {
             }
         };
         self.id_gauges.publish(&state);
+        self.applied_sequence.send_replace(state.applied_sequence);
         drop(state);
         self.unsnapshotted_events += events;
     }

@@ -88,6 +88,8 @@ impl IdGauges {
 #[derive(Clone, Debug)]
 pub(crate) struct OwnedPartition {
     pub(crate) state: Arc<AsyncRwLock<PartitionState>>,
+    /// The owner's last applied stream sequence (see `Owner::applied_sequence`).
+    pub(crate) applied_sequence: watch::Receiver<u64>,
     pub(crate) lag_events: Arc<AtomicU64>,
     pub(crate) ids: Arc<IdGauges>,
     /// The lease's validity deadline (kept current by the member's keeper).
@@ -226,8 +228,8 @@ impl MemberView {
         ids: Vec<String>,
     ) -> Result<Vec<Option<KeptId>>, ReadError> {
         let timeout = self.config.request_timeout;
-        if let Some(state) = self.state_handle(partition) {
-            return kept_ids_once_applied(&state, sequence, &ids, timeout)
+        if let Some((state, applied)) = self.applied_handle(partition) {
+            return kept_ids_once_applied(&state, applied, sequence, &ids, timeout)
                 .await
                 .ok_or_else(|| ReadError::Unreachable {
                     partition,
@@ -261,6 +263,17 @@ impl MemberView {
             .filter(|(_, owned)| owned.is_valid())
             .map(|(&partition, owned)| (partition, owned.lag_events.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// The partition's state and its applied-sequence watch, if this member owns it now.
+    fn applied_handle(
+        &self,
+        partition: Partition,
+    ) -> Option<(Arc<AsyncRwLock<PartitionState>>, watch::Receiver<u64>)> {
+        self.owned_map()
+            .get(&partition)
+            .filter(|owned| owned.is_valid())
+            .map(|owned| (Arc::clone(&owned.state), owned.applied_sequence.clone()))
     }
 
     fn state_handle(&self, partition: Partition) -> Option<Arc<AsyncRwLock<PartitionState>>> {
