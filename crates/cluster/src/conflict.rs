@@ -97,7 +97,7 @@ pub async fn judge_duplicate(
 /// at `sequence`) event by event: from the stored message while it is in the stream (the same
 /// message id means the same client ids in the same order; user and amount are compared),
 /// else from the owner of each event's partition, as [`judge_duplicate`] does, asked once for
-/// all of its ids ([`verdicts_from_owners`]). An event without a client id is only ever in a
+/// all of its ids (`verdicts_from_owners`). An event without a client id is only ever in a
 /// repeated message through the node's own retry: a resend.
 pub async fn judge_batch_duplicate(
     view: &MemberView,
