@@ -61,6 +61,17 @@ struct Tally {
     replayed_events: AtomicU64,
 }
 
+impl Tally {
+    /// Counts a request's first 2xx answer: its events acknowledged, and those it called
+    /// `duplicate`.
+    fn count_first_answer(&self, answer: &Answered, events: usize) {
+        self.duplicates
+            .fetch_add(answer.count(Outcome::Duplicate) as u64, Ordering::Relaxed);
+        self.acknowledged_events
+            .fetch_add(events as u64, Ordering::Relaxed);
+    }
+}
+
 /// How a request carries its events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
@@ -337,12 +348,7 @@ async fn client_loop(
     while !stop.load(Ordering::Relaxed) {
         let request = build_request(client, number, shape);
         let answer = send_until_answered(&http, &mut address, &request, &tally).await;
-        tally
-            .duplicates
-            .fetch_add(answer.count(Outcome::Duplicate) as u64, Ordering::Relaxed);
-        tally
-            .acknowledged_events
-            .fetch_add(request.events.len() as u64, Ordering::Relaxed);
+        tally.count_first_answer(&answer, request.events.len());
         for event in request.events {
             *books.entry(event.user).or_insert(0) += event.amount;
         }
@@ -571,12 +577,7 @@ async fn replaying_client(
         };
         assert_first_answer(&answer, &request);
         lock(&books).record_acknowledged(&request);
-        tally
-            .duplicates
-            .fetch_add(answer.count(Outcome::Duplicate) as u64, Ordering::Relaxed);
-        tally
-            .acknowledged_events
-            .fetch_add(request.events.len() as u64, Ordering::Relaxed);
+        tally.count_first_answer(&answer, request.events.len());
         if number % 3 == 1 {
             replay(&http, &mut address, &request, &tally).await;
         }
