@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::process::Child;
 use tokio::sync::watch;
 
 use crate::support::{
@@ -307,11 +308,7 @@ async fn load_until_killed(
     acknowledged: &AtomicU64,
     round: usize,
 ) {
-    let mut child = launched.child;
-    drop(collect_log(launched.log));
-    let before = acknowledged.load(Ordering::Relaxed);
-    publish.send_replace(Some(launched.addr));
-    wait_for_acknowledgement(acknowledged, before).await;
+    let (mut child, before) = hand_to_clients(launched, publish, acknowledged).await;
     tokio::time::sleep(random_delay(KILL_DELAY_SHORTEST)).await;
     // Frozen first, so the requests in flight stay cut off (unpublished first, they would
     // drain while `kill` starts, and the kill would find an idle server); unpublished before
@@ -322,6 +319,20 @@ async fn load_until_killed(
     wait_exit(&mut child).await;
     let after = acknowledged.load(Ordering::Relaxed);
     assert!(after > before, "round {round}: nothing acknowledged");
+}
+
+/// Hands the server to the clients and waits for its first acknowledgement; returns its
+/// process and the events acknowledged before it was handed over.
+async fn hand_to_clients(
+    launched: Launched,
+    publish: &watch::Sender<Option<String>>,
+    acknowledged: &AtomicU64,
+) -> (Child, u64) {
+    drop(collect_log(launched.log));
+    let before = acknowledged.load(Ordering::Relaxed);
+    publish.send_replace(Some(launched.addr));
+    wait_for_acknowledgement(acknowledged, before).await;
+    (launched.child, before)
 }
 
 /// Waits until `acknowledged` passes `before`, at most [`FIRST_ACKNOWLEDGEMENT_WAIT`] (the
@@ -388,11 +399,7 @@ async fn kill_9_with_ids_and_resends_counts_every_event_exactly_once() {
     }
     let launched = serve(directory.path(), &[]).await;
     let addr = launched.addr.clone();
-    let mut child = launched.child;
-    drop(collect_log(launched.log));
-    let before = tally.acknowledged_events.load(Ordering::Relaxed);
-    publish.send_replace(Some(addr.clone()));
-    wait_for_acknowledgement(&tally.acknowledged_events, before).await;
+    let (mut child, _) = hand_to_clients(launched, &publish, &tally.acknowledged_events).await;
     stop.store(true, Ordering::Relaxed);
     let mut books = BTreeMap::<String, i64>::new();
     for client in clients {
@@ -735,11 +742,7 @@ async fn kill_9_with_batches_resent_before_and_after_their_answer_applies_each_i
         counter(&recovered, "/durability/snapshot_position") > 0,
         "no snapshot before the last kill: {recovered}"
     );
-    let mut child = launched.child;
-    drop(collect_log(launched.log));
-    let before = tally.acknowledged_events.load(Ordering::Relaxed);
-    publish.send_replace(Some(addr.clone()));
-    wait_for_acknowledgement(&tally.acknowledged_events, before).await;
+    let (mut child, _) = hand_to_clients(launched, &publish, &tally.acknowledged_events).await;
     stop.store(true, Ordering::Relaxed);
     let mut answered = Vec::new();
     for client in clients {
