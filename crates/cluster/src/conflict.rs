@@ -32,12 +32,11 @@
 //! `duplicate` nor `id_conflict` by default.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use floodgate_core::dedup::ConflictField;
 use floodgate_core::{Event, Rejected};
-
-use std::time::{Duration, Instant};
 
 use crate::partition::{Partition, partition_of};
 use crate::reads::ReadError;
@@ -221,15 +220,15 @@ pub async fn judge_stored_message(
     sequence: u64,
     deadline: Instant,
 ) -> Result<Vec<Option<Verdict>>, Rejected> {
-    let ids: Vec<String> = events
+    let ids: Vec<&str> = events
         .iter()
-        .filter_map(|event| event.id.as_ref().map(|id| id.as_str().to_owned()))
+        .filter_map(|event| event.id.as_ref().map(floodgate_core::EventId::as_str))
         .collect();
     if ids.is_empty() {
         return Ok(vec![None; events.len()]);
     }
     let kept = loop {
-        match view.kept_ids(partition, sequence, ids.clone()).await {
+        match view.kept_ids(partition, sequence, &ids).await {
             Ok(kept) if kept.len() == ids.len() => break kept,
             Ok(kept) => {
                 tracing::warn!(

@@ -227,10 +227,11 @@ async fn request_each_id(
 
 /// Which of a stored message's client ids the owner applied from it: asked once the message
 /// at `sequence` is applied (the owner waits up to `wait_ms` for that).
+/// Sent with borrowed ids (`S = &str`), read with owned ones (`S = String`).
 #[derive(Debug, Serialize, Deserialize)]
-struct KeptRequest {
+struct KeptRequest<S> {
     sequence: u64,
-    ids: Vec<String>,
+    ids: Vec<S>,
     wait_ms: u64,
 }
 
@@ -251,7 +252,7 @@ pub async fn kept_ids_once_applied(
     state: &RwLock<PartitionState>,
     mut applied: watch::Receiver<u64>,
     sequence: u64,
-    ids: &[String],
+    ids: &[impl AsRef<str>],
     wait: Duration,
 ) -> Option<Vec<Option<KeptId>>> {
     let waited = tokio::time::timeout(wait, applied.wait_for(|&done| done >= sequence)).await;
@@ -274,7 +275,7 @@ pub async fn request_kept_ids(
     client: &async_nats::Client,
     partition: Partition,
     sequence: u64,
-    ids: Vec<String>,
+    ids: &[&str],
     timeout: Duration,
 ) -> Result<Vec<Option<KeptId>>, ReadError> {
     let unreachable = |reason: String| ReadError::Unreachable { partition, reason };
@@ -282,7 +283,7 @@ pub async fn request_kept_ids(
     let wait = timeout.saturating_sub(timeout / 5);
     let body = KeptRequest {
         sequence,
-        ids,
+        ids: ids.to_vec(),
         wait_ms: wait.as_millis() as u64,
     };
     let payload = serde_json::to_vec(&body).map_err(|error| unreachable(error.to_string()))?;
@@ -310,7 +311,7 @@ async fn answer_kept(
     state: &RwLock<PartitionState>,
     applied: watch::Receiver<u64>,
 ) -> Vec<u8> {
-    let Ok(asked) = serde_json::from_slice::<KeptRequest>(&request.payload) else {
+    let Ok(asked) = serde_json::from_slice::<KeptRequest<String>>(&request.payload) else {
         return Vec::new(); // not JSON: the asker reads it as a bad answer
     };
     let wait = Duration::from_millis(asked.wait_ms);

@@ -441,10 +441,10 @@ impl PartitionState {
     /// What this partition keeps of each of `ids` (`None`: not applied, or forgotten): with
     /// `applied_sequence` at or past a message's sequence, enough to tell, for each client-id
     /// event of that message, whether it was applied from it or skipped as a repeat.
-    pub fn kept_ids(&self, ids: &[String]) -> Vec<Option<KeptId>> {
+    pub fn kept_ids(&self, ids: &[impl AsRef<str>]) -> Vec<Option<KeptId>> {
         ids.iter()
             .map(|id| {
-                self.ids.get(id).map(|record| KeptId {
+                self.ids.get(id.as_ref()).map(|record| KeptId {
                     sequence: record.sequence,
                     digest: record.digest,
                 })

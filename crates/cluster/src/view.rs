@@ -225,16 +225,22 @@ impl MemberView {
         &self,
         partition: Partition,
         sequence: u64,
-        ids: Vec<String>,
+        ids: &[&str],
     ) -> Result<Vec<Option<KeptId>>, ReadError> {
         let timeout = self.config.request_timeout;
-        if let Some((state, applied)) = self.applied_handle(partition) {
-            return kept_ids_once_applied(&state, applied, sequence, &ids, timeout)
-                .await
-                .ok_or_else(|| ReadError::Unreachable {
-                    partition,
-                    reason: format!("sequence {sequence} not applied in {timeout:?}"),
-                });
+        if let Some(owned) = self.owned_partition(partition) {
+            return kept_ids_once_applied(
+                &owned.state,
+                owned.applied_sequence,
+                sequence,
+                ids,
+                timeout,
+            )
+            .await
+            .ok_or_else(|| ReadError::Unreachable {
+                partition,
+                reason: format!("sequence {sequence} not applied in {timeout:?}"),
+            });
         }
         request_kept_ids(&self.layout.client, partition, sequence, ids, timeout).await
     }
@@ -265,22 +271,16 @@ impl MemberView {
             .collect()
     }
 
-    /// The partition's state and its applied-sequence watch, if this member owns it now.
-    fn applied_handle(
-        &self,
-        partition: Partition,
-    ) -> Option<(Arc<AsyncRwLock<PartitionState>>, watch::Receiver<u64>)> {
+    /// What readers see of `partition` if this member owns it now (its lease still valid).
+    fn owned_partition(&self, partition: Partition) -> Option<OwnedPartition> {
         self.owned_map()
             .get(&partition)
             .filter(|owned| owned.is_valid())
-            .map(|owned| (Arc::clone(&owned.state), owned.applied_sequence.clone()))
+            .cloned()
     }
 
     fn state_handle(&self, partition: Partition) -> Option<Arc<AsyncRwLock<PartitionState>>> {
-        self.owned_map()
-            .get(&partition)
-            .filter(|owned| owned.is_valid())
-            .map(|owned| Arc::clone(&owned.state))
+        self.owned_partition(partition).map(|owned| owned.state)
     }
 
     fn owned_map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Partition, OwnedPartition>> {
